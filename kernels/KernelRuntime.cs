@@ -1,0 +1,107 @@
+using System.Collections.Concurrent;
+using System.Diagnostics;
+using System.Reflection;
+using ILGPU;
+using ILGPU.Runtime;
+using StableDiffusion.Runtime;
+
+namespace StableDiffusion.Kernels;
+
+/// <summary>Which set of compile-time tile configurations the launchers pick from.</summary>
+public enum KernelProfile
+{
+    /// <summary>Large tiles for NVIDIA GPUs (what the PTX report covers).</summary>
+    Cuda,
+    /// <summary>Moderate tiles that fit any OpenCL GPU's group limits.</summary>
+    Portable,
+    /// <summary>Tiny groups for correctness tests on the ILGPU CPU accelerator, which runs a thread per OS thread.</summary>
+    Test,
+}
+
+/// <summary>
+/// One kernel instantiation (method + configuration) the engine can launch; DynamicSharedBytes is the most dynamic
+/// shared memory its launcher requests (ptxas only sees the static part).
+/// </summary>
+public sealed record KernelEntry(string Kernel, string Config, MethodInfo Method, int DynamicSharedBytes = 0);
+
+/// <summary>
+/// Loads kernels once per device, launches them on the device's stream, and checks group and shared-memory
+/// limits on the host first (a bad launch on the CPU accelerator kills the process).
+/// </summary>
+public sealed class KernelRuntime
+{
+    private readonly ConcurrentDictionary<MethodInfo, Delegate> cache = new();
+    private readonly ConcurrentDictionary<string, (long Launches, double Ms)> profile = new();
+
+    public KernelRuntime(ComputeDevice device, KernelProfile? profile = null)
+    {
+        Device = device;
+        Profile = profile ?? DefaultProfile(device.Kind);
+    }
+
+    public ComputeDevice Device { get; }
+    public KernelProfile Profile { get; }
+
+    /// <summary>When set, every launch synchronises and its wall time is added to a per-kernel profile.</summary>
+    public bool Profiling { get; set; }
+
+    public static KernelProfile DefaultProfile(DeviceKind kind) => kind switch
+    {
+        DeviceKind.Cuda => KernelProfile.Cuda,
+        DeviceKind.OpenCL => KernelProfile.Portable,
+        _ => KernelProfile.Test,
+    };
+
+    public IReadOnlyDictionary<string, (long Launches, double Ms)> ProfileTable => profile;
+
+    public void Launch<TArgs>(string family, Action<TArgs> kernel, KernelConfig config, in TArgs args)
+        where TArgs : struct
+    {
+        var acc = Device.Accelerator;
+        long groupSize = (long)config.GroupDim.X * config.GroupDim.Y * config.GroupDim.Z;
+        if (groupSize <= 0 || groupSize > acc.MaxNumThreadsPerGroup)
+            throw new KernelArgumentException(
+                $"{family}: a group of {groupSize} threads exceeds {acc.Name}'s limit of {acc.MaxNumThreadsPerGroup}");
+        if (config.GridDim.X <= 0 || config.GridDim.Y <= 0 || config.GridDim.Z <= 0)
+            throw new KernelArgumentException($"{family}: empty grid {config.GridDim}");
+        if (config.GridDim.Y > 65535 || config.GridDim.Z > 65535)
+            throw new KernelArgumentException($"{family}: grid {config.GridDim} exceeds 65535 in y or z");
+        if (config.SharedMemoryConfig.ArraySize > acc.MaxSharedMemoryPerGroup)
+            throw new KernelArgumentException(
+                $"{family}: {config.SharedMemoryConfig.ArraySize} bytes of dynamic shared memory exceed {acc.Name}'s " +
+                $"{acc.MaxSharedMemoryPerGroup} per group");
+
+        var launcher = (Action<AcceleratorStream, KernelConfig, TArgs>)cache.GetOrAdd(
+            kernel.Method, _ => acc.LoadKernel(kernel));
+        if (!Profiling)
+        {
+            launcher(acc.DefaultStream, config, args);
+            return;
+        }
+        acc.DefaultStream.Synchronize();
+        long t0 = Stopwatch.GetTimestamp();
+        launcher(acc.DefaultStream, config, args);
+        acc.DefaultStream.Synchronize();
+        double ms = Stopwatch.GetElapsedTime(t0).TotalMilliseconds;
+        profile.AddOrUpdate(family, (1, ms), (_, v) => (v.Launches + 1, v.Ms + ms));
+    }
+
+    /// <summary>Every kernel instantiation the CUDA profile launches, for PTX compilation and the report.</summary>
+    public static IReadOnlyList<KernelEntry> CudaCatalog() =>
+    [
+        .. Gemm.Entries(),
+        .. Conv2d.Entries(),
+        .. Norms.Entries(),
+        .. Softmax.Entries(),
+        .. Attention.Entries(),
+        .. Activations.Entries(),
+        .. Elementwise.Entries(),
+        .. Resample.Entries(),
+        .. Embeddings.Entries(),
+        .. Layout.Entries(),
+    ];
+
+    internal static KernelEntry Entry<TArgs>(string kernel, string config, Action<TArgs> k, int dynamicSharedBytes = 0)
+        where TArgs : struct =>
+        new(kernel, config, k.Method, dynamicSharedBytes);
+}

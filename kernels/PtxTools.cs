@@ -1,0 +1,112 @@
+using System.Diagnostics;
+using System.Text.RegularExpressions;
+using ILGPU;
+using ILGPU.Backends.EntryPoints;
+using ILGPU.Backends.PTX;
+using ILGPU.Runtime.CPU;
+using ILGPU.Runtime.Cuda;
+
+namespace StableDiffusion.Kernels;
+
+/// <summary>ptxas/cuobjdump findings for one kernel instantiation.</summary>
+public sealed record PtxReportRow(
+    string Kernel,
+    string Config,
+    int Registers,
+    int SharedBytes,
+    int StackBytes,
+    int SpillBytes,
+    int Hmma,
+    int PtxBytes);
+
+/// <summary>
+/// Offline CUDA toolchain checks, no GPU needed: ILGPU's PTX backend compiles each kernel of the CUDA catalog,
+/// ptxas assembles it for sm_90 (ILGPU targets sm_80 PTX; ptxas accepts it for Hopper) and cuobjdump's SASS gives
+/// the tensor-core (HMMA) instruction count.
+/// </summary>
+public static class PtxTools
+{
+    public const string SassArch = "sm_90";
+    private static readonly object Gate = new();
+    private static Context? context;
+    private static PTXBackend? backend;
+
+    /// <summary>The PTX ILGPU generates for <paramref name="entry"/> (sm_80, PTX ISA 7.8, as ptxas 11.8 accepts).</summary>
+    public static string CompilePtx(KernelEntry entry)
+    {
+        lock (Gate)
+        {
+            context ??= Context.Create(b => b.DefaultCPU().EnableAlgorithms().Optimize(OptimizationLevel.O2));
+            backend ??= new PTXBackend(context, new CudaCapabilityContext(CudaArchitecture.SM_80), CudaArchitecture.SM_80,
+                CudaInstructionSet.ISA_78, nvvmAPI: null);
+            var desc = EntryPointDescription.FromExplicitlyGroupedKernel(entry.Method);
+            var compiled = (PTXCompiledKernel)backend.Compile(desc, default);
+            return compiled.PTXAssembly;
+        }
+    }
+
+    /// <summary>Where ptxas is: $SD_PTXAS, the repository's .tools/cuda (installed by .ci/run), PATH, /usr/local/cuda.</summary>
+    public static string? FindTool(string name)
+    {
+        var env = Environment.GetEnvironmentVariable(name == "ptxas" ? "SD_PTXAS" : "SD_CUOBJDUMP");
+        if (!string.IsNullOrEmpty(env) && File.Exists(env)) return env;
+        var candidates = new List<string>();
+        for (var dir = new DirectoryInfo(AppContext.BaseDirectory); dir is not null; dir = dir.Parent)
+            candidates.Add(Path.Combine(dir.FullName, ".tools", "cuda", "usr", "bin", name));
+        candidates.Add(Path.Combine(Environment.CurrentDirectory, ".tools", "cuda", "usr", "bin", name));
+        foreach (var p in (Environment.GetEnvironmentVariable("PATH") ?? "").Split(Path.PathSeparator))
+            if (p.Length > 0) candidates.Add(Path.Combine(p, name));
+        candidates.Add(Path.Combine("/usr/local/cuda/bin", name));
+        candidates.Add(Path.Combine("/usr/lib/nvidia-cuda-toolkit/bin", name));
+        return candidates.FirstOrDefault(File.Exists);
+    }
+
+    /// <summary>Assembles the PTX with ptxas -v and counts HMMA instructions in the SASS.</summary>
+    public static PtxReportRow Assemble(KernelEntry entry, string ptxas, string? cuobjdump, string workDir)
+    {
+        var ptx = CompilePtx(entry);
+        Directory.CreateDirectory(workDir);
+        var stem = Path.Combine(workDir, Sanitize($"{entry.Kernel}_{entry.Config}"));
+        File.WriteAllText(stem + ".ptx", ptx);
+        var (code, _, err) = Run(ptxas, $"-arch={SassArch} -v \"{stem}.ptx\" -o \"{stem}.cubin\"");
+        if (code != 0)
+            throw new InvalidOperationException($"ptxas failed on {entry.Kernel} [{entry.Config}]: {FirstLines(err, 3)}");
+        int regs = Int(err, @"Used (\d+) registers");
+        int smem = Int(err, @"(\d+) bytes smem");
+        int stack = Int(err, @"(\d+) bytes stack frame");
+        int spills = Int(err, @"(\d+) bytes spill stores") + Int(err, @"(\d+) bytes spill loads");
+        int hmma = -1;
+        if (cuobjdump is not null)
+        {
+            var (c2, sass, err2) = Run(cuobjdump, $"-sass \"{stem}.cubin\"");
+            if (c2 != 0) throw new InvalidOperationException($"cuobjdump failed on {entry.Kernel}: {FirstLines(err2, 3)}");
+            hmma = Regex.Matches(sass, @"\bHMMA\b").Count;
+        }
+        return new PtxReportRow(entry.Kernel, entry.Config, regs, smem + entry.DynamicSharedBytes, stack, spills, hmma, ptx.Length);
+    }
+
+    private static int Int(string text, string pattern)
+    {
+        var m = Regex.Match(text, pattern);
+        return m.Success ? int.Parse(m.Groups[1].Value) : 0;
+    }
+
+    private static string Sanitize(string s) => Regex.Replace(s, @"[^A-Za-z0-9_.-]+", "_");
+
+    private static string FirstLines(string s, int n) => string.Join(" | ", s.Split('\n', StringSplitOptions.RemoveEmptyEntries).Take(n));
+
+    private static (int Code, string Out, string Err) Run(string exe, string args)
+    {
+        var psi = new ProcessStartInfo(exe, args)
+        {
+            RedirectStandardOutput = true,
+            RedirectStandardError = true,
+            UseShellExecute = false,
+        };
+        using var p = Process.Start(psi) ?? throw new InvalidOperationException($"cannot start {exe}");
+        var stdout = p.StandardOutput.ReadToEndAsync();
+        var stderr = p.StandardError.ReadToEndAsync();
+        p.WaitForExit();
+        return (p.ExitCode, stdout.Result, stderr.Result);
+    }
+}

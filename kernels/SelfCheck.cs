@@ -1,0 +1,231 @@
+using StableDiffusion.Runtime;
+
+namespace StableDiffusion.Kernels;
+
+/// <summary>One comparison of a kernel with the host reference.</summary>
+public sealed record SelfCheckResult(string Op, string DType, string Shape, double RelativeError, double Tolerance)
+{
+    public bool Passed => RelativeError <= Tolerance; // NaN fails
+}
+
+/// <summary>
+/// Runs every op through <see cref="IOps"/> on the open device at shapes sized for it, against
+/// <see cref="Reference"/>; outputs come from a poisoned pool, so elements a kernel fails to write show as NaN.
+/// </summary>
+public static class SelfCheck
+{
+    public const double F32Tolerance = 1e-5;
+    public const double F16Tolerance = 2e-3;
+
+    public static IReadOnlyList<SelfCheckResult> Run(IlgpuOps ops, Action<SelfCheckResult>? onResult = null)
+    {
+        bool small = ops.Runtime.Profile == KernelProfile.Test;
+        bool poison = ops.Device.Pool.PoisonOnRent;
+        ops.Device.Pool.PoisonOnRent = true;
+        var results = new List<SelfCheckResult>();
+        try
+        {
+            foreach (var dt in new[] { DType.F32, DType.F16 })
+            {
+                var c = new Checker(ops, dt, results, onResult, seed: dt == DType.F32 ? 1 : 2);
+                c.All(small);
+            }
+        }
+        finally
+        {
+            ops.Device.Pool.PoisonOnRent = poison;
+        }
+        return results;
+    }
+
+    private sealed class Checker(IlgpuOps ops, DType dt, List<SelfCheckResult> results, Action<SelfCheckResult>? onResult, int seed)
+    {
+        private readonly Random rng = new(seed);
+        private double Tol => dt == DType.F32 ? F32Tolerance : F16Tolerance;
+
+        private float[] Rand(long n, float scale = 1f)
+        {
+            var a = new float[n];
+            for (long i = 0; i < n; i++) a[i] = (float)(rng.NextDouble() * 2 - 1) * scale;
+            return dt == DType.F16 ? Reference.RoundToHalf(a) : a; // the reference sees exactly what the device holds
+        }
+
+        private Tensor Up(float[] data, params int[] shape) => Tensor.FromArray(ops.Device, data, dt, shape);
+
+        private void Report(string op, string shape, Tensor output, float[] expected)
+        {
+            var got = output.ToFloatArray();
+            output.Dispose();
+            var r = new SelfCheckResult(op, dt.Name(), shape, Reference.RelativeError(got, expected), Tol);
+            results.Add(r);
+            onResult?.Invoke(r);
+        }
+
+        public void All(bool small)
+        {
+            // GEMM: odd sizes, both transposes, bias, residual, batch broadcast.
+            foreach (var (m, n, k, ta, tb, batch) in small
+                         ? new[] { (37, 29, 23, false, true, 1), (17, 21, 9, true, false, 2) }
+                         : new[] { (300, 200, 150, false, true, 2), (77, 768, 320, false, true, 1), (129, 65, 257, true, false, 3) })
+            {
+                var a = Rand((long)batch * m * k);
+                var b = Rand((long)k * n);
+                var bias = Rand(n);
+                var res = Rand((long)batch * m * n);
+                using var ta_ = batch > 1 ? Up(a, batch, ta ? k : m, ta ? m : k) : Up(a, ta ? k : m, ta ? m : k);
+                using var tb_ = Up(b, tb ? n : k, tb ? k : n);
+                using var tbias = Up(bias, n);
+                using var tres = batch > 1 ? Up(res, batch, m, n) : Up(res, m, n);
+                var y = ops.MatMul(ta_, tb_, ta, tb, 0.5f, tbias, tres);
+                Report("gemm", $"b{batch} {m}x{n}x{k}{(ta ? " Aᵀ" : "")}{(tb ? " Bᵀ" : "")} +bias +res", y,
+                    Reference.MatMul(a, b, batch, m, n, k, ta, tb, batch > 1, false, 0.5f, bias, res));
+            }
+
+            // Convolution: 3x3 pad 1 stride 1 and 2, 1x1, residual.
+            foreach (var (n, h, w, cin, cout, kk, s, p, withRes) in small
+                         ? new[] { (1, 6, 7, 5, 6, 3, 1, 1, true), (2, 7, 5, 3, 4, 3, 2, 1, false), (1, 4, 5, 6, 7, 1, 1, 0, false) }
+                         : new[] { (2, 16, 16, 32, 64, 3, 1, 1, true), (1, 17, 15, 32, 48, 3, 2, 1, false), (2, 9, 9, 64, 40, 1, 1, 0, true) })
+            {
+                int ho = (h + 2 * p - kk) / s + 1, wo = (w + 2 * p - kk) / s + 1;
+                var x = Rand((long)n * h * w * cin);
+                var wt = Rand((long)cout * kk * kk * cin, 0.2f);
+                var bias = Rand(cout);
+                var res = withRes ? Rand((long)n * ho * wo * cout) : null;
+                using var tx = Up(x, n, h, w, cin);
+                using var tw = Up(wt, cout, kk, kk, cin);
+                using var tbias = Up(bias, cout);
+                using var tres = res is null ? null : Up(res, n, ho, wo, cout);
+                var y = ops.Conv2d(tx, tw, tbias, s, p, tres);
+                Report("conv2d", $"[{n},{h},{w},{cin}] {kk}x{kk}/{s} p{p} → {cout}{(withRes ? " +res" : "")}", y,
+                    Reference.Conv2d(x, n, h, w, cin, wt, cout, kk, kk, bias, s, p, res));
+            }
+
+            // Group norm with and without SiLU, both epsilons.
+            foreach (var (n, hw, c, g, silu, eps) in small
+                         ? new[] { (2, 5, 8, 4, true, 1e-5f), (1, 7, 6, 2, false, 1e-6f) }
+                         : new[] { (2, 64, 320, 32, true, 1e-5f), (1, 100, 128, 32, false, 1e-6f) })
+            {
+                var x = Rand((long)n * hw * c, 2f);
+                for (int i = 0; i < x.Length; i++) x[i] += 0.5f; // a non-zero mean exercises the shifted sums
+                var gamma = Rand(c);
+                var beta = Rand(c);
+                using var tx = Up(x, n, hw, c);
+                using var tg = Up(gamma, c);
+                using var tb = Up(beta, c);
+                var y = ops.GroupNorm(tx, g, tg, tb, eps, silu);
+                Report("group_norm", $"[{n},{hw},{c}] g{g}{(silu ? " +silu" : "")} eps {eps:g}", y,
+                    Reference.GroupNorm(dt == DType.F16 ? Reference.RoundToHalf(x) : x, n, hw, c, g, gamma, beta, eps, silu));
+            }
+
+            {
+                int rows = small ? 7 : 3 * 77, c = small ? 12 : 320;
+                var x = Rand((long)rows * c, 3f);
+                var gamma = Rand(c);
+                var beta = Rand(c);
+                using var tx = Up(x, rows, c);
+                using var tg = Up(gamma, c);
+                using var tb = Up(beta, c);
+                Report("layer_norm", $"[{rows},{c}]", ops.LayerNorm(tx, tg, tb, 1e-5f), Reference.LayerNorm(x, c, gamma, beta, 1e-5));
+            }
+
+            {
+                int rows = small ? 5 : 4 * 77, c = small ? 13 : 100;
+                var x = Rand((long)rows * c, 4f);
+                using var tx = Up(x, rows, c);
+                Report("softmax", $"[{rows},{c}]", ops.Softmax(tx), Reference.Softmax(x, c));
+            }
+
+            // Attention: self and cross, every SD head dim, causal.
+            var attnCases = small
+                ? new[] { (1, 2, 9, 11, 8, false), (1, 1, 5, 6, 40, true), (1, 1, 3, 5, 160, false) }
+                : new[] { (2, 2, 100, 100, 40, false), (2, 2, 100, 77, 64, false), (1, 2, 64, 77, 80, false), (1, 2, 64, 64, 160, true), (1, 1, 40, 40, 512, false) };
+            foreach (var (b, heads, lq, lk, d, causal) in attnCases)
+            {
+                int hd = heads * d;
+                var q = Rand((long)b * lq * hd);
+                var k = Rand((long)b * lk * hd);
+                var v = Rand((long)b * lk * hd);
+                using var tq = Up(q, b, lq, hd);
+                using var tk = Up(k, b, lk, hd);
+                using var tv = Up(v, b, lk, hd);
+                var y = ops.Attention(tq, tk, tv, heads, causal: causal);
+                Report("attention", $"b{b} h{heads} {lq}x{lk} d{d}{(causal ? " causal" : "")}", y,
+                    Reference.Attention(q, k, v, b, lq, lk, heads, d, 1 / Math.Sqrt(d), causal));
+            }
+
+            foreach (var kind in Enum.GetValues<Activation>())
+            {
+                var x = Rand(small ? 100 : 4096, 4f);
+                using var tx = Up(x, x.Length);
+                Report(Activations.Name(kind), $"[{x.Length}]", ops.Activate(tx, kind), Reference.Activate(kind, x));
+            }
+
+            {
+                int rows = small ? 3 : 77, c = small ? 8 : 320;
+                var x = Rand((long)rows * 2 * c, 3f);
+                using var tx = Up(x, rows, 2 * c);
+                Report("geglu", $"[{rows},{2 * c}]", ops.Geglu(tx), Reference.Geglu(x, c));
+            }
+
+            foreach (var (aShape, bShape, op) in new[]
+                     {
+                         (new[] { 2, 6, 10 }, new[] { 2, 1, 10 }, BinaryOp.Add),
+                         (new[] { 2, 6, 10 }, new[] { 10 }, BinaryOp.Mul),
+                         (new[] { 3, 4, 5, 6 }, new[] { 3, 4, 5, 6 }, BinaryOp.Add),
+                     })
+            {
+                var a = Rand(aShape.Aggregate(1L, (x, y) => x * y));
+                var bb = Rand(bShape.Aggregate(1L, (x, y) => x * y));
+                using var ta = Up(a, aShape);
+                using var tb = Up(bb, bShape);
+                Report(op == BinaryOp.Add ? "add" : "mul", $"[{string.Join(",", aShape)}] · [{string.Join(",", bShape)}]",
+                    ops.Binary(op, ta, tb), Reference.Binary(op, a, aShape, bb, bShape));
+            }
+
+            {
+                var x = Rand(1000);
+                using var tx = Up(x, 1000);
+                var expected = x.Select(v => v * 0.18215f + 0.5f).ToArray();
+                Report("scale", "[1000]", ops.Scale(tx, 0.18215f, 0.5f), expected);
+            }
+
+            {
+                var x = Rand(2 * 5 * 3 * 7);
+                using var tx = Up(x, 2, 5, 3, 7);
+                Report("upsample2x", "[2,5,3,7]", ops.Upsample2x(tx), Reference.Upsample2x(x, 2, 5, 3, 7));
+                var other = Rand(2 * 5 * 3 * 4);
+                using var to = Up(other, 2, 5, 3, 4);
+                Report("concat", "[2,5,3,7] ++ [2,5,3,4]", ops.Concat(tx, to), Reference.Concat(x, 7, other, 4));
+                Report("transpose", "[2,5,21] → [2,21,5]", ops.Transpose(tx.Reshape(2, 5, 21)), Reference.Transpose(x, 2, 5, 21));
+            }
+
+            {
+                var t = new float[] { 999f, 1f, 500.5f };
+                using var tt = Tensor.FromArray(ops.Device, t, DType.F32, 3);
+                var y = ops.TimestepEmbedding(tt, 320, dt);
+                var expected = Reference.TimestepEmbedding(t, 320, true, 0f, 10000f);
+                Report("timestep_embedding", "t [3] → [3,320]", y, dt == DType.F16 ? Reference.RoundToHalf(expected) : expected);
+            }
+
+            {
+                var table = Rand(50 * 16);
+                var ids = new[] { 49406, 3, 0, 49, 17, 17 }.Select(i => i % 50).ToArray();
+                using var tt = Up(table, 50, 16);
+                using var ti = Tensor.FromInts(ops.Device, ids, 2, 3);
+                Report("embedding", "[50,16] ids [2,3]", ops.Embedding(tt, ti), Reference.Gather(table, 16, ids));
+            }
+
+            {
+                var x = Rand(300, 10f);
+                using var tx = Up(x, 300);
+                var other = dt == DType.F32 ? DType.F16 : DType.F32;
+                using var cast = ops.Cast(tx, other);
+                var back = cast.ToFloatArray();
+                var r = new SelfCheckResult("cast", $"{dt.Name()}→{other.Name()}", "[300]",
+                    Reference.RelativeError(back, other == DType.F16 ? Reference.RoundToHalf(x) : x), 0);
+                results.Add(r);
+                onResult?.Invoke(r);
+            }
+        }
+    }
+}

@@ -1,0 +1,243 @@
+using System.Reflection;
+using System.Text.Json;
+using StableDiffusion.Kernels;
+using StableDiffusion.Runtime;
+
+namespace StableDiffusion.Cli;
+
+/// <summary>The <c>sd</c> command line. Usage errors exit 2, other failures 1, with one line on stderr.</summary>
+public static class Cli
+{
+    public const string Usage = """
+        sd — Stable Diffusion inference on kernels written in C# and compiled by ILGPU.
+
+        usage: sd <command> [options]
+
+        commands:
+          devices [--json]                       list every accelerator ILGPU can see, and why any is refused
+          selfcheck [--device D]                 run every kernel on a device against the host reference
+          kernels [--ptx-report] [--json]        list kernels; with --ptx-report, assemble each CUDA kernel with ptxas
+                  [--keep DIR]                   (sm_90) and report registers, shared memory, stack, spills and HMMA count
+
+        options:
+          --device D     auto (default: CUDA, then OpenCL, then the ILGPU CPU accelerator), cuda[:N], opencl[:N], cpu
+          --verbose      print stack traces of errors
+          --help         this text
+          --version      the version
+        """;
+
+    public static int Run(string[] args, TextWriter stdout, TextWriter stderr)
+    {
+        bool verbose = args.Contains("--verbose");
+        try
+        {
+            var a = new Args(args.Where(x => x != "--verbose").ToArray());
+            if (a.Flag("--help") || a.Flag("-h") || a.Command is null or "help")
+            {
+                stdout.WriteLine(Usage);
+                return a.Command is null && !a.Flag("--help") && !a.Flag("-h") ? 2 : 0;
+            }
+            if (a.Flag("--version"))
+            {
+                stdout.WriteLine($"sd {Version}");
+                return 0;
+            }
+            return a.Command switch
+            {
+                "devices" => Devices(a, stdout),
+                "selfcheck" => RunSelfCheck(a, stdout, stderr),
+                "kernels" => Kernels(a, stdout, stderr),
+                _ => throw new UsageException($"unknown command '{a.Command}'; run 'sd --help'"),
+            };
+        }
+        catch (SdException e)
+        {
+            stderr.WriteLine($"sd: error: {e.Message}");
+            if (verbose) stderr.WriteLine(e);
+            return e.ExitCode;
+        }
+        catch (Exception e)
+        {
+            stderr.WriteLine($"sd: internal error: {e.GetType().Name}: {FirstLine(e.Message)}");
+            if (verbose) stderr.WriteLine(e);
+            else stderr.WriteLine("sd: run again with --verbose for the stack trace");
+            return 1;
+        }
+    }
+
+    public static string Version =>
+        typeof(Cli).Assembly.GetCustomAttribute<AssemblyInformationalVersionAttribute>()?.InformationalVersion ?? "0.0.0";
+
+    private static string FirstLine(string s) => s.Split('\n')[0].TrimEnd('\r');
+
+    private static int Devices(Args a, TextWriter stdout)
+    {
+        bool json = a.Flag("--json");
+        a.CheckDone();
+        var devices = DeviceCatalog.Enumerate(out var notes);
+        if (json)
+        {
+            stdout.WriteLine(JsonSerializer.Serialize(new
+            {
+                devices = devices.Select(d => new
+                {
+                    id = d.Usable ? d.Id : null,
+                    kind = d.Kind.ToString(),
+                    name = d.Name,
+                    memory_bytes = d.MemoryBytes,
+                    max_group_size = d.MaxGroupSize,
+                    warp_size = d.WarpSize,
+                    multiprocessors = d.Multiprocessors,
+                    capabilities = d.Capabilities,
+                    usable = d.Usable,
+                    refused_because = d.Refusal,
+                }),
+                notes,
+            }, JsonOptions));
+            return 0;
+        }
+        foreach (var n in notes) stdout.WriteLine(n);
+        stdout.WriteLine();
+        foreach (var d in devices)
+        {
+            var id = d.Usable ? d.Id : "refused";
+            stdout.WriteLine($"{id,-10} {ComputeDevice.KindName(d.Kind),-22} {d.Name}");
+            stdout.WriteLine($"{"",-10} memory {d.MemoryBytes / (1024.0 * 1024 * 1024):F1} GiB, {d.Multiprocessors} multiprocessors, " +
+                             $"warp {d.WarpSize}, max group {d.MaxGroupSize}");
+            stdout.WriteLine($"{"",-10} {d.Capabilities}");
+            if (d.Refusal is not null) stdout.WriteLine($"{"",-10} refused: {d.Refusal}");
+        }
+        var auto = devices.FirstOrDefault(d => d.Usable && d.Kind == DeviceKind.Cuda)
+                   ?? devices.FirstOrDefault(d => d.Usable && d.Kind == DeviceKind.OpenCL)
+                   ?? devices.First(d => d.Kind == DeviceKind.IlgpuCpu);
+        stdout.WriteLine();
+        stdout.WriteLine($"--device auto would choose {auto.Id} ({auto.Name})");
+        return 0;
+    }
+
+    private static int RunSelfCheck(Args a, TextWriter stdout, TextWriter stderr)
+    {
+        var deviceName = a.Value("--device") ?? "auto";
+        a.CheckDone();
+        using var device = ComputeDevice.Open(deviceName, stdout);
+        var ops = new IlgpuOps(device);
+        stdout.WriteLine($"kernel profile: {ops.Runtime.Profile}; tolerance fp32 {SelfCheck.F32Tolerance:g}, fp16 {SelfCheck.F16Tolerance:g} (relative L2 vs host reference)");
+        stdout.WriteLine($"{"op",-20} {"dtype",-12} {"shape",-44} {"rel. error",10}  result");
+        var results = SelfCheck.Run(ops, r =>
+        {
+            stdout.WriteLine($"{r.Op,-20} {r.DType,-12} {r.Shape,-44} {r.RelativeError,10:0.00e+00}  {(r.Passed ? "ok" : "FAIL")}");
+            stdout.Flush();
+        });
+        int failed = results.Count(r => !r.Passed);
+        stdout.WriteLine($"selfcheck on {device.Name}: {results.Count - failed} passed, {failed} failed");
+        if (failed > 0) stderr.WriteLine($"sd: error: {failed} kernel check(s) failed on {device.Name}");
+        return failed > 0 ? 1 : 0;
+    }
+
+    private static int Kernels(Args a, TextWriter stdout, TextWriter stderr)
+    {
+        bool report = a.Flag("--ptx-report");
+        bool json = a.Flag("--json");
+        var keep = a.Value("--keep");
+        a.CheckDone();
+        var catalog = KernelRuntime.CudaCatalog();
+        if (!report)
+        {
+            if (json)
+                stdout.WriteLine(JsonSerializer.Serialize(catalog.Select(e => new { kernel = e.Kernel, config = e.Config }), JsonOptions));
+            else
+                foreach (var e in catalog) stdout.WriteLine($"{e.Kernel,-24} {e.Config}");
+            return 0;
+        }
+        var ptxas = PtxTools.FindTool("ptxas")
+            ?? throw new ToolMissingException("ptxas was not found (set SD_PTXAS, put it on PATH, or run .ci/run once to install it into .tools/cuda)");
+        var cuobjdump = PtxTools.FindTool("cuobjdump")
+            ?? throw new ToolMissingException("cuobjdump was not found (it comes with ptxas; set SD_CUOBJDUMP or put it on PATH)");
+        var dir = keep ?? Path.Combine(Path.GetTempPath(), $"sd-ptx-{Environment.ProcessId}");
+        var rows = new List<PtxReportRow>();
+        try
+        {
+            foreach (var e in catalog)
+            {
+                rows.Add(PtxTools.Assemble(e, ptxas, cuobjdump, dir));
+                if (!json) stderr.Write('.');
+            }
+            if (!json) stderr.WriteLine();
+        }
+        finally
+        {
+            if (keep is null && Directory.Exists(dir)) Directory.Delete(dir, recursive: true);
+        }
+        if (json)
+        {
+            stdout.WriteLine(JsonSerializer.Serialize(rows.Select(r => new
+            {
+                kernel = r.Kernel,
+                config = r.Config,
+                registers = r.Registers,
+                shared_bytes = r.SharedBytes,
+                stack_bytes = r.StackBytes,
+                spill_bytes = r.SpillBytes,
+                hmma = r.Hmma,
+            }), JsonOptions));
+        }
+        else
+        {
+            stdout.WriteLine($"PTX from ILGPU (sm_80, ISA 7.8) assembled by {ptxas} for {PtxTools.SassArch}");
+            stdout.WriteLine($"{"kernel",-24} {"config",-32} {"regs",5} {"shared B",9} {"stack B",8} {"spill B",8} {"HMMA",5}");
+            foreach (var r in rows)
+                stdout.WriteLine($"{r.Kernel,-24} {r.Config,-32} {r.Registers,5} {r.SharedBytes,9} {r.StackBytes,8} {r.SpillBytes,8} {r.Hmma,5}");
+            int spilling = rows.Count(r => r.SpillBytes > 0);
+            stdout.WriteLine($"{rows.Count} kernels, {spilling} with spills");
+        }
+        return rows.Any(r => r.SpillBytes > 0) ? 1 : 0;
+    }
+
+    private static readonly JsonSerializerOptions JsonOptions = new() { WriteIndented = true };
+}
+
+/// <summary>A tool a command needs is not installed.</summary>
+public sealed class ToolMissingException(string message) : SdException(message);
+
+/// <summary>Minimal argument reader: a command word, flags and --name value pairs; anything unread is an error.</summary>
+internal sealed class Args
+{
+    private readonly List<string> rest;
+
+    public Args(string[] args)
+    {
+        rest = args.ToList();
+        if (rest.Count > 0 && !rest[0].StartsWith('-'))
+        {
+            Command = rest[0];
+            rest.RemoveAt(0);
+        }
+    }
+
+    public string? Command { get; }
+
+    public bool Flag(string name) => rest.Remove(name);
+
+    public string? Value(string name)
+    {
+        int i = rest.IndexOf(name);
+        if (i < 0)
+        {
+            var eq = rest.FirstOrDefault(x => x.StartsWith(name + "=", StringComparison.Ordinal));
+            if (eq is null) return null;
+            rest.Remove(eq);
+            return eq[(name.Length + 1)..];
+        }
+        if (i + 1 >= rest.Count || rest[i + 1].StartsWith("--", StringComparison.Ordinal))
+            throw new UsageException($"option {name} needs a value");
+        var v = rest[i + 1];
+        rest.RemoveRange(i, 2);
+        return v;
+    }
+
+    public void CheckDone()
+    {
+        if (rest.Count > 0)
+            throw new UsageException($"unexpected argument '{rest[0]}' for 'sd {Command}'; run 'sd --help'");
+    }
+}

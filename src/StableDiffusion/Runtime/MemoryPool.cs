@@ -1,0 +1,161 @@
+using ILGPU;
+using ILGPU.Runtime;
+
+namespace StableDiffusion.Runtime;
+
+/// <summary>
+/// Reuses device buffers between ops. ILGPU has no stream-ordered allocator and a device allocation costs far
+/// more than a kernel launch, so buffers are kept in size classes (four per power of two, at most 25 % slack)
+/// and handed out again when a tensor is disposed. Everything runs on the device's single stream, so a buffer
+/// returned after an op was enqueued is safe to hand to the next op enqueued on the same stream.
+/// </summary>
+public sealed class MemoryPool : IDisposable
+{
+    private readonly Accelerator accelerator;
+    private readonly Dictionary<long, Stack<MemoryBuffer1D<byte, Stride1D.Dense>>> free = new();
+    private readonly object gate = new();
+    private bool disposed;
+
+    internal MemoryPool(Accelerator accelerator) => this.accelerator = accelerator;
+
+    /// <summary>Fill every rented buffer with 0xFF bytes (NaN in fp32 and fp16) so unwritten outputs show.</summary>
+    public bool PoisonOnRent { get; set; }
+
+    public long BytesInUse { get; private set; }
+    public long PeakBytesInUse { get; private set; }
+    public long BytesReserved { get; private set; }
+    public long Hits { get; private set; }
+    public long Misses { get; private set; }
+
+    /// <summary>The size class a request of <paramref name="bytes"/> is served from.</summary>
+    public static long SizeClass(long bytes)
+    {
+        if (bytes <= 512) return 512;
+        int log = 63 - System.Numerics.BitOperations.LeadingZeroCount((ulong)(bytes - 1));
+        long step = Math.Max(512, (1L << log) / 4); // 4 classes between consecutive powers of two
+        return (bytes + step - 1) / step * step;
+    }
+
+    public PooledBuffer Rent(long bytes)
+    {
+        if (bytes < 0) throw new ArgumentOutOfRangeException(nameof(bytes));
+        long size = SizeClass(bytes);
+        MemoryBuffer1D<byte, Stride1D.Dense>? buffer = null;
+        lock (gate)
+        {
+            ObjectDisposedException.ThrowIf(disposed, this);
+            if (free.TryGetValue(size, out var stack) && stack.Count > 0)
+            {
+                buffer = stack.Pop();
+                Hits++;
+            }
+        }
+        if (buffer is null)
+        {
+            buffer = Allocate(size);
+            lock (gate)
+            {
+                Misses++;
+                BytesReserved += size;
+            }
+        }
+        lock (gate)
+        {
+            BytesInUse += size;
+            PeakBytesInUse = Math.Max(PeakBytesInUse, BytesInUse);
+        }
+        if (PoisonOnRent) buffer.View.MemSet(accelerator.DefaultStream, 0xFF);
+        return new PooledBuffer(this, buffer, size);
+    }
+
+    private MemoryBuffer1D<byte, Stride1D.Dense> Allocate(long size)
+    {
+        try
+        {
+            return accelerator.Allocate1D<byte>(size);
+        }
+        catch (Exception e) when (e is OutOfMemoryException or AcceleratorException or InvalidOperationException)
+        {
+            Trim();
+            try
+            {
+                return accelerator.Allocate1D<byte>(size);
+            }
+            catch (Exception e2) when (e2 is OutOfMemoryException or AcceleratorException or InvalidOperationException)
+            {
+                throw new DeviceException(
+                    $"out of device memory on {accelerator.Name}: could not allocate {size / (1024.0 * 1024):F1} MiB " +
+                    $"({BytesInUse / (1024.0 * 1024):F1} MiB in use)", e2);
+            }
+        }
+    }
+
+    internal void Return(MemoryBuffer1D<byte, Stride1D.Dense> buffer, long size)
+    {
+        lock (gate)
+        {
+            BytesInUse -= size;
+            if (disposed)
+            {
+                buffer.Dispose();
+                return;
+            }
+            if (!free.TryGetValue(size, out var stack)) free[size] = stack = new Stack<MemoryBuffer1D<byte, Stride1D.Dense>>();
+            stack.Push(buffer);
+        }
+    }
+
+    /// <summary>Releases every buffer not currently rented.</summary>
+    public void Trim()
+    {
+        lock (gate)
+        {
+            foreach (var (size, stack) in free)
+            {
+                while (stack.Count > 0)
+                {
+                    stack.Pop().Dispose();
+                    BytesReserved -= size;
+                }
+            }
+            free.Clear();
+        }
+    }
+
+    public void Dispose()
+    {
+        lock (gate)
+        {
+            if (disposed) return;
+            disposed = true;
+        }
+        Trim();
+    }
+}
+
+/// <summary>A buffer rented from a <see cref="MemoryPool"/>; disposing it returns it.</summary>
+public sealed class PooledBuffer : IDisposable
+{
+    private readonly MemoryPool pool;
+    private MemoryBuffer1D<byte, Stride1D.Dense>? buffer;
+
+    internal PooledBuffer(MemoryPool pool, MemoryBuffer1D<byte, Stride1D.Dense> buffer, long capacity)
+    {
+        this.pool = pool;
+        this.buffer = buffer;
+        Capacity = capacity;
+    }
+
+    public long Capacity { get; }
+
+    public ArrayView<byte> View =>
+        (buffer ?? throw new ObjectDisposedException(nameof(PooledBuffer))).View;
+
+    public bool IsDisposed => buffer is null;
+
+    public void Dispose()
+    {
+        var b = Interlocked.Exchange(ref buffer, null);
+        if (b is not null) pool.Return(b, Capacity);
+    }
+}
