@@ -1,0 +1,5 @@
+namespace StableDiffusion.IO;
+
+internal static class Placeholder
+{
+}
