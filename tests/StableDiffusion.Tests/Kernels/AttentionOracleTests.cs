@@ -1,0 +1,69 @@
+using StableDiffusion.Kernels;
+using StableDiffusion.Runtime;
+using StableDiffusion.Tests.Support;
+using TorchSharp;
+using Xunit.Abstractions;
+using static TorchSharp.torch;
+
+namespace StableDiffusion.Tests.Kernels;
+
+/// <summary>attention_flash_simt against torch.nn.functional.scaled_dot_product_attention.</summary>
+public class AttentionOracleTests(ITestOutputHelper output)
+{
+    private readonly Oracle oracle = new(output);
+
+    [Theory]
+    // profile, dtype, B, heads, Lq, Lk, D, causal
+    [InlineData("test", "fp32", 1, 2, 9, 11, 8, false)]
+    [InlineData("test", "fp32", 2, 1, 6, 6, 16, true)]
+    [InlineData("test", "fp32", 1, 1, 5, 77, 40, false)]
+    [InlineData("test", "fp32", 1, 2, 7, 7, 64, false)]
+    [InlineData("test", "fp32", 1, 1, 3, 5, 80, true)]
+    [InlineData("test", "fp32", 1, 1, 3, 6, 160, false)]
+    [InlineData("test", "fp32", 1, 1, 2, 3, 512, false)]
+    [InlineData("test", "fp16", 1, 2, 9, 11, 40, false)]
+    [InlineData("test", "fp16", 1, 1, 4, 5, 160, true)]
+    [InlineData("cuda", "fp32", 1, 2, 40, 77, 40, false)]
+    [InlineData("cuda", "fp32", 2, 1, 33, 33, 64, true)]
+    [InlineData("cuda", "fp32", 1, 1, 20, 40, 80, false)]
+    [InlineData("cuda", "fp32", 1, 1, 17, 23, 160, false)]
+    [InlineData("cuda", "fp32", 1, 1, 9, 12, 512, false)]
+    [InlineData("cuda", "fp16", 1, 2, 40, 77, 40, false)]
+    [InlineData("cuda", "fp16", 1, 1, 17, 23, 160, true)]
+    public void Attention_matches_libtorch_sdpa(string profile, string dtype, int b, int heads, int lq, int lk, int d, bool causal)
+    {
+        var ops = Devices.Ops(profile);
+        var dt = Devices.DType(dtype);
+        using var scope = torch.NewDisposeScope();
+        int hd = heads * d;
+        var q = oracle.Random((long)b * lq * hd, dt, 2f);
+        var k = oracle.Random((long)b * lk * hd, dt, 2f);
+        var v = oracle.Random((long)b * lk * hd, dt);
+        using var tq = Oracle.Upload(ops, q, dt, b, lq, hd);
+        using var tk = Oracle.Upload(ops, k, dt, b, lk, hd);
+        using var tv = Oracle.Upload(ops, v, dt, b, lk, hd);
+        using var y = ops.Attention(tq, tk, tv, heads, causal: causal);
+
+        TorchSharp.torch.Tensor Heads(float[] x, int l) => Oracle.T(x, b, l, heads, d).transpose(1, 2);
+        var want = torch.nn.functional.scaled_dot_product_attention(Heads(q, lq), Heads(k, lk), Heads(v, lk), is_casual: causal)
+            .transpose(1, 2).reshape(b, lq, hd);
+        oracle.Check("attention_flash_simt", $"{profile} b{b} h{heads} {lq}x{lk} d{d}{(causal ? " causal" : "")}", y, want,
+            Devices.Tolerance(dt));
+    }
+
+    [Fact]
+    public void Attention_reads_q_k_v_from_one_fused_projection()
+    {
+        var ops = Devices.Ops("test");
+        using var scope = torch.NewDisposeScope();
+        int b = 1, l = 6, heads = 2, d = 8, hd = heads * d;
+        var qkv = oracle.Random((long)b * l * 3 * hd, DType.F32);
+        using var t = Oracle.Upload(ops, qkv, DType.F32, b, l, 3 * hd);
+        using var y = Runtime.Tensor.Empty(ops.Device, DType.F32, b, l, hd);
+        Attention.Run(ops.Runtime, t, t, t, y, heads, 1f / MathF.Sqrt(d), qOffset: 0, kOffset: hd, vOffset: 2 * hd);
+        var all = Oracle.T(qkv, b, l, 3, heads, d);
+        TorchSharp.torch.Tensor Part(int i) => all.select(2, i).transpose(1, 2);
+        var want = torch.nn.functional.scaled_dot_product_attention(Part(0), Part(1), Part(2)).transpose(1, 2).reshape(b, l, hd);
+        oracle.Check("attention_flash_simt", "test fused qkv [1,6,48]", y, want, 1e-5);
+    }
+}

@@ -1,0 +1,56 @@
+using StableDiffusion.Runtime;
+using StableDiffusion.Tests.Support;
+using TorchSharp;
+using Xunit.Abstractions;
+using static TorchSharp.torch;
+
+namespace StableDiffusion.Tests.Kernels;
+
+/// <summary>conv2d_implicit_gemm (NHWC, OHWI) against torch.nn.functional.conv2d (NCHW, OIHW).</summary>
+public class Conv2dOracleTests(ITestOutputHelper output)
+{
+    private readonly Oracle oracle = new(output);
+
+    [Theory]
+    // profile, dtype, N, H, W, Cin, Cout, kernel, stride, pad, bias, residual
+    [InlineData("test", "fp32", 1, 6, 7, 5, 6, 3, 1, 1, true, true)]
+    [InlineData("test", "fp32", 2, 7, 5, 3, 4, 3, 2, 1, true, false)]
+    [InlineData("test", "fp32", 1, 5, 5, 4, 3, 3, 1, 0, false, false)]
+    [InlineData("test", "fp32", 2, 4, 5, 6, 7, 1, 1, 0, true, true)]
+    [InlineData("test", "fp32", 1, 8, 8, 3, 5, 1, 2, 0, true, false)]
+    [InlineData("test", "fp32", 1, 6, 6, 4, 4, 3, 2, 0, true, false)]
+    [InlineData("test", "fp16", 1, 6, 7, 5, 6, 3, 1, 1, true, true)]
+    [InlineData("test", "fp16", 2, 7, 5, 3, 4, 3, 2, 1, true, false)]
+    [InlineData("test", "fp16", 2, 4, 5, 6, 7, 1, 1, 0, true, true)]
+    [InlineData("cuda", "fp32", 1, 9, 10, 16, 20, 3, 1, 1, true, true)]
+    [InlineData("cuda", "fp32", 2, 9, 9, 8, 12, 3, 2, 1, true, false)]
+    [InlineData("cuda", "fp32", 1, 12, 12, 20, 24, 1, 1, 0, true, true)]
+    [InlineData("cuda", "fp16", 1, 9, 10, 16, 20, 3, 1, 1, true, true)]
+    [InlineData("cuda", "fp16", 2, 9, 9, 8, 12, 3, 2, 1, false, false)]
+    public void Conv2d_matches_libtorch(string profile, string dtype, int n, int h, int w, int cin, int cout, int ks,
+        int stride, int pad, bool withBias, bool withResidual)
+    {
+        var ops = Devices.Ops(profile);
+        var dt = Devices.DType(dtype);
+        using var scope = torch.NewDisposeScope();
+        int ho = (h + 2 * pad - ks) / stride + 1, wo = (w + 2 * pad - ks) / stride + 1;
+        var x = oracle.Random((long)n * h * w * cin, dt);
+        var wt = oracle.Random((long)cout * ks * ks * cin, dt, 0.3f);
+        var bias = withBias ? oracle.Random(cout, dt) : null;
+        var res = withResidual ? oracle.Random((long)n * ho * wo * cout, dt) : null;
+        using var tx = Oracle.Upload(ops, x, dt, n, h, w, cin);
+        using var tw = Oracle.Upload(ops, wt, dt, cout, ks, ks, cin);
+        using var tb = bias is null ? null : Oracle.Upload(ops, bias, dt, cout);
+        using var tr = res is null ? null : Oracle.Upload(ops, res, dt, n, ho, wo, cout);
+        using var y = ops.Conv2d(tx, tw, tb, stride, pad, tr);
+        Assert.Equal(new[] { n, ho, wo, cout }, y.ShapeArray());
+
+        var rx = Oracle.T(x, n, h, w, cin).permute(0, 3, 1, 2);
+        var rw = Oracle.T(wt, cout, ks, ks, cin).permute(0, 3, 1, 2);
+        var want = torch.nn.functional.conv2d(rx, rw, bias is null ? null : Oracle.T(bias, cout),
+            strides: [stride, stride], padding: [pad, pad]).permute(0, 2, 3, 1);
+        if (res is not null) want += Oracle.T(res, n, ho, wo, cout);
+        oracle.Check("conv2d_implicit_gemm", $"{profile} [{n},{h},{w},{cin}] {ks}x{ks}/{stride} p{pad} → {cout}", y, want,
+            Devices.Tolerance(dt));
+    }
+}

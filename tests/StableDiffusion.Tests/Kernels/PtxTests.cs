@@ -1,0 +1,68 @@
+using StableDiffusion.Kernels;
+using Xunit.Abstractions;
+
+namespace StableDiffusion.Tests.Kernels;
+
+/// <summary>
+/// The CUDA path without a GPU: every kernel at every tile configuration the CUDA profile launches is compiled to
+/// PTX by ILGPU, and, where ptxas is installed (.ci/run installs it and sets SD_REQUIRE_PTXAS=1), assembled for sm_90
+/// with no spills and no local-memory stack.
+/// </summary>
+public class PtxTests(ITestOutputHelper output)
+{
+    public static TheoryData<string, string> CatalogEntries()
+    {
+        var data = new TheoryData<string, string>();
+        foreach (var e in KernelRuntime.CudaCatalog()) data.Add(e.Kernel, e.Config);
+        return data;
+    }
+
+    private static KernelEntry Find(string kernel, string config) =>
+        KernelRuntime.CudaCatalog().Single(e => e.Kernel == kernel && e.Config == config);
+
+    [Fact]
+    public void Catalog_covers_every_kernel_family()
+    {
+        var kernels = KernelRuntime.CudaCatalog().Select(e => e.Kernel).ToHashSet();
+        foreach (var k in new[]
+                 {
+                     "gemm_tiled", "conv2d_implicit_gemm", "group_norm_stats", "group_norm_finalize", "group_norm_apply",
+                     "layer_norm", "softmax", "attention_flash_simt", "activation", "geglu", "binary_broadcast", "scale",
+                     "cast", "upsample2x", "concat", "timestep_embedding", "embedding", "transpose",
+                 })
+            Assert.Contains(k, kernels);
+    }
+
+    [Theory]
+    [MemberData(nameof(CatalogEntries))]
+    public void Kernel_compiles_to_ptx_for_sm80(string kernel, string config)
+    {
+        var ptx = PtxTools.CompilePtx(Find(kernel, config));
+        Assert.Contains(".target sm_80", ptx);
+        Assert.Contains(".entry", ptx);
+        Assert.DoesNotContain(".local", ptx); // register tiles stayed in registers
+        output.WriteLine($"{kernel} [{config}]: {ptx.Length} bytes of PTX");
+    }
+
+    [SkippableTheory]
+    [MemberData(nameof(CatalogEntries))]
+    public void Kernel_assembles_for_sm90_without_spills(string kernel, string config)
+    {
+        var ptxas = PtxTools.FindTool("ptxas");
+        var cuobjdump = PtxTools.FindTool("cuobjdump");
+        bool required = Environment.GetEnvironmentVariable("SD_REQUIRE_PTXAS") == "1";
+        if (ptxas is null || cuobjdump is null)
+        {
+            Assert.False(required, "SD_REQUIRE_PTXAS=1 but ptxas/cuobjdump were not found");
+            Skip.If(true, "ptxas/cuobjdump not installed (run .ci/run, or set SD_PTXAS)");
+        }
+        var dir = Path.Combine(Path.GetTempPath(), "sd-ptx-tests");
+        var row = PtxTools.Assemble(Find(kernel, config), ptxas!, cuobjdump, dir);
+        output.WriteLine($"{row.Kernel} [{row.Config}]: {row.Registers} registers, {row.SharedBytes} B shared, " +
+                         $"{row.StackBytes} B stack, {row.SpillBytes} B spilled, {row.Hmma} HMMA");
+        Assert.Equal(0, row.SpillBytes);
+        Assert.Equal(0, row.StackBytes);
+        Assert.InRange(row.Registers, 1, 255);
+        Assert.InRange(row.SharedBytes, 0, 48 * 1024); // no kernel opts into more than the default 48 KiB yet
+    }
+}

@@ -1,0 +1,43 @@
+using StableDiffusion.Kernels;
+using StableDiffusion.Runtime;
+
+[assembly: CollectionBehavior(DisableTestParallelization = true)]
+
+namespace StableDiffusion.Tests.Support;
+
+/// <summary>
+/// One ILGPU CPU accelerator for the whole test run (32-thread warps like NVIDIA, groups up to 256 threads), its pool
+/// poisoning every rented buffer with NaN so that elements a kernel fails to write show up, and two kernel runtimes on
+/// it: the tiny "Test" tiles, and the real CUDA tile configurations run at shapes that span only a few tiles.
+/// </summary>
+public static class Devices
+{
+    private static readonly Lazy<ComputeDevice> Cpu = new(() =>
+    {
+        var d = ComputeDevice.OpenIlgpuCpu(warpsPerGroup: 8, multiprocessors: 2);
+        d.Pool.PoisonOnRent = true;
+        return d;
+    });
+
+    private static readonly Lazy<IlgpuOps> TestOps = new(() => new IlgpuOps(Cpu.Value, KernelProfile.Test));
+    private static readonly Lazy<IlgpuOps> CudaOps = new(() => new IlgpuOps(Cpu.Value, KernelProfile.Cuda));
+
+    public static ComputeDevice Device => Cpu.Value;
+
+    /// <summary>Ops with the given tile profile ("test" or "cuda") on the CPU accelerator.</summary>
+    public static IlgpuOps Ops(string profile) => profile switch
+    {
+        "test" => TestOps.Value,
+        "cuda" => CudaOps.Value,
+        _ => throw new ArgumentOutOfRangeException(nameof(profile), profile, "expected test or cuda"),
+    };
+
+    public static DType DType(string name) => name switch
+    {
+        "fp32" => Runtime.DType.F32,
+        "fp16" => Runtime.DType.F16,
+        _ => throw new ArgumentOutOfRangeException(nameof(name), name, "expected fp32 or fp16"),
+    };
+
+    public static double Tolerance(DType dt) => dt == Runtime.DType.F32 ? 1e-5 : 2e-3;
+}
