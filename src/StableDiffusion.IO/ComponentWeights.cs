@@ -1,0 +1,82 @@
+using StableDiffusion.Runtime;
+
+namespace StableDiffusion.IO;
+
+/// <summary>
+/// A tensor of a model component under its diffusers name and shape, and where its bytes are: possibly a part of a
+/// stored tensor (a q/k/v slice of a fused OpenCLIP projection), always a contiguous byte range.
+/// </summary>
+public sealed record ModelTensor(TensorInfo Info, WeightFile File, string StoredName)
+{
+    public string Name => Info.Name;
+    public long[] Shape => Info.Shape;
+    public WeightDType DType => Info.DType;
+
+    public ReadOnlySpan<byte> Bytes() => File.Bytes(Info);
+
+    public Tensor Upload(ComputeDevice device, DType? deviceType = null) => File.Upload(device, Info, deviceType);
+
+    public float[] ReadFloat32() => File.ReadFloat32(Info);
+}
+
+/// <summary>The weights of one component (unet, vae, text_encoder) in diffusers naming.</summary>
+public sealed class ComponentWeights
+{
+    private readonly Dictionary<string, ModelTensor> tensors = new(StringComparer.Ordinal);
+    private readonly List<ModelTensor> order = [];
+
+    public ComponentWeights(string name, string source)
+    {
+        Name = name;
+        Source = source;
+    }
+
+    public string Name { get; }
+
+    /// <summary>The file or folder the weights come from, for messages.</summary>
+    public string Source { get; }
+
+    public IReadOnlyList<ModelTensor> Tensors => order;
+
+    public int TensorCount => order.Count;
+
+    public long ParameterCount => order.Sum(t => t.Info.ElementCount);
+
+    public ModelTensor? Find(string name) => tensors.GetValueOrDefault(name);
+
+    internal void Add(ModelTensor t)
+    {
+        if (!tensors.TryAdd(t.Name, t))
+            throw new WeightsException($"{Source}: {Name}: {Text.Q(tensors[t.Name].StoredName)} and {Text.Q(t.StoredName)} both map to {Text.Q(t.Name)}");
+        order.Add(t);
+    }
+
+    /// <summary>
+    /// Checks the component against the tensors a model declares (diffusers name → shape) and returns them by name.
+    /// A missing, mis-shaped or unexpected tensor is a <see cref="WeightsException"/> naming the first such tensor,
+    /// with expected and found shapes, and how many other problems there are.
+    /// </summary>
+    public IReadOnlyDictionary<string, ModelTensor> Bind(IReadOnlyDictionary<string, long[]> expected)
+    {
+        var problems = new List<string>();
+        var bound = new Dictionary<string, ModelTensor>(expected.Count, StringComparer.Ordinal);
+        foreach (var (name, shape) in expected)
+        {
+            if (!tensors.TryGetValue(name, out var t))
+                problems.Add($"missing tensor {Text.Q(name)} (expected shape {Shapes.Format(shape)})");
+            else if (!Shapes.Equal(t.Shape, shape))
+                problems.Add($"tensor {Text.Q(name)}{From(t)} has shape {Shapes.Format(t.Shape)}, expected {Shapes.Format(shape)}");
+            else
+                bound[name] = t;
+        }
+        foreach (var t in order)
+            if (!expected.ContainsKey(t.Name))
+                problems.Add($"unexpected tensor {Text.Q(t.Name)}{From(t)} {Shapes.Format(t.Shape)}, not part of the model");
+        if (problems.Count > 0)
+            throw new WeightsException($"{Source}: {Name}: {problems[0]}" +
+                                       (problems.Count > 1 ? $" (and {problems.Count - 1} more problem{(problems.Count > 2 ? "s" : "")})" : ""));
+        return bound;
+    }
+
+    private static string From(ModelTensor t) => t.StoredName == t.Name ? "" : $" (stored as {Text.Q(t.StoredName)})";
+}

@@ -1,0 +1,59 @@
+namespace StableDiffusion.IO;
+
+public enum ModelFamily
+{
+    Unknown,
+    Sd1,
+    Sd2,
+    Sd1Inpaint,
+    Sd2Inpaint,
+    Sdxl,
+}
+
+public static class ModelFamilies
+{
+    /// <summary>The name <c>sd info</c> prints: sd1, sd2, sd1-inpaint, sd2-inpaint, sdxl, unknown.</summary>
+    public static string Name(this ModelFamily f) => f switch
+    {
+        ModelFamily.Sd1 => "sd1",
+        ModelFamily.Sd2 => "sd2",
+        ModelFamily.Sd1Inpaint => "sd1-inpaint",
+        ModelFamily.Sd2Inpaint => "sd2-inpaint",
+        ModelFamily.Sdxl => "sdxl",
+        _ => "unknown",
+    };
+
+    /// <summary>Families sd can load (the SD1.x and SD2.x UNet, VAE and text encoders).</summary>
+    public static bool IsSupported(this ModelFamily f) =>
+        f is ModelFamily.Sd1 or ModelFamily.Sd2 or ModelFamily.Sd1Inpaint or ModelFamily.Sd2Inpaint;
+
+    /// <summary>
+    /// The family, from tensors in LDM naming or diffusers naming with a component prefix (<c>unet/…</c>): SDXL by
+    /// its extra embeddings, otherwise the cross-attention width (768 SD1, 1024 SD2, 2048 SDXL) and the UNet's
+    /// input channels (9 for inpainting: latents, mask and masked-image latents).
+    /// </summary>
+    public static ModelFamily Detect(IEnumerable<(string Name, long[] Shape)> tensors)
+    {
+        long context = 0, inChannels = 0;
+        foreach (var (name, shape) in tensors)
+        {
+            if (name.StartsWith("conditioner.embedders.", StringComparison.Ordinal) ||
+                name.StartsWith("model.diffusion_model.label_emb.", StringComparison.Ordinal) ||
+                name.StartsWith("unet/add_embedding.", StringComparison.Ordinal))
+                return ModelFamily.Sdxl;
+            bool unet = name.StartsWith(NameMap.UnetPrefix, StringComparison.Ordinal) || name.StartsWith("unet/", StringComparison.Ordinal);
+            if (unet && context == 0 && name.EndsWith("attn2.to_k.weight", StringComparison.Ordinal) && shape.Length == 2)
+                context = shape[1];
+            if ((name == NameMap.UnetPrefix + "input_blocks.0.0.weight" || name == "unet/conv_in.weight") && shape.Length == 4)
+                inChannels = shape[1];
+        }
+        bool inpaint = inChannels == 9;
+        return context switch
+        {
+            768 => inpaint ? ModelFamily.Sd1Inpaint : ModelFamily.Sd1,
+            1024 => inpaint ? ModelFamily.Sd2Inpaint : ModelFamily.Sd2,
+            2048 => ModelFamily.Sdxl,
+            _ => ModelFamily.Unknown,
+        };
+    }
+}

@@ -1,5 +1,0 @@
-namespace StableDiffusion.IO;
-
-internal static class Placeholder
-{
-}
