@@ -18,6 +18,7 @@ public static class Cli
           selfcheck [--device D]                 run every kernel on a device against the host reference
           kernels [--ptx-report] [--json]        list kernels; with --ptx-report, assemble each CUDA kernel with ptxas
                   [--keep DIR]                   (sm_90) and report registers, shared memory, stack, spills and HMMA count
+          info <path|org/name> [--json] [--tensors] [--revision R] [--variant fp16]   format, family, dtypes, per-component counts
 
         options:
           --device D     auto (default: CUDA, then OpenCL, then the ILGPU CPU accelerator), cuda[:N], opencl[:N], cpu
@@ -47,6 +48,7 @@ public static class Cli
                 "devices" => Devices(a, stdout),
                 "selfcheck" => RunSelfCheck(a, stdout, stderr),
                 "kernels" => Kernels(a, stdout, stderr),
+                "info" => InfoCommand.Run(args.Where(x => x != "--verbose").Skip(1).ToArray(), stdout, stderr),
                 _ => throw new UsageException($"unknown command '{a.Command}'; run 'sd --help'"),
             };
         }

@@ -91,6 +91,11 @@ public sealed class ModelSource : IDisposable
         var layout = LdmLayout.Infer(file.Tensors.Select(t => t.Name));
         foreach (var t in file.Tensors)
         {
+            if (NameMap.IsOptional(t.Name))
+            {
+                ignored.Add((file, t, "not a weight (position ids, DDPM schedule buffer or EMA bookkeeping)"));
+                continue;
+            }
             var targets = NameMap.ToDiffusers(t.Name, layout, out var why);
             if (targets is null)
             {

@@ -119,13 +119,14 @@ public static class NameMap
     /// <summary>
     /// Maps an LDM name. Returns the target(s); null with <paramref name="ignored"/> set for tensors that have no
     /// diffusers counterpart by design; null with <paramref name="ignored"/> null for names the map does not know.
+    /// Names only: position_ids map like any tensor, and loaders skip them by <see cref="IsOptional"/>.
     /// </summary>
     public static MappedName[]? ToDiffusers(string ldm, LdmLayout layout, out string? ignored)
     {
         ignored = null;
-        if (IsOptional(ldm))
+        if (DdpmBuffers.Contains(ldm) || ldm.StartsWith("model_ema.", StringComparison.Ordinal))
         {
-            ignored = "not a weight (position ids, DDPM schedule buffer or EMA bookkeeping)";
+            ignored = "not a weight (DDPM schedule buffer or EMA bookkeeping)";
             return null;
         }
         if (ldm.StartsWith(UnetPrefix, StringComparison.Ordinal))

@@ -121,19 +121,36 @@ public static class TorchWriter
     public static void Write(string path, IEnumerable<TorchTensor> tensors, bool wrapInStateDict = false, bool zip64 = false)
     {
         var pkl = StateDictPickle(tensors, wrapInStateDict, out var storages);
+        WriteZip(path, CheckpointEntries(pkl, storages), zip64);
+    }
+
+    public static List<(string, long, byte[]?)> CheckpointEntries(byte[] pkl, List<(string Key, long Bytes, byte[]? Data)> storages)
+    {
         var entries = new List<(string, long, byte[]?)>
         {
             ("archive/data.pkl", pkl.Length, pkl),
             ("archive/byteorder", 6, "little"u8.ToArray()),
         };
-        entries.AddRange(storages.Select(s => ($"archive/data/{s.Key}", s.Bytes, s.Data)));
-        WriteZip(path, entries, zip64);
+        entries.AddRange(storages.Select(s => ($"archive/data/{s.Key}", s.Bytes, s.Data ?? (s.Bytes < 1 << 20 ? new byte[s.Bytes] : null))));
+        return entries;
     }
 
     /// <summary>A stored zip; entries with null data but a size are zero-filled holes.</summary>
     public static void WriteZip(string path, IReadOnlyList<(string Name, long Size, byte[]? Data)> entries, bool zip64 = false, int method = 0)
     {
         using var f = new FileStream(path, FileMode.Create, FileAccess.Write);
+        WriteZip(f, entries, zip64, method);
+    }
+
+    public static byte[] ZipBytes(IReadOnlyList<(string Name, long Size, byte[]? Data)> entries, bool zip64 = false)
+    {
+        var m = new MemoryStream();
+        WriteZip(m, entries, zip64, 0);
+        return m.ToArray();
+    }
+
+    public static void WriteZip(Stream f, IReadOnlyList<(string Name, long Size, byte[]? Data)> entries, bool zip64, int method)
+    {
         var central = new MemoryStream();
         var w = new BinaryWriter(f);
         var c = new BinaryWriter(central);
@@ -154,6 +171,7 @@ public static class TorchWriter
             w.Flush();
             if (data is not null) f.Write(data);
             else f.Seek(size, SeekOrigin.Current);
+            if (f.Length < f.Position) f.SetLength(f.Position);
 
             var extra = new MemoryStream();
             if (big)
