@@ -82,6 +82,13 @@ public sealed class TempDir : IDisposable
         return p;
     }
 
+    public string Dir(params string[] parts)
+    {
+        var p = System.IO.Path.Combine([Path, .. parts]);
+        Directory.CreateDirectory(p);
+        return p;
+    }
+
     public void Dispose()
     {
         try
