@@ -32,15 +32,21 @@ public static class Cli
         try
         {
             var a = new Args(args.Where(x => x != "--verbose").ToArray());
-            if (a.Flag("--help") || a.Flag("-h") || a.Command is null or "help")
-            {
-                stdout.WriteLine(Usage);
-                return a.Command is null && !a.Flag("--help") && !a.Flag("-h") ? 2 : 0;
-            }
+            bool help = a.Flag("--help") | a.Flag("-h");
             if (a.Flag("--version"))
             {
                 stdout.WriteLine($"sd {Version}");
                 return 0;
+            }
+            if (help || a.Command == "help")
+            {
+                stdout.WriteLine(Usage);
+                return 0;
+            }
+            if (a.Command is null)
+            {
+                stderr.WriteLine(Usage);
+                return 2;
             }
             return a.Command switch
             {
