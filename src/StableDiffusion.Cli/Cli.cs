@@ -18,6 +18,9 @@ public static class Cli
           selfcheck [--device D]                 run every kernel on a device against the host reference
           kernels [--ptx-report] [--json]        list kernels; with --ptx-report, assemble each CUDA kernel with ptxas
                   [--keep DIR]                   (sm_90) and report registers, shared memory, stack, spills and HMMA count
+          bench [--device D] [--quick]           time the kernels at the SD1.5 shapes (CUDA events on CUDA);
+                [--op OP] [--json FILE]          --list writes the case list only (what bench/gpu feeds PyTorch)
+                [--list]
 
         options:
           --device D     auto (default: CUDA, then OpenCL, then the ILGPU CPU accelerator), cuda[:N], opencl[:N], cpu
@@ -53,6 +56,7 @@ public static class Cli
                 "devices" => Devices(a, stdout),
                 "selfcheck" => RunSelfCheck(a, stdout, stderr),
                 "kernels" => Kernels(a, stdout, stderr),
+                "bench" => BenchCommand.Run(a, stdout, stderr),
                 _ => throw new UsageException($"unknown command '{a.Command}'; run 'sd --help'"),
             };
         }
