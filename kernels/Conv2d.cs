@@ -43,7 +43,9 @@ public struct Im2ColOperand<T, TE> : IGemmOperand
 
 public static class Conv2d
 {
-    public static int OutSize(int size, int kernel, int stride, int pad) => (size + 2 * pad - kernel) / stride + 1;
+    /// <summary>Output extent, or -1 where the arguments admit none.</summary>
+    public static int OutSize(int size, int kernel, int stride, int pad) =>
+        stride < 1 || size + 2 * pad < kernel ? -1 : (size + 2 * pad - kernel) / stride + 1;
 
     /// <summary>
     /// y = conv2d(x, w) + bias (+ residual). x: [N, H, W, Cin], w: [Cout, KH, KW, Cin], bias: [Cout],

@@ -90,22 +90,24 @@ public static class NormKernels
         where T : unmanaged
         where TE : struct, IElem<T>
     {
-        int ng = Grid.GlobalIndex.X;
-        if (ng >= p.Count) return;
-        int n = ng / p.G, g = ng - n * p.G;
-        float shift = default(TE).ToFloat(p.X[(long)n * p.S * p.C + (long)g * p.Cg]);
-        float sum = 0f, sq = 0f;
-        for (int c = 0; c < p.Chunks; c++)
+        int stride = Grid.DimX * Group.DimX;
+        for (int ng = Grid.GlobalIndex.X; ng < p.Count; ng += stride)
         {
-            long o = ((long)ng * p.Chunks + c) * 2;
-            sum += p.Partials[o];
-            sq += p.Partials[o + 1];
+            int n = ng / p.G, g = ng - n * p.G;
+            float shift = default(TE).ToFloat(p.X[(long)n * p.S * p.C + (long)g * p.Cg]);
+            float sum = 0f, sq = 0f;
+            for (int c = 0; c < p.Chunks; c++)
+            {
+                long o = ((long)ng * p.Chunks + c) * 2;
+                sum += p.Partials[o];
+                sq += p.Partials[o + 1];
+            }
+            float count = (float)p.S * p.Cg;
+            float meanShifted = sum / count;
+            float variance = Math.Max(0f, sq / count - meanShifted * meanShifted);
+            p.Stats[ng * 2] = shift + meanShifted;
+            p.Stats[ng * 2 + 1] = 1f / MathF.Sqrt(variance + p.Eps);
         }
-        float count = (float)p.S * p.Cg;
-        float meanShifted = sum / count;
-        float variance = Math.Max(0f, sq / count - meanShifted * meanShifted);
-        p.Stats[ng * 2] = shift + meanShifted;
-        p.Stats[ng * 2 + 1] = 1f / MathF.Sqrt(variance + p.Eps);
     }
 
     public static void GroupNormApply<T, TE>(GroupNormApplyArgs<T> p)

@@ -30,6 +30,7 @@ public static class PtxTools
     private static readonly object Gate = new();
     private static Context? context;
     private static PTXBackend? backend;
+    private static readonly Dictionary<System.Reflection.MethodInfo, string> Compiled = new();
 
     /// <summary>The PTX ILGPU generates for <paramref name="entry"/> (sm_80, PTX ISA 7.8, as ptxas 11.8 accepts).</summary>
     public static string CompilePtx(KernelEntry entry)
@@ -39,26 +40,34 @@ public static class PtxTools
             context ??= Context.Create(b => b.DefaultCPU().EnableAlgorithms().Optimize(OptimizationLevel.O2));
             backend ??= new PTXBackend(context, new CudaCapabilityContext(CudaArchitecture.SM_80), CudaArchitecture.SM_80,
                 CudaInstructionSet.ISA_78, nvvmAPI: null);
+            if (Compiled.TryGetValue(entry.Method, out var ptx)) return ptx;
             var desc = EntryPointDescription.FromExplicitlyGroupedKernel(entry.Method);
             var compiled = (PTXCompiledKernel)backend.Compile(desc, default);
-            return compiled.PTXAssembly;
+            return Compiled[entry.Method] = compiled.PTXAssembly;
         }
     }
 
-    /// <summary>Where ptxas is: $SD_PTXAS, the repository's .tools/cuda (installed by .ci/run), PATH, /usr/local/cuda.</summary>
+    /// <summary>
+    /// Where a CUDA tool is: $SD_PTXAS / $SD_CUOBJDUMP; else the folders of $SD_TOOLS_PATH if set (and only those);
+    /// else the repository's .tools/cuda (installed by .ci/run), PATH, /usr/local/cuda/bin.
+    /// </summary>
     public static string? FindTool(string name)
     {
         var env = Environment.GetEnvironmentVariable(name == "ptxas" ? "SD_PTXAS" : "SD_CUOBJDUMP");
-        if (!string.IsNullOrEmpty(env) && File.Exists(env)) return env;
-        var candidates = new List<string>();
-        for (var dir = new DirectoryInfo(AppContext.BaseDirectory); dir is not null; dir = dir.Parent)
-            candidates.Add(Path.Combine(dir.FullName, ".tools", "cuda", "usr", "bin", name));
-        candidates.Add(Path.Combine(Environment.CurrentDirectory, ".tools", "cuda", "usr", "bin", name));
-        foreach (var p in (Environment.GetEnvironmentVariable("PATH") ?? "").Split(Path.PathSeparator))
-            if (p.Length > 0) candidates.Add(Path.Combine(p, name));
-        candidates.Add(Path.Combine("/usr/local/cuda/bin", name));
-        candidates.Add(Path.Combine("/usr/lib/nvidia-cuda-toolkit/bin", name));
-        return candidates.FirstOrDefault(File.Exists);
+        if (!string.IsNullOrEmpty(env)) return File.Exists(env) ? env : null;
+        var dirs = new List<string>();
+        var toolsPath = Environment.GetEnvironmentVariable("SD_TOOLS_PATH");
+        if (toolsPath is not null)
+            dirs.AddRange(toolsPath.Split(Path.PathSeparator, StringSplitOptions.RemoveEmptyEntries));
+        else
+        {
+            for (var dir = new DirectoryInfo(AppContext.BaseDirectory); dir is not null; dir = dir.Parent)
+                dirs.Add(Path.Combine(dir.FullName, ".tools", "cuda", "usr", "bin"));
+            dirs.Add(Path.Combine(Environment.CurrentDirectory, ".tools", "cuda", "usr", "bin"));
+            dirs.AddRange((Environment.GetEnvironmentVariable("PATH") ?? "").Split(Path.PathSeparator, StringSplitOptions.RemoveEmptyEntries));
+            dirs.Add("/usr/local/cuda/bin");
+        }
+        return dirs.Select(d => Path.Combine(d, name)).FirstOrDefault(File.Exists);
     }
 
     /// <summary>Assembles the PTX with ptxas -v and counts HMMA instructions in the SASS.</summary>

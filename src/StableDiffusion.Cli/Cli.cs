@@ -19,6 +19,9 @@ public static class Cli
           kernels [--ptx-report] [--json]        list kernels; with --ptx-report, assemble each CUDA kernel with ptxas
                   [--keep DIR]                   (sm_90) and report registers, shared memory, stack, spills and HMMA count
           info <path|org/name> [--json] [--tensors] [--revision R] [--variant fp16]   format, family, dtypes, per-component counts
+          bench [--device D] [--quick]           time the kernels at the SD1.5 shapes (CUDA events on CUDA);
+                [--op OP] [--json FILE]          --list writes the case list only (what bench/gpu feeds PyTorch)
+                [--list]
 
         options:
           --device D     auto (default: CUDA, then OpenCL, then the ILGPU CPU accelerator), cuda[:N], opencl[:N], cpu
@@ -33,15 +36,21 @@ public static class Cli
         try
         {
             var a = new Args(args.Where(x => x != "--verbose").ToArray());
-            if (a.Flag("--help") || a.Flag("-h") || a.Command is null or "help")
-            {
-                stdout.WriteLine(Usage);
-                return a.Command is null && !a.Flag("--help") && !a.Flag("-h") ? 2 : 0;
-            }
+            bool help = a.Flag("--help") | a.Flag("-h");
             if (a.Flag("--version"))
             {
                 stdout.WriteLine($"sd {Version}");
                 return 0;
+            }
+            if (help || a.Command == "help")
+            {
+                stdout.WriteLine(Usage);
+                return 0;
+            }
+            if (a.Command is null)
+            {
+                stderr.WriteLine(Usage);
+                return 2;
             }
             return a.Command switch
             {
@@ -49,6 +58,7 @@ public static class Cli
                 "selfcheck" => RunSelfCheck(a, stdout, stderr),
                 "kernels" => Kernels(a, stdout, stderr),
                 "info" => InfoCommand.Run(args.Where(x => x != "--verbose").Skip(1).ToArray(), stdout, stderr),
+                "bench" => BenchCommand.Run(a, stdout, stderr),
                 _ => throw new UsageException($"unknown command '{a.Command}'; run 'sd --help'"),
             };
         }

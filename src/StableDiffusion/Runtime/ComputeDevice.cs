@@ -88,8 +88,14 @@ public sealed class ComputeDevice : IDisposable
 
     public void Synchronize() => Accelerator.Synchronize();
 
-    internal static Context.Builder Configure(Context.Builder b) =>
-        b.EnableAlgorithms().Optimize(OptimizationLevel.O2);
+    /// <summary>Set before opening a device to record stream profiling markers (CUDA events) for benchmarks.</summary>
+    public static bool EnableProfiling { get; set; }
+
+    internal static Context.Builder Configure(Context.Builder b)
+    {
+        b = b.EnableAlgorithms().Optimize(OptimizationLevel.O2);
+        return EnableProfiling ? b.Profiling() : b;
+    }
 
     /// <summary>
     /// Opens the device named by <paramref name="request"/>. <c>auto</c> takes CUDA, then OpenCL, then the ILGPU CPU

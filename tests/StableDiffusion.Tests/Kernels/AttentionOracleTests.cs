@@ -59,7 +59,7 @@ public class AttentionOracleTests(ITestOutputHelper output)
         int b = 1, l = 6, heads = 2, d = 8, hd = heads * d;
         var qkv = oracle.Random((long)b * l * 3 * hd, DType.F32);
         using var t = Oracle.Upload(ops, qkv, DType.F32, b, l, 3 * hd);
-        using var y = Runtime.Tensor.Empty(ops.Device, DType.F32, b, l, hd);
+        using var y = DeviceTensor.Empty(ops.Device, DType.F32, b, l, hd);
         Attention.Run(ops.Runtime, t, t, t, y, heads, 1f / MathF.Sqrt(d), qOffset: 0, kOffset: hd, vOffset: 2 * hd);
         var all = Oracle.T(qkv, b, l, 3, heads, d);
         TorchSharp.torch.Tensor Part(int i) => all.select(2, i).transpose(1, 2);

@@ -83,7 +83,7 @@ public class DataMovementOracleTests(ITestOutputHelper output)
         var table = oracle.Random(50 * 16, dt);
         int[] ids = [49, 0, 3, 3, 17, 48];
         using var tt = Oracle.Upload(ops, table, dt, 50, 16);
-        using var ti = Runtime.Tensor.FromInts(ops.Device, ids, 2, 3);
+        using var ti = DeviceTensor.FromInts(ops.Device, ids, 2, 3);
         using var y = ops.Embedding(tt, ti);
         Assert.Equal(new[] { 2, 3, 16 }, y.ShapeArray());
         var want = Oracle.T(table, 50, 16).index_select(0, torch.tensor(ids.Select(i => (long)i).ToArray())).reshape(2, 3, 16);
@@ -115,7 +115,7 @@ public class DataMovementOracleTests(ITestOutputHelper output)
         var dt = Devices.DType(dtype);
         using var scope = torch.NewDisposeScope();
         float[] t = [999f, 981f, 500.5f, 1f, 0f];
-        using var tt = Runtime.Tensor.FromArray(ops.Device, t, DType.F32, t.Length);
+        using var tt = DeviceTensor.FromArray(ops.Device, t, DType.F32, t.Length);
         using var y = ops.TimestepEmbedding(tt, dim, dt, flip, shift);
         oracle.Check("timestep_embedding", $"t [{t.Length}] → {dim} flip={flip} shift={shift}", y,
             DiffusersTimestepEmbedding(t, dim, flip, shift, 10000f), Devices.Tolerance(dt));

@@ -91,7 +91,7 @@ public class GemmOracleTests(ITestOutputHelper output)
         var want = torch.matmul(Oracle.T(a, 70, 33), Oracle.T(b, 33, 45));
         foreach (var v in new[] { GemmVariant.Tile128, GemmVariant.Tile64, GemmVariant.TileTest })
         {
-            using var y = Runtime.Tensor.Empty(ops.Device, DType.F32, 70, 45);
+            using var y = DeviceTensor.Empty(ops.Device, DType.F32, 70, 45);
             Gemm.Run(ops.Runtime, new GemmSpec(70, 45, 33), ta, tb, y, variant: v);
             oracle.Check("gemm_tiled", $"variant {v} 70x45x33", y, want, 1e-5);
         }

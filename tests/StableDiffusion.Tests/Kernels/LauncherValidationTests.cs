@@ -12,7 +12,7 @@ public class LauncherValidationTests
 {
     private static IlgpuOps Ops => Devices.Ops("test");
 
-    private static Runtime.Tensor T(DType dt, params int[] shape) => Runtime.Tensor.Empty(Devices.Device, dt, shape);
+    private static DeviceTensor T(DType dt, params int[] shape) => DeviceTensor.Empty(Devices.Device, dt, shape);
 
     private static void Refused(string op, Action a)
     {
@@ -86,7 +86,7 @@ public class LauncherValidationTests
     public void Embedding_refuses_ids_outside_the_table()
     {
         using var table = T(DType.F32, 10, 4);
-        using var ids = Runtime.Tensor.FromInts(Devices.Device, [1, 10, 2], 3);
+        using var ids = DeviceTensor.FromInts(Devices.Device, [1, 10, 2], 3);
         var e = Assert.Throws<KernelArgumentException>(() => Ops.Embedding(table, ids));
         Assert.Contains("id 10 at position 1", e.Message);
     }

@@ -16,6 +16,7 @@ public class NormOracleTests(ITestOutputHelper output)
     [InlineData("test", "fp32", 2, 5, 8, 4, 1e-5f, true, false, 0f)]
     [InlineData("test", "fp32", 1, 7, 6, 2, 1e-6f, true, true, 3f)]
     [InlineData("test", "fp32", 2, 1, 12, 3, 1e-5f, false, false, 0f)]
+    [InlineData("test", "fp32", 9, 2, 64, 32, 1e-5f, true, false, 0f)]
     [InlineData("test", "fp16", 2, 5, 8, 4, 1e-5f, true, true, 0.5f)]
     [InlineData("cuda", "fp32", 2, 64, 64, 32, 1e-5f, true, true, 0f)]
     [InlineData("cuda", "fp32", 1, 300, 64, 32, 1e-6f, true, false, 10f)]

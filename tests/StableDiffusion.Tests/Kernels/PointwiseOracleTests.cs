@@ -105,9 +105,9 @@ public class PointwiseOracleTests(ITestOutputHelper output)
     public void Binary_refuses_broadcasts_it_cannot_index()
     {
         var ops = Devices.Ops("test");
-        using var a = Runtime.Tensor.Empty(ops.Device, DType.F32, 3, 4, 5, 6, 7);
-        using var b = Runtime.Tensor.Empty(ops.Device, DType.F32, 4, 1, 6, 1);
-        using var c = Runtime.Tensor.Empty(ops.Device, DType.F32, 4, 5);
+        using var a = DeviceTensor.Empty(ops.Device, DType.F32, 3, 4, 5, 6, 7);
+        using var b = DeviceTensor.Empty(ops.Device, DType.F32, 4, 1, 6, 1);
+        using var c = DeviceTensor.Empty(ops.Device, DType.F32, 4, 5);
         var e = Assert.Throws<KernelArgumentException>(() => ops.Binary(BinaryOp.Mul, a, b));
         Assert.Contains("too irregular", e.Message);
         e = Assert.Throws<KernelArgumentException>(() => ops.Binary(BinaryOp.Add, a, c));

@@ -34,10 +34,10 @@ public static class Devices
 
     public static DType DType(string name) => name switch
     {
-        "fp32" => Runtime.DType.F32,
-        "fp16" => Runtime.DType.F16,
+        "fp32" => global::StableDiffusion.Runtime.DType.F32,
+        "fp16" => global::StableDiffusion.Runtime.DType.F16,
         _ => throw new ArgumentOutOfRangeException(nameof(name), name, "expected fp32 or fp16"),
     };
 
-    public static double Tolerance(DType dt) => dt == Runtime.DType.F32 ? 1e-5 : 2e-3;
+    public static double Tolerance(DType dt) => dt == global::StableDiffusion.Runtime.DType.F32 ? 1e-5 : 2e-3;
 }

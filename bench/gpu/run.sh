@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# One prepared GPU run: device listing, the kernel self-check on CUDA, our kernel timings and PyTorch's at the
+# same shapes on the same GPU, and the side-by-side table. Every step has a time limit and a failing step does
+# not stop the others, so one short GPU session always brings back what could be measured.
+#
+# usage: bench/gpu/run.sh <sd publish dir> <output dir>      (build the publish first with bench/gpu/build.sh)
+set -uo pipefail
+SD="$(cd "$1" && pwd)/sd"
+OUT="$2"
+HERE="$(cd "$(dirname "$0")" && pwd)"
+mkdir -p "$OUT"
+step() { echo; echo "== $(date +%T) $*"; }
+
+step gpu
+nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm,clocks.max.mem --format=csv 2>&1 | tee "$OUT/gpu.txt"
+
+step "sd devices"
+timeout 60 "$SD" devices 2>&1 | tee "$OUT/devices.txt"
+
+step "sd selfcheck --device cuda"
+timeout 180 "$SD" selfcheck --device cuda 2>&1 | tee "$OUT/selfcheck.txt"
+echo "exit ${PIPESTATUS[0]}" | tee -a "$OUT/selfcheck.txt"
+
+step "sd bench --list"
+timeout 30 "$SD" bench --list --json "$OUT/suite.json"
+
+step "sd bench --device cuda"
+timeout 240 "$SD" bench --device cuda --json "$OUT/ours.json" 2>&1 | tee "$OUT/ours.txt"
+
+step "PyTorch at the same cases"
+timeout 180 python3 "$HERE/torch_bench.py" "$OUT/suite.json" "$OUT/torch.json" 2>&1 | tee "$OUT/torch.txt"
+
+step compare
+python3 "$HERE/compare.py" "$OUT/ours.json" "$OUT/torch.json" "$OUT/summary.md" 2>&1 | tail -n 60
+step done

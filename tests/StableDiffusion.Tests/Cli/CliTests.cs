@@ -1,0 +1,127 @@
+using System.Text.Json;
+using StableDiffusion.Kernels;
+using StableDiffusion.Runtime;
+
+namespace StableDiffusion.Tests.Cli;
+
+public class CliTests
+{
+    private static (int Code, string Out, string Err) Sd(params string[] args)
+    {
+        var o = new StringWriter();
+        var e = new StringWriter();
+        int code = StableDiffusion.Cli.Cli.Run(args, o, e);
+        return (code, o.ToString(), e.ToString());
+    }
+
+    [Fact]
+    public void Help_lists_the_commands()
+    {
+        var (code, stdout, _) = Sd("--help");
+        Assert.Equal(0, code);
+        foreach (var c in new[] { "devices", "selfcheck", "kernels", "--ptx-report", "--device" }) Assert.Contains(c, stdout);
+    }
+
+    [Fact]
+    public void No_command_is_a_usage_error()
+    {
+        Assert.Equal(2, Sd().Code);
+    }
+
+    [Theory]
+    [InlineData(new[] { "frobnicate" }, "unknown command 'frobnicate'")]
+    [InlineData(new[] { "selfcheck", "--device", "tpu" }, "--device 'tpu' is not a device")]
+    [InlineData(new[] { "selfcheck", "--device" }, "option --device needs a value")]
+    [InlineData(new[] { "devices", "--bogus" }, "unexpected argument '--bogus'")]
+    public void Usage_errors_exit_2_with_one_line(string[] args, string message)
+    {
+        var (code, stdout, stderr) = Sd(args);
+        Assert.Equal(2, code);
+        Assert.Equal("", stdout);
+        Assert.StartsWith("sd: error: ", stderr);
+        Assert.Contains(message, stderr);
+        Assert.Single(stderr.TrimEnd().Split('\n'));
+    }
+
+    [Fact]
+    public void Devices_lists_the_cpu_accelerator_and_the_auto_choice()
+    {
+        var (code, stdout, _) = Sd("devices");
+        Assert.Equal(0, code);
+        Assert.Contains("ILGPU CPU accelerator", stdout);
+        Assert.Contains("--device auto would choose", stdout);
+        var (code2, json, _) = Sd("devices", "--json");
+        Assert.Equal(0, code2);
+        using var doc = JsonDocument.Parse(json);
+        Assert.Contains(doc.RootElement.GetProperty("devices").EnumerateArray(), d => d.GetProperty("kind").GetString() == "IlgpuCpu");
+    }
+
+    [SkippableFact]
+    public void Selfcheck_refuses_a_missing_cuda_device_instead_of_falling_back()
+    {
+        Skip.If(NativeLibraries.Probe("cuda") is not null, "this machine has a CUDA driver");
+        var (code, stdout, stderr) = Sd("selfcheck", "--device", "cuda");
+        Assert.Equal(1, code);
+        Assert.DoesNotContain("selfcheck on", stdout);
+        Assert.StartsWith("sd: error: CUDA was requested but is not available", stderr);
+        Assert.Single(stderr.TrimEnd().Split('\n'));
+    }
+
+    [Fact]
+    public void Selfcheck_passes_on_the_cpu_accelerator()
+    {
+        var (code, stdout, stderr) = Sd("selfcheck", "--device", "cpu");
+        Assert.True(code == 0, stdout + stderr);
+        Assert.Contains(" 0 failed", stdout);
+        foreach (var op in new[] { "gemm", "conv2d", "group_norm", "layer_norm", "softmax", "attention", "silu", "gelu",
+                     "gelu_tanh", "quick_gelu", "geglu", "add", "mul", "scale", "upsample2x", "concat", "transpose",
+                     "timestep_embedding", "embedding", "cast" })
+            Assert.Contains("\n" + op + " ", stdout);
+    }
+
+    [Fact]
+    public void Kernels_lists_the_cuda_catalog()
+    {
+        var (code, stdout, _) = Sd("kernels");
+        Assert.Equal(0, code);
+        Assert.Equal(KernelRuntime.CudaCatalog().Count, stdout.TrimEnd().Split('\n').Length);
+    }
+
+    [Fact]
+    public void Ptx_report_without_ptxas_says_so_and_fails()
+    {
+        var saved = Environment.GetEnvironmentVariable("SD_TOOLS_PATH");
+        var savedPtxas = Environment.GetEnvironmentVariable("SD_PTXAS");
+        try
+        {
+            Environment.SetEnvironmentVariable("SD_TOOLS_PATH", "/nonexistent-sd-tools");
+            Environment.SetEnvironmentVariable("SD_PTXAS", null);
+            var (code, _, stderr) = Sd("kernels", "--ptx-report");
+            Assert.Equal(1, code);
+            Assert.Contains("ptxas was not found", stderr);
+        }
+        finally
+        {
+            Environment.SetEnvironmentVariable("SD_TOOLS_PATH", saved);
+            Environment.SetEnvironmentVariable("SD_PTXAS", savedPtxas);
+        }
+    }
+
+    [SkippableFact]
+    public void Ptx_report_json_has_every_kernel_without_spills()
+    {
+        Skip.If(PtxTools.FindTool("ptxas") is null || PtxTools.FindTool("cuobjdump") is null, "ptxas/cuobjdump not installed");
+        var (code, stdout, stderr) = Sd("kernels", "--ptx-report", "--json");
+        Assert.True(code == 0, stderr);
+        using var doc = JsonDocument.Parse(stdout);
+        var rows = doc.RootElement.EnumerateArray().ToList();
+        Assert.Equal(KernelRuntime.CudaCatalog().Count, rows.Count);
+        foreach (var r in rows)
+        {
+            foreach (var key in new[] { "kernel", "config", "registers", "shared_bytes", "stack_bytes", "spill_bytes", "hmma" })
+                Assert.True(r.TryGetProperty(key, out _), $"missing {key}");
+            Assert.Equal(0, r.GetProperty("spill_bytes").GetInt32());
+            Assert.True(r.GetProperty("registers").GetInt32() > 0);
+        }
+    }
+}
