@@ -18,17 +18,17 @@ step "sd devices"
 timeout 60 "$SD" devices 2>&1 | tee "$OUT/devices.txt"
 
 step "sd selfcheck --device cuda"
-timeout 180 "$SD" selfcheck --device cuda 2>&1 | tee "$OUT/selfcheck.txt"
+timeout 120 "$SD" selfcheck --device cuda 2>&1 | tee "$OUT/selfcheck.txt"
 echo "exit ${PIPESTATUS[0]}" | tee -a "$OUT/selfcheck.txt"
 
 step "sd bench --list"
 timeout 30 "$SD" bench --list --json "$OUT/suite.json"
 
 step "sd bench --device cuda"
-timeout 240 "$SD" bench --device cuda --json "$OUT/ours.json" 2>&1 | tee "$OUT/ours.txt"
+timeout 150 "$SD" bench --device cuda --json "$OUT/ours.json" 2>&1 | tee "$OUT/ours.txt"
 
 step "PyTorch at the same cases"
-timeout 180 python3 "$HERE/torch_bench.py" "$OUT/suite.json" "$OUT/torch.json" 2>&1 | tee "$OUT/torch.txt"
+timeout 120 python3 "$HERE/torch_bench.py" "$OUT/suite.json" "$OUT/torch.json" 2>&1 | tee "$OUT/torch.txt"
 
 step compare
 python3 "$HERE/compare.py" "$OUT/ours.json" "$OUT/torch.json" "$OUT/summary.md" 2>&1 | tail -n 60
