@@ -20,50 +20,69 @@ public interface IAttentionTile
     int BQ { get; }
     /// <summary>Keys per shared-memory tile.</summary>
     int BKV { get; }
-    /// <summary>Threads per query row; head dim D must be a multiple of TPR with D/TPR at most 16.</summary>
+    /// <summary>Threads per query row; the head dim must be a multiple of TPR with D/TPR at most 16.</summary>
     int TPR { get; }
+    /// <summary>Largest head dim the static shared tiles hold.</summary>
+    int MaxD { get; }
 }
 
-public struct AttnTile8 : IAttentionTile
+// Shared memory is static, sized by MaxD: ILGPU's dynamic shared memory gave wrong attention results on an
+// OpenCL device (PoCL) while static allocations work on every backend.
+
+public struct AttnTileD64 : IAttentionTile
 {
     public readonly int BQ => 16;
     public readonly int BKV => 32;
     public readonly int TPR => 8;
+    public readonly int MaxD => 64;
 }
 
-public struct AttnTile16 : IAttentionTile
+public struct AttnTileD128 : IAttentionTile
+{
+    public readonly int BQ => 16;
+    public readonly int BKV => 32;
+    public readonly int TPR => 8;
+    public readonly int MaxD => 128;
+}
+
+public struct AttnTileD256 : IAttentionTile
 {
     public readonly int BQ => 8;
     public readonly int BKV => 16;
     public readonly int TPR => 16;
+    public readonly int MaxD => 256;
 }
 
-public struct AttnTile32 : IAttentionTile
+public struct AttnTileD512 : IAttentionTile
 {
     public readonly int BQ => 4;
     public readonly int BKV => 8;
     public readonly int TPR => 32;
+    public readonly int MaxD => 512;
 }
 
-public struct AttnTileTest8 : IAttentionTile
+public struct AttnTileTestD128 : IAttentionTile
 {
     public readonly int BQ => 2;
     public readonly int BKV => 4;
     public readonly int TPR => 8;
+    public readonly int MaxD => 128;
 }
 
-public struct AttnTileTest16 : IAttentionTile
+public struct AttnTileTestD256 : IAttentionTile
 {
     public readonly int BQ => 1;
     public readonly int BKV => 4;
     public readonly int TPR => 16;
+    public readonly int MaxD => 256;
 }
 
-public struct AttnTileTest32 : IAttentionTile
+public struct AttnTileTestD512 : IAttentionTile
 {
     public readonly int BQ => 1;
     public readonly int BKV => 4;
     public readonly int TPR => 32;
+    public readonly int MaxD => 512;
 }
 
 /// <summary>Up to 16 output dimensions of one thread, in registers.</summary>
@@ -134,7 +153,7 @@ public struct AttentionArgs<T> where T : unmanaged
 
 public static class AttentionKernels
 {
-    /// <summary>Grid (ceil(Lq/BQ), B*H); group BQ*TPR; dynamic shared: BQ*(D+1) + BKV*(D+1) + BKV*D floats.</summary>
+    /// <summary>Grid (ceil(Lq/BQ), B*H); group BQ*TPR threads.</summary>
     public static void FlashSimt<T, TE, TTile>(AttentionArgs<T> p)
         where T : unmanaged
         where TE : struct, IElem<T>
@@ -147,10 +166,9 @@ public static class AttentionKernels
         int d = p.D, ld = d + 1; // padded rows avoid bank conflicts between rows
         int r = d / tpr;
 
-        var dyn = SharedMemory.GetDynamic<float>();
-        var qS = dyn.SubView(0, bq * ld);
-        var kS = dyn.SubView(bq * ld, bkv * ld);
-        var vS = dyn.SubView(bq * ld + bkv * ld, bkv * d);
+        var qS = SharedMemory.Allocate<float>(tile.BQ * (tile.MaxD + 1));
+        var kS = SharedMemory.Allocate<float>(tile.BKV * (tile.MaxD + 1));
+        var vS = SharedMemory.Allocate<float>(tile.BKV * tile.MaxD);
         var pS = SharedMemory.Allocate<float>(tile.BQ * tile.BKV);
         var red = SharedMemory.Allocate<float>(tile.BQ * tile.TPR);
 
@@ -266,29 +284,18 @@ public static class Attention
             throw new KernelArgumentException(
                 $"attention: column offsets {qOffset}/{kOffset}/{vOffset} + width {hd} exceed the rows of q {q}, k {k}, v {v}");
         if ((long)bsz * heads > 65535) throw new KernelArgumentException($"attention: B*H = {(long)bsz * heads} exceeds 65535");
-        int tpr = d % 8 == 0 && d / 8 <= 16 ? 8 : d % 16 == 0 && d / 16 <= 16 ? 16 : d % 32 == 0 && d / 32 <= 16 ? 32 : 0;
-        if (tpr == 0)
+        int maxD = d % 8 == 0 && d <= 64 ? 64 : d % 8 == 0 && d <= 128 ? 128 : d % 16 == 0 && d <= 256 ? 256 : d % 32 == 0 && d <= 512 ? 512 : 0;
+        if (maxD == 0)
             throw new KernelArgumentException($"attention: head dim {d} is not supported (a multiple of 8 up to 128, of 16 up to 256, or of 32 up to 512)");
 
         if (q.DType == DType.F32)
-            Launch<float, F32Elem>(rt, q, k, v, o, heads, d, lq, lk, bsz, ldq, ldk, ldv, qOffset, kOffset, vOffset, scale, causal, tpr);
+            Launch<float, F32Elem>(rt, q, k, v, o, heads, d, lq, lk, bsz, ldq, ldk, ldv, qOffset, kOffset, vOffset, scale, causal, maxD);
         else
-            Launch<Half, F16Elem>(rt, q, k, v, o, heads, d, lq, lk, bsz, ldq, ldk, ldv, qOffset, kOffset, vOffset, scale, causal, tpr);
+            Launch<Half, F16Elem>(rt, q, k, v, o, heads, d, lq, lk, bsz, ldq, ldk, ldv, qOffset, kOffset, vOffset, scale, causal, maxD);
     }
 
-    internal static (int Bq, int Bkv) TileShape(KernelProfile profile, int tpr) => (profile, tpr) switch
-    {
-        (KernelProfile.Test, 8) => (2, 4),
-        (KernelProfile.Test, _) => (1, 4),
-        (_, 8) => (16, 32),
-        (_, 16) => (8, 16),
-        _ => (4, 8),
-    };
-
-    internal static int SharedFloats(int bq, int bkv, int d) => bq * (d + 1) + bkv * (d + 1) + bkv * d;
-
     private static void Launch<T, TE>(KernelRuntime rt, Tensor q, Tensor k, Tensor v, Tensor o, int heads, int d,
-        int lq, int lk, int bsz, long ldq, long ldk, long ldv, int qOff, int kOff, int vOff, float scale, bool causal, int tpr)
+        int lq, int lk, int bsz, long ldq, long ldk, long ldv, int qOff, int kOff, int vOff, float scale, bool causal, int maxD)
         where T : unmanaged
         where TE : struct, IElem<T>
     {
@@ -300,17 +307,23 @@ public static class Attention
             BatchQ = (long)lq * ldq, BatchK = (long)lk * ldk, BatchV = (long)lk * ldv, BatchO = (long)lq * o.Dim(2),
             Scale = scale, Causal = causal ? 1 : 0,
         };
-        var (bq, bkv) = TileShape(rt.Profile, tpr);
-        var cfg = new KernelConfig(new Index3D(KernelMath.CeilDiv(lq, bq), bsz * heads, 1), new Index3D(bq * tpr, 1, 1),
-            SharedMemoryConfig.RequestDynamic<float>(SharedFloats(bq, bkv, d)));
-        switch (rt.Profile, tpr)
+        bool test = rt.Profile == KernelProfile.Test;
+        switch (maxD, test)
         {
-            case (KernelProfile.Test, 8): rt.Launch("attention", AttentionKernels.FlashSimt<T, TE, AttnTileTest8>, cfg, args); break;
-            case (KernelProfile.Test, 16): rt.Launch("attention", AttentionKernels.FlashSimt<T, TE, AttnTileTest16>, cfg, args); break;
-            case (KernelProfile.Test, _): rt.Launch("attention", AttentionKernels.FlashSimt<T, TE, AttnTileTest32>, cfg, args); break;
-            case (_, 8): rt.Launch("attention", AttentionKernels.FlashSimt<T, TE, AttnTile8>, cfg, args); break;
-            case (_, 16): rt.Launch("attention", AttentionKernels.FlashSimt<T, TE, AttnTile16>, cfg, args); break;
-            default: rt.Launch("attention", AttentionKernels.FlashSimt<T, TE, AttnTile32>, cfg, args); break;
+            case (64, false): Go<AttnTileD64>(); break;
+            case (128, false): Go<AttnTileD128>(); break;
+            case (256, false): Go<AttnTileD256>(); break;
+            case (512, false): Go<AttnTileD512>(); break;
+            case (64 or 128, true): Go<AttnTileTestD128>(); break;
+            case (256, true): Go<AttnTileTestD256>(); break;
+            default: Go<AttnTileTestD512>(); break;
+        }
+
+        void Go<TTile>() where TTile : struct, IAttentionTile
+        {
+            var t = default(TTile);
+            var cfg = new KernelConfig(new Index3D(KernelMath.CeilDiv(lq, t.BQ), bsz * heads, 1), new Index3D(t.BQ * t.TPR, 1, 1));
+            rt.Launch("attention", AttentionKernels.FlashSimt<T, TE, TTile>, cfg, args);
         }
     }
 
@@ -327,8 +340,9 @@ public static class Attention
         where T : unmanaged
         where TE : struct, IElem<T>
     {
-        yield return KernelRuntime.Entry<AttentionArgs<T>>("attention_flash_simt", $"{dt} q16 kv32 tpr8 (d<=128)", AttentionKernels.FlashSimt<T, TE, AttnTile8>, 4 * SharedFloats(16, 32, 128));
-        yield return KernelRuntime.Entry<AttentionArgs<T>>("attention_flash_simt", $"{dt} q8 kv16 tpr16 (d<=256)", AttentionKernels.FlashSimt<T, TE, AttnTile16>, 4 * SharedFloats(8, 16, 256));
-        yield return KernelRuntime.Entry<AttentionArgs<T>>("attention_flash_simt", $"{dt} q4 kv8 tpr32 (d<=512)", AttentionKernels.FlashSimt<T, TE, AttnTile32>, 4 * SharedFloats(4, 8, 512));
+        yield return KernelRuntime.Entry<AttentionArgs<T>>("attention_flash_simt", $"{dt} q16 kv32 tpr8 d<=64", AttentionKernels.FlashSimt<T, TE, AttnTileD64>);
+        yield return KernelRuntime.Entry<AttentionArgs<T>>("attention_flash_simt", $"{dt} q16 kv32 tpr8 d<=128", AttentionKernels.FlashSimt<T, TE, AttnTileD128>);
+        yield return KernelRuntime.Entry<AttentionArgs<T>>("attention_flash_simt", $"{dt} q8 kv16 tpr16 d<=256", AttentionKernels.FlashSimt<T, TE, AttnTileD256>);
+        yield return KernelRuntime.Entry<AttentionArgs<T>>("attention_flash_simt", $"{dt} q4 kv8 tpr32 d<=512", AttentionKernels.FlashSimt<T, TE, AttnTileD512>);
     }
 }

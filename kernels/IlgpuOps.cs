@@ -32,8 +32,13 @@ public sealed class IlgpuOps : IOps
     private void SameDevice(params Tensor?[] ts)
     {
         foreach (var t in ts)
-            if (t is not null && !ReferenceEquals(t.Device, Device))
+        {
+            if (t is null) continue;
+            if (!ReferenceEquals(t.Device, Device))
                 throw new KernelArgumentException($"tensor {t} lives on another device than {Device.Name}");
+            if (t.DType == DType.F16 && !Device.SupportsFp16)
+                throw new DeviceException($"{Device.Name} cannot run fp16 kernels (the OpenCL device lacks cl_khr_fp16); use fp32");
+        }
     }
 
     public Tensor MatMul(Tensor a, Tensor b, bool transA = false, bool transB = false, float alpha = 1f,
@@ -173,6 +178,8 @@ public sealed class IlgpuOps : IOps
         float downscaleFreqShift = 0f, float maxPeriod = 10000f)
     {
         SameDevice(timesteps);
+        if (dtype == DType.F16 && !Device.SupportsFp16)
+            throw new DeviceException($"{Device.Name} cannot run fp16 kernels (the OpenCL device lacks cl_khr_fp16); use fp32");
         if (timesteps.Rank != 1 || dim < 2 || !dtype.IsFloat())
             throw new KernelArgumentException($"timestep_embedding: need fp32 timesteps [N], dim >= 2 and a float dtype (got {timesteps}, {dim})");
         return Into(Empty(dtype, timesteps.Dim(0), dim),
@@ -199,6 +206,8 @@ public sealed class IlgpuOps : IOps
     public Tensor Cast(Tensor x, DType dtype)
     {
         SameDevice(x);
+        if (dtype == DType.F16 && !Device.SupportsFp16)
+            throw new DeviceException($"{Device.Name} cannot run fp16 kernels (the OpenCL device lacks cl_khr_fp16); use fp32");
         return Into(Empty(dtype, x.ShapeArray()), t => Elementwise.Cast(Runtime, x, t));
     }
 }

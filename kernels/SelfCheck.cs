@@ -17,7 +17,8 @@ public static class SelfCheck
     public const double F32Tolerance = 1e-5;
     public const double F16Tolerance = 2e-3;
 
-    public static IReadOnlyList<SelfCheckResult> Run(IlgpuOps ops, Action<SelfCheckResult>? onResult = null)
+    public static IReadOnlyList<SelfCheckResult> Run(IlgpuOps ops, Action<SelfCheckResult>? onResult = null,
+        Action<string>? onSkip = null)
     {
         bool small = ops.Runtime.Profile == KernelProfile.Test;
         bool poison = ops.Device.Pool.PoisonOnRent;
@@ -27,6 +28,11 @@ public static class SelfCheck
         {
             foreach (var dt in new[] { DType.F32, DType.F16 })
             {
+                if (dt == DType.F16 && !ops.Device.SupportsFp16)
+                {
+                    onSkip?.Invoke($"fp16 skipped: {ops.Device.Name} has no fp16 support (cl_khr_fp16)");
+                    continue;
+                }
                 var c = new Checker(ops, dt, results, onResult, seed: dt == DType.F32 ? 1 : 2);
                 c.All(small);
             }
@@ -215,6 +221,7 @@ public static class SelfCheck
                 Report("embedding", "[50,16] ids [2,3]", ops.Embedding(tt, ti), Reference.Gather(table, 16, ids));
             }
 
+            if (ops.Device.SupportsFp16)
             {
                 var x = Rand(300, 10f);
                 using var tx = Up(x, 300);

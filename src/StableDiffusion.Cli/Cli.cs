@@ -139,7 +139,7 @@ public static class Cli
         {
             stdout.WriteLine($"{r.Op,-20} {r.DType,-12} {r.Shape,-44} {r.RelativeError,10:0.00e+00}  {(r.Passed ? "ok" : "FAIL")}");
             stdout.Flush();
-        });
+        }, note => stdout.WriteLine(note));
         int failed = results.Count(r => !r.Passed);
         stdout.WriteLine($"selfcheck on {device.Name}: {results.Count - failed} passed, {failed} failed");
         if (failed > 0) stderr.WriteLine($"sd: error: {failed} kernel check(s) failed on {device.Name}");

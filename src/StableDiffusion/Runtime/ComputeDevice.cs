@@ -3,6 +3,7 @@ using ILGPU.Runtime;
 using ILGPU.Runtime.CPU;
 using ILGPU.Runtime.Cuda;
 using ILGPU.Runtime.OpenCL;
+using ILGPU.Backends.OpenCL;
 
 namespace StableDiffusion.Runtime;
 
@@ -73,6 +74,9 @@ public sealed class ComputeDevice : IDisposable
     public int MaxGroupSize => Accelerator.MaxNumThreadsPerGroup;
     public int MaxSharedMemoryPerGroup => Accelerator.MaxSharedMemoryPerGroup;
     public int WarpSize => Accelerator.WarpSize;
+
+    /// <summary>Whether kernels may store fp16: OpenCL devices need cl_khr_fp16; CUDA and the CPU accelerator always can.</summary>
+    public bool SupportsFp16 => Accelerator.Capabilities is not CLCapabilityContext cl || cl.Float16;
 
     /// <summary>One line for logs: kind, name, memory.</summary>
     public string Describe() =>
