@@ -75,11 +75,25 @@ public sealed partial class HubClient : IDisposable
     /// Makes the pipeline's files of <paramref name="repoId"/> at <paramref name="revision"/> present in the cache and
     /// returns the snapshot folder (a diffusers folder). Offline, only the cache is consulted.
     /// </summary>
-    public async Task<string> DownloadModelAsync(string repoId, string revision = "main", string? variant = null,
-        IProgress<HubProgress>? progress = null, CancellationToken cancel = default)
+    public Task<string> DownloadModelAsync(string repoId, string revision = "main", string? variant = null,
+        IProgress<HubProgress>? progress = null, CancellationToken cancel = default) =>
+        Download(repoId, revision, files => SelectFiles(repoId, files, variant), ["model_index.json"], progress, cancel);
+
+    /// <summary>
+    /// Makes the named files of any repository present in the cache (e.g. a CLIP tokenizer for a single-file model)
+    /// and returns the snapshot folder holding them.
+    /// </summary>
+    public Task<string> DownloadFilesAsync(string repoId, IReadOnlyList<string> paths, string revision = "main",
+        IProgress<HubProgress>? progress = null, CancellationToken cancel = default) =>
+        Download(repoId, revision, files => [.. paths.Select(p => files.FirstOrDefault(f => f.Path == p)
+            ?? throw new WeightsException($"{repoId}: the repository has no file {Text.Q(p)}"))], paths, progress, cancel);
+
+    private async Task<string> Download(string repoId, string revision, Func<IReadOnlyList<HubFile>, List<HubFile>> select,
+        IReadOnlyList<string> needed, IProgress<HubProgress>? progress, CancellationToken cancel)
     {
         if (!IsRepoId(repoId)) throw new UsageException($"'{repoId}' is not a hub repository id (org/name)");
-        if (options.Offline) return CachedSnapshot(repoId, revision, "HF_HUB_OFFLINE=1 is set");
+        if (!SafeRelativePath(revision)) throw new UsageException($"'{revision}' is not a revision (a branch, tag or commit)");
+        if (options.Offline) return CachedSnapshot(repoId, revision, needed, "HF_HUB_OFFLINE=1 is set");
 
         RepoInfo info;
         try
@@ -89,7 +103,7 @@ public sealed partial class HubClient : IDisposable
         catch (Exception e) when (IsNetworkFailure(e, cancel))
         {
             // As huggingface_hub does: no network, but a cached snapshot of that revision, is good enough.
-            if (TryCachedSnapshot(repoId, revision) is string cached) return cached;
+            if (TryCachedSnapshot(repoId, revision, needed) is string cached) return cached;
             throw new WeightsException($"{repoId}: cannot reach {options.Endpoint}: {Text.OneLine(e.Message)} (set HF_HUB_OFFLINE=1 to use only the cache)", e);
         }
 
@@ -97,7 +111,7 @@ public sealed partial class HubClient : IDisposable
         var snapshot = Path.Combine(repoDir, "snapshots", info.Sha);
         try
         {
-            foreach (var file in SelectFiles(repoId, info.Files, variant))
+            foreach (var file in select(info.Files))
                 await Fetch(repoId, info.Sha, file, repoDir, snapshot, progress, cancel);
             if (revision != info.Sha)
             {
@@ -314,19 +328,19 @@ public sealed partial class HubClient : IDisposable
 
     // ---- the cache alone ----
 
-    private string? TryCachedSnapshot(string repoId, string revision)
+    private string? TryCachedSnapshot(string repoId, string revision, IReadOnlyList<string> needed)
     {
         var repoDir = RepoDir(repoId);
         string? sha = CommitPattern().IsMatch(revision) ? revision : null;
         var refFile = Path.Combine(repoDir, "refs", revision);
-        if (sha is null && SafeRelativePath(revision) && File.Exists(refFile)) sha = File.ReadAllText(refFile).Trim();
+        if (sha is null && File.Exists(refFile)) sha = File.ReadAllText(refFile).Trim();
         if (sha is null || !CommitPattern().IsMatch(sha)) return null;
         var snapshot = Path.Combine(repoDir, "snapshots", sha);
-        return File.Exists(Path.Combine(snapshot, "model_index.json")) ? snapshot : null;
+        return needed.All(f => File.Exists(Path.Combine(snapshot, f))) ? snapshot : null;
     }
 
-    private string CachedSnapshot(string repoId, string revision, string why) =>
-        TryCachedSnapshot(repoId, revision)
+    private string CachedSnapshot(string repoId, string revision, IReadOnlyList<string> needed, string why) =>
+        TryCachedSnapshot(repoId, revision, needed)
         ?? throw new WeightsException($"{repoId}: {why} and revision '{revision}' is not in the cache at {RepoDir(repoId)}");
 
     public void Dispose() => http.Dispose();

@@ -57,6 +57,21 @@ internal sealed unsafe class MappedFile : IDisposable
         return file;
     }
 
+    /// <summary>Maps <paramref name="path"/> and reads it with <paramref name="read"/>, which owns the mapping unless it throws.</summary>
+    public static T Read<T>(string path, Func<MappedFile, T> read)
+    {
+        var map = Open(path);
+        try
+        {
+            return read(map);
+        }
+        catch
+        {
+            map.Dispose();
+            throw;
+        }
+    }
+
     public static MappedFile FromBytes(byte[] data, string name)
     {
         var file = new MappedFile(name, data.Length) { pin = GCHandle.Alloc(data, GCHandleType.Pinned) };

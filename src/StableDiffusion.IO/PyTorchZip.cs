@@ -18,19 +18,7 @@ public sealed class PyTorchZipFile : WeightFile
 
     public override string Format => "ckpt";
 
-    public static new PyTorchZipFile Open(string path)
-    {
-        var map = MappedFile.Open(path);
-        try
-        {
-            return PyTorchZip.Read(map);
-        }
-        catch
-        {
-            map.Dispose();
-            throw;
-        }
-    }
+    public static new PyTorchZipFile Open(string path) => MappedFile.Read(path, PyTorchZip.Read);
 
     internal static PyTorchZipFile Create(MappedFile file, IReadOnlyList<TensorInfo> tensors) => new(file, tensors);
 }

@@ -22,19 +22,7 @@ public sealed class SafetensorsFile : WeightFile
 
     public override string Format => "safetensors";
 
-    public static new SafetensorsFile Open(string path)
-    {
-        var map = MappedFile.Open(path);
-        try
-        {
-            return Read(map);
-        }
-        catch
-        {
-            map.Dispose();
-            throw;
-        }
-    }
+    public static new SafetensorsFile Open(string path) => MappedFile.Read(path, Read);
 
     internal static SafetensorsFile Read(MappedFile file)
     {

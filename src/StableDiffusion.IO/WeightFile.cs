@@ -40,19 +40,7 @@ public abstract class WeightFile : IDisposable
     public TensorInfo? Find(string name) => byName.GetValueOrDefault(name);
 
     /// <summary>Opens a .safetensors file or a PyTorch zip (.ckpt, .pth, .pt, .bin), chosen by its first bytes.</summary>
-    public static WeightFile Open(string path)
-    {
-        var map = MappedFile.Open(path);
-        try
-        {
-            return Open(map);
-        }
-        catch
-        {
-            map.Dispose();
-            throw;
-        }
-    }
+    public static WeightFile Open(string path) => MappedFile.Read(path, Open);
 
     internal static WeightFile Open(MappedFile map)
     {
@@ -76,7 +64,9 @@ public abstract class WeightFile : IDisposable
 
     public float[] ReadFloat32(TensorInfo t)
     {
-        var result = new float[checked((int)t.ElementCount)];
+        if (t.ElementCount > Array.MaxLength)
+            throw new WeightsException($"{Path}: tensor {Text.Q(t.Name)} has {t.ElementCount} elements, too many for one host array");
+        var result = new float[t.ElementCount];
         CopyAsFloat32(t, result);
         return result;
     }

@@ -244,6 +244,25 @@ public sealed class HubClientTests : IDisposable
     }
 
     [Fact]
+    public async Task SingleFilesOfAnyRepositoryCanBeFetched()
+    {
+        hub.Add("openai/clip-vit-large-patch14", new()
+        {
+            ["vocab.json"] = Json("""{"a": 0}"""),
+            ["merges.txt"] = Json("#version: 0.2\na b\n"),
+            ["pytorch_model.bin"] = [1, 2, 3],
+        }, IsLfs);
+        using var c = Client();
+        var dir = await c.DownloadFilesAsync("openai/clip-vit-large-patch14", ["vocab.json", "merges.txt"]);
+        Assert.Equal(["merges.txt", "vocab.json"], FilesUnder(dir));
+        Assert.DoesNotContain(hub.Requests, r => r.Path.EndsWith("pytorch_model.bin"));
+        Assert.Contains("no file 'tokenizer.json'", await Refused(() => c.DownloadFilesAsync("openai/clip-vit-large-patch14", ["tokenizer.json"])));
+        using var offline = Client(offline: true);
+        Assert.Equal(dir, await offline.DownloadFilesAsync("openai/clip-vit-large-patch14", ["vocab.json"]));
+        await Assert.ThrowsAsync<UsageException>(() => c.DownloadModelAsync(RepoId, "../../escape"));
+    }
+
+    [Fact]
     public async Task WithoutAVariantTheFullPrecisionFilesAreFetched()
     {
         var snapshot = await Download(variant: null);
