@@ -18,7 +18,7 @@ public struct Im2ColOperand<T, TE> : IGemmOperand
     public ArrayView<T> Input;
     public int H, W, C;
     public int KW;
-    public int Stride, Pad;
+    public int Stride, PadTop, PadLeft;
     public int Hout, Wout;
 
     public readonly int KFast => 1;
@@ -34,24 +34,41 @@ public struct Im2ColOperand<T, TE> : IGemmOperand
         int ci = k - tap * C;
         int kh = tap / KW;
         int kw = tap - kh * KW;
-        int ih = ho * Stride - Pad + kh;
-        int iw = wo * Stride - Pad + kw;
+        int ih = ho * Stride - PadTop + kh;
+        int iw = wo * Stride - PadLeft + kw;
         if (ih < 0 || ih >= H || iw < 0 || iw >= W) return 0f;
         return default(TE).ToFloat(Input[((long)(n * H + ih) * W + iw) * C + ci]);
     }
 }
 
+/// <summary>Zero padding of a convolution input; the VAE encoder's downsampling pads only bottom and right.</summary>
+public readonly record struct Padding2d(int Top, int Left, int Bottom, int Right)
+{
+    public static Padding2d Same(int p) => new(p, p, p, p);
+
+    public bool IsZero => Top == 0 && Left == 0 && Bottom == 0 && Right == 0;
+
+    public override string ToString() =>
+        Top == Left && Left == Bottom && Bottom == Right ? $"{Top}" : $"(top {Top}, left {Left}, bottom {Bottom}, right {Right})";
+}
+
 public static class Conv2d
 {
     /// <summary>Output extent, or -1 where the arguments admit none.</summary>
-    public static int OutSize(int size, int kernel, int stride, int pad) =>
-        stride < 1 || size + 2 * pad < kernel ? -1 : (size + 2 * pad - kernel) / stride + 1;
+    public static int OutSize(int size, int kernel, int stride, int pad) => OutSize(size, kernel, stride, pad, pad);
+
+    public static int OutSize(int size, int kernel, int stride, int padBefore, int padAfter) =>
+        stride < 1 || size + padBefore + padAfter < kernel ? -1 : (size + padBefore + padAfter - kernel) / stride + 1;
 
     /// <summary>
     /// y = conv2d(x, w) + bias (+ residual). x: [N, H, W, Cin], w: [Cout, KH, KW, Cin], bias: [Cout],
     /// residual and y: [N, Hout, Wout, Cout].
     /// </summary>
     public static void Run(KernelRuntime rt, Tensor x, Tensor w, Tensor? bias, Tensor y, int stride, int pad,
+        Tensor? residual = null, GemmVariant variant = GemmVariant.Auto) =>
+        Run(rt, x, w, bias, y, stride, Padding2d.Same(pad), residual, variant);
+
+    public static void Run(KernelRuntime rt, Tensor x, Tensor w, Tensor? bias, Tensor y, int stride, Padding2d pad,
         Tensor? residual = null, GemmVariant variant = GemmVariant.Auto)
     {
         if (x.Rank != 4 || w.Rank != 4 || y.Rank != 4)
@@ -62,9 +79,9 @@ public static class Conv2d
         int cout = w.Dim(0), kh = w.Dim(1), kw = w.Dim(2);
         if (w.Dim(3) != cin)
             throw new KernelArgumentException($"conv2d: weight {w} expects {w.Dim(3)} input channels, input {x} has {cin}");
-        if (stride < 1 || pad < 0 || kh < 1 || kw < 1)
+        if (stride < 1 || pad.Top < 0 || pad.Left < 0 || pad.Bottom < 0 || pad.Right < 0 || kh < 1 || kw < 1)
             throw new KernelArgumentException($"conv2d: stride {stride}, padding {pad} and kernel {kh}x{kw} are invalid");
-        int ho = OutSize(h, kh, stride, pad), wo = OutSize(wd, kw, stride, pad);
+        int ho = OutSize(h, kh, stride, pad.Top, pad.Bottom), wo = OutSize(wd, kw, stride, pad.Left, pad.Right);
         if (ho < 1 || wo < 1)
             throw new KernelArgumentException($"conv2d: a {kh}x{kw} kernel does not fit input {h}x{wd} with padding {pad}");
         if (y.Dim(0) != n || y.Dim(1) != ho || y.Dim(2) != wo || y.Dim(3) != cout)
@@ -84,11 +101,11 @@ public static class Conv2d
     }
 
     private static void Launch<T, TE>(KernelRuntime rt, Tensor x, Tensor w, Tensor? bias, Tensor y, Tensor? residual,
-        int stride, int pad, int ho, int wo, int m, int n, int k, GemmVariant v)
+        int stride, Padding2d pad, int ho, int wo, int m, int n, int k, GemmVariant v)
         where T : unmanaged
         where TE : struct, IElem<T>
     {
-        if (w.Dim(1) == 1 && w.Dim(2) == 1 && stride == 1 && pad == 0)
+        if (w.Dim(1) == 1 && w.Dim(2) == 1 && stride == 1 && pad.IsZero)
         {
             // A 1x1 convolution over NHWC is a plain GEMM on the [pixels, Cin] matrix.
             var g = new GemmArgs<StridedOperand<T, TE>, StridedOperand<T, TE>, MatrixEpilogue<T, TE>>
@@ -108,7 +125,7 @@ public static class Conv2d
             A = new Im2ColOperand<T, TE>
             {
                 Input = x.View<T>(), H = x.Dim(1), W = x.Dim(2), C = x.Dim(3), KW = w.Dim(2),
-                Stride = stride, Pad = pad, Hout = ho, Wout = wo,
+                Stride = stride, PadTop = pad.Top, PadLeft = pad.Left, Hout = ho, Wout = wo,
             },
             B = new StridedOperand<T, TE> { Data = w.View<T>(), OuterStride = k, KStride = 1, KFastFlag = 1 },
             C = Gemm.Epilogue<T, TE>(y, 0, n, 1f, bias, residual),

@@ -90,13 +90,18 @@ public sealed class IlgpuOps : IOps
         return Into(y, t => Gemm.Run(Runtime, spec, x, weight, t, bias, residual));
     }
 
-    public Tensor Conv2d(Tensor x, Tensor weight, Tensor? bias = null, int stride = 1, int padding = 0, Tensor? residual = null)
+    public Tensor Conv2d(Tensor x, Tensor weight, Tensor? bias = null, int stride = 1, int padding = 0, Tensor? residual = null) =>
+        Conv2d(x, weight, bias, stride, padding, padding, padding, padding, residual);
+
+    public Tensor Conv2d(Tensor x, Tensor weight, Tensor? bias, int stride, int padTop, int padLeft, int padBottom,
+        int padRight, Tensor? residual = null)
     {
         SameDevice(x, weight, bias, residual);
         if (x.Rank != 4 || weight.Rank != 4)
             throw new KernelArgumentException($"conv2d: expected NHWC input and OHWI weight, got {x} and {weight}");
-        int ho = Kernels.Conv2d.OutSize(x.Dim(1), weight.Dim(1), stride, padding);
-        int wo = Kernels.Conv2d.OutSize(x.Dim(2), weight.Dim(2), stride, padding);
+        var padding = new Padding2d(padTop, padLeft, padBottom, padRight);
+        int ho = Kernels.Conv2d.OutSize(x.Dim(1), weight.Dim(1), stride, padTop, padBottom);
+        int wo = Kernels.Conv2d.OutSize(x.Dim(2), weight.Dim(2), stride, padLeft, padRight);
         if (ho < 1 || wo < 1 || stride < 1)
             throw new KernelArgumentException($"conv2d: kernel {weight.Dim(1)}x{weight.Dim(2)} (stride {stride}, padding {padding}) does not fit input {x}");
         var y = Empty(x.DType, x.Dim(0), ho, wo, weight.Dim(0));

@@ -44,6 +44,14 @@ public sealed class ComponentWeights
 
     public ModelTensor? Find(string name) => tensors.GetValueOrDefault(name);
 
+    /// <summary>A component made of every tensor of one file already in diffusers naming (tests, tools).</summary>
+    public static ComponentWeights FromFile(string name, WeightFile file)
+    {
+        var c = new ComponentWeights(name, file.Path);
+        foreach (var t in file.Tensors) c.Add(new ModelTensor(t, file, t.Name));
+        return c;
+    }
+
     internal void Add(ModelTensor t)
     {
         if (!tensors.TryAdd(t.Name, t))

@@ -40,6 +40,10 @@ public interface IOps
     /// <summary>x [N, H, W, Cin], weight [Cout, KH, KW, Cin] (OHWI), bias [Cout], residual [N, Hout, Wout, Cout].</summary>
     Tensor Conv2d(Tensor x, Tensor weight, Tensor? bias = null, int stride = 1, int padding = 0, Tensor? residual = null);
 
+    /// <summary>Conv2d with different zero padding per side (the VAE encoder pads only bottom and right).</summary>
+    Tensor Conv2d(Tensor x, Tensor weight, Tensor? bias, int stride, int padTop, int padLeft, int padBottom, int padRight,
+        Tensor? residual = null);
+
     /// <summary>Group norm of x [N, ..., C] with weight/bias [C] (or none), optionally followed by SiLU.</summary>
     Tensor GroupNorm(Tensor x, int groups, Tensor? weight, Tensor? bias, float eps, bool silu = false);
 

@@ -13,7 +13,7 @@ namespace StableDiffusion.Runtime;
 public sealed class Tensor : IDisposable
 {
     private readonly PooledBuffer storage;
-    private readonly bool ownsStorage;
+    private bool ownsStorage;
     private readonly int[] shape;
 
     private Tensor(ComputeDevice device, DType dtype, int[] shape, PooledBuffer storage, bool owns)
@@ -168,6 +168,19 @@ public sealed class Tensor : IDisposable
         if (ElementCount(s) != Length)
             throw new KernelArgumentException($"cannot reshape {this} to [{string.Join(", ", newShape)}]");
         return new Tensor(Device, DType, s, storage, owns: false);
+    }
+
+    /// <summary>
+    /// The same buffer under a new shape, taking over ownership: after this call the original tensor no longer owns
+    /// (nor frees) the buffer and should not be used. Used to give a freshly computed tensor its final shape.
+    /// </summary>
+    public Tensor ReshapeOwned(params int[] newShape)
+    {
+        if (!ownsStorage) throw new KernelArgumentException($"{this} does not own its buffer; reshape its owner instead");
+        var view = Reshape(newShape);
+        ownsStorage = false;
+        view.ownsStorage = true;
+        return view;
     }
 
     /// <summary>All bytes of this tensor (exactly <see cref="ByteLength"/>).</summary>

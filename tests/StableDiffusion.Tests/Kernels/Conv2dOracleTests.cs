@@ -1,5 +1,5 @@
 using StableDiffusion.Runtime;
-using StableDiffusion.Tests.Support;
+using StableDiffusion.TestSupport;
 using TorchSharp;
 using Xunit.Abstractions;
 using static TorchSharp.torch;
@@ -52,5 +52,29 @@ public class Conv2dOracleTests(ITestOutputHelper output)
         if (res is not null) want += Oracle.T(res, n, ho, wo, cout);
         oracle.Check("conv2d_implicit_gemm", $"{profile} [{n},{h},{w},{cin}] {ks}x{ks}/{stride} p{pad} → {cout}", y, want,
             Devices.Tolerance(dt));
+    }
+
+    [Theory]
+    [InlineData("test", "fp32")]
+    [InlineData("cuda", "fp16")]
+    public void Conv2d_with_bottom_right_padding_matches_libtorch_pad_then_conv(string profile, string dtype)
+    {
+        // diffusers' VAE encoder downsampling: F.pad(x, (0, 1, 0, 1)) then a 3x3 stride-2 convolution.
+        var ops = Devices.Ops(profile);
+        var dt = Devices.DType(dtype);
+        using var scope = torch.NewDisposeScope();
+        int n = 1, h = 8, w = 7, cin = 4, cout = 5;
+        var x = oracle.Random((long)n * h * w * cin, dt);
+        var wt = oracle.Random((long)cout * 9 * cin, dt, 0.3f);
+        var bias = oracle.Random(cout, dt);
+        using var tx = Oracle.Upload(ops, x, dt, n, h, w, cin);
+        using var tw = Oracle.Upload(ops, wt, dt, cout, 3, 3, cin);
+        using var tb = Oracle.Upload(ops, bias, dt, cout);
+        using var y = ops.Conv2d(tx, tw, tb, 2, 0, 0, 1, 1);
+        var rx = torch.nn.functional.pad(Oracle.T(x, n, h, w, cin).permute(0, 3, 1, 2), [0, 1, 0, 1]);
+        var want = torch.nn.functional.conv2d(rx, Oracle.T(wt, cout, 3, 3, cin).permute(0, 3, 1, 2), Oracle.T(bias, cout),
+            strides: [2, 2]).permute(0, 2, 3, 1);
+        Assert.Equal(want.shape.Select(v => (int)v).ToArray(), y.ShapeArray());
+        oracle.Check("conv2d_implicit_gemm", $"{profile} [1,8,7,4] 3x3/2 pad (0,0,1,1) → 5", y, want, Devices.Tolerance(dt));
     }
 }

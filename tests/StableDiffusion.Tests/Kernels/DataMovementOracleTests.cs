@@ -1,5 +1,5 @@
 using StableDiffusion.Runtime;
-using StableDiffusion.Tests.Support;
+using StableDiffusion.TestSupport;
 using TorchSharp;
 using Xunit.Abstractions;
 using static TorchSharp.torch;

@@ -1,6 +1,6 @@
 using StableDiffusion.Kernels;
 using StableDiffusion.Runtime;
-using StableDiffusion.Tests.Support;
+using StableDiffusion.TestSupport;
 
 namespace StableDiffusion.Tests.Kernels;
 

@@ -1,5 +1,5 @@
 using StableDiffusion.Runtime;
-using StableDiffusion.Tests.Support;
+using StableDiffusion.TestSupport;
 
 namespace StableDiffusion.Tests.Runtime;
 

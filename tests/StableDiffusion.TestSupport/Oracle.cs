@@ -1,10 +1,11 @@
 using StableDiffusion.Runtime;
 using TorchSharp;
+using Xunit;
 using Xunit.Abstractions;
 using static TorchSharp.torch;
 using TorchTensor = TorchSharp.torch.Tensor;
 
-namespace StableDiffusion.Tests.Support;
+namespace StableDiffusion.TestSupport;
 
 /// <summary>
 /// libtorch (TorchSharp, CPU) as the independent oracle: inputs go to libtorch exactly as the device holds them
@@ -27,8 +28,8 @@ public sealed class Oracle(ITestOutputHelper output)
         return a;
     }
 
-    public static DeviceTensor Upload(IOps ops, float[] data, DType dt, params int[] shape) =>
-        DeviceTensor.FromArray(ops.Device, data, dt, shape);
+    public static StableDiffusion.Runtime.Tensor Upload(IOps ops, float[] data, DType dt, params int[] shape) =>
+        StableDiffusion.Runtime.Tensor.FromArray(ops.Device, data, dt, shape);
 
     /// <summary>A float64 libtorch tensor holding <paramref name="data"/>.</summary>
     public static TorchTensor T(float[] data, params long[] shape) =>
@@ -38,7 +39,7 @@ public sealed class Oracle(ITestOutputHelper output)
         t.to_type(ScalarType.Float64).contiguous().data<double>().ToArray().Select(v => (float)v).ToArray();
 
     /// <summary>Downloads <paramref name="y"/>, compares with <paramref name="reference"/>, records and asserts.</summary>
-    public double Check(string kernel, string caseName, DeviceTensor y, TorchTensor reference, double tolerance)
+    public double Check(string kernel, string caseName, StableDiffusion.Runtime.Tensor y, TorchTensor reference, double tolerance)
     {
         var got = y.ToFloatArray();
         var want = Host(reference);

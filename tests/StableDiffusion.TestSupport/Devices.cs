@@ -1,9 +1,7 @@
 using StableDiffusion.Kernels;
 using StableDiffusion.Runtime;
 
-[assembly: CollectionBehavior(DisableTestParallelization = true)]
-
-namespace StableDiffusion.Tests.Support;
+namespace StableDiffusion.TestSupport;
 
 /// <summary>
 /// One ILGPU CPU accelerator for the whole test run (32-thread warps like NVIDIA, groups up to 256 threads), its pool

@@ -1,0 +1,2 @@
+// The tests share one ILGPU CPU accelerator, which runs one launch at a time.
+[assembly: CollectionBehavior(DisableTestParallelization = true)]
