@@ -179,6 +179,15 @@ public sealed class IlgpuOps : IOps
         return Into(Empty(a.DType, shape), t => Resample.Concat(Runtime, a, b, t));
     }
 
+    public Tensor SliceLast(Tensor x, int start, int length)
+    {
+        SameDevice(x);
+        if (x.Rank < 1 || length < 0) throw new KernelArgumentException($"slice: bad input {x} or length {length}");
+        var shape = x.ShapeArray();
+        shape[^1] = length;
+        return Into(Empty(x.DType, shape), t => Resample.SliceLast(Runtime, x, t, start));
+    }
+
     public Tensor TimestepEmbedding(Tensor timesteps, int dim, DType dtype, bool flipSinToCos = true,
         float downscaleFreqShift = 0f, float maxPeriod = 10000f)
     {

@@ -21,8 +21,27 @@ public struct ConcatArgs<T> where T : unmanaged
     public int CA, CB;
 }
 
+/// <summary>y[r, c] = x[r, Start + c] for x [rows, CX], y [rows, CY].</summary>
+public struct SliceArgs<T> where T : unmanaged
+{
+    public ArrayView<T> X, Y;
+    public long Total;
+    public int CX, CY, Start;
+}
+
 public static class ResampleKernels
 {
+    public static void SliceLast<T>(SliceArgs<T> p) where T : unmanaged
+    {
+        long stride = (long)Grid.DimX * Group.DimX;
+        for (long i = Grid.GlobalIndex.X; i < p.Total; i += stride)
+        {
+            long r = i / p.CY;
+            long c = i - r * p.CY;
+            p.Y[i] = p.X[r * p.CX + p.Start + c];
+        }
+    }
+
     public static void Upsample2x<T>(Upsample2xArgs<T> p) where T : unmanaged
     {
         long stride = (long)Grid.DimX * Group.DimX;
@@ -100,8 +119,30 @@ public static class Resample
         }
     }
 
+    /// <summary>y [..., length] = x[..., start:start+length] (e.g. the mean half of the VAE's latent moments).</summary>
+    public static void SliceLast(KernelRuntime rt, Tensor x, Tensor y, int start)
+    {
+        if (x.Rank < 1 || y.Rank != x.Rank || y.DType != x.DType)
+            throw new KernelArgumentException($"slice: tensors {x} → {y} must share rank and dtype");
+        for (int i = 0; i < x.Rank - 1; i++)
+            if (x.Dim(i) != y.Dim(i)) throw new KernelArgumentException($"slice: {x} and {y} differ outside the last dimension");
+        int cx = x.Dim(-1), cy = y.Dim(-1);
+        if (start < 0 || cy < 0 || start + cy > cx)
+            throw new KernelArgumentException($"slice: [{start}, {start + cy}) is outside the last dimension of {x}");
+        if (y.Length == 0) return;
+        var cfg = Elementwise.Config(rt, y.Length);
+        if (x.DType.SizeInBytes() == 4)
+            rt.Launch("slice", ResampleKernels.SliceLast<int>, cfg,
+                new SliceArgs<int> { X = x.View<int>(), Y = y.View<int>(), Total = y.Length, CX = cx, CY = cy, Start = start });
+        else
+            rt.Launch("slice", ResampleKernels.SliceLast<Half>, cfg,
+                new SliceArgs<Half> { X = x.View<Half>(), Y = y.View<Half>(), Total = y.Length, CX = cx, CY = cy, Start = start });
+    }
+
     internal static IEnumerable<KernelEntry> Entries()
     {
+        yield return KernelRuntime.Entry<SliceArgs<int>>("slice", "32-bit", ResampleKernels.SliceLast<int>);
+        yield return KernelRuntime.Entry<SliceArgs<Half>>("slice", "16-bit", ResampleKernels.SliceLast<Half>);
         yield return KernelRuntime.Entry<Upsample2xArgs<int>>("upsample2x", "32-bit", ResampleKernels.Upsample2x<int>);
         yield return KernelRuntime.Entry<Upsample2xArgs<Half>>("upsample2x", "16-bit", ResampleKernels.Upsample2x<Half>);
         yield return KernelRuntime.Entry<ConcatArgs<int>>("concat", "32-bit", ResampleKernels.Concat<int>);

@@ -80,6 +80,9 @@ public interface IOps
     /// <summary>Concatenation along the last (channel) dimension.</summary>
     Tensor Concat(Tensor a, Tensor b);
 
+    /// <summary>x[..., start:start+length] along the last dimension.</summary>
+    Tensor SliceLast(Tensor x, int start, int length);
+
     /// <summary>Sinusoidal embedding of fp32 timesteps [N] → [N, dim] in <paramref name="dtype"/>.</summary>
     Tensor TimestepEmbedding(Tensor timesteps, int dim, DType dtype, bool flipSinToCos = true,
         float downscaleFreqShift = 0f, float maxPeriod = 10000f);

@@ -46,6 +46,22 @@ public class DataMovementOracleTests(ITestOutputHelper output)
     }
 
     [Theory]
+    [InlineData("fp32", 8, 0, 4)]
+    [InlineData("fp32", 8, 4, 4)]
+    [InlineData("fp16", 7, 2, 3)]
+    public void SliceLast_matches_libtorch_narrow(string dtype, int c, int start, int length)
+    {
+        var ops = Devices.Ops("test");
+        var dt = Devices.DType(dtype);
+        using var scope = torch.NewDisposeScope();
+        var x = oracle.Random(2L * 3 * 5 * c, dt);
+        using var tx = Oracle.Upload(ops, x, dt, 2, 3, 5, c);
+        using var y = ops.SliceLast(tx, start, length);
+        oracle.Check("slice", $"[2,3,5,{c}][..., {start}:{start + length}]", y, Oracle.T(x, 2, 3, 5, c).narrow(3, start, length), 0);
+        Assert.Throws<KernelArgumentException>(() => ops.SliceLast(tx, c - 1, 2));
+    }
+
+    [Theory]
     [InlineData("test", "fp32", 3, 5, 21)]
     [InlineData("test", "fp16", 2, 9, 4)]
     [InlineData("cuda", "fp32", 2, 33, 70)]

@@ -28,7 +28,7 @@ public class PtxTests(ITestOutputHelper output)
                  {
                      "gemm_tiled", "conv2d_implicit_gemm", "group_norm_stats", "group_norm_finalize", "group_norm_apply",
                      "layer_norm", "softmax", "attention_flash_simt", "activation", "geglu", "binary_broadcast", "scale",
-                     "cast", "upsample2x", "concat", "timestep_embedding", "embedding", "transpose",
+                     "cast", "upsample2x", "concat", "slice", "timestep_embedding", "embedding", "transpose",
                  })
             Assert.Contains(k, kernels);
     }
