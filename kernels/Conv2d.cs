@@ -95,9 +95,56 @@ public static class Conv2d
         if (m > int.MaxValue || k > int.MaxValue)
             throw new KernelArgumentException($"conv2d: problem too large ({m} pixels x {k} taps)");
 
+        bool tensorCore = TensorCoreEligible(rt, x.DType, cin, out var why);
+        if (variant is GemmVariant.Auto or GemmVariant.TensorCore && tensorCore)
+        {
+            LaunchTensorCore(rt, x, w, bias, y, residual, stride, pad, ho, wo, (int)m, cout, (int)k);
+            return;
+        }
+        if (variant == GemmVariant.TensorCore)
+            throw new KernelArgumentException($"conv2d: the tensor-core kernel cannot run this convolution: {why}");
         var v = Gemm.Choose(rt, variant, m, cout, 1);
         if (x.DType == DType.F32) Launch<float, F32Elem>(rt, x, w, bias, y, residual, stride, pad, ho, wo, (int)m, cout, (int)k, v);
         else Launch<Half, F16Elem>(rt, x, w, bias, y, residual, stride, pad, ho, wo, (int)m, cout, (int)k, v);
+    }
+
+    private static bool TensorCoreEligible(KernelRuntime rt, DType dtype, int cin, out string why)
+    {
+        why = rt.Device.Kind != DeviceKind.Cuda || rt.Profile != KernelProfile.Cuda ? "it needs a CUDA device"
+            : dtype != DType.F16 ? "it needs fp16"
+            : cin % 8 != 0 ? $"input channels ({cin}) must be a multiple of 8"
+            : "";
+        return why.Length == 0;
+    }
+
+    private static void LaunchTensorCore(KernelRuntime rt, Tensor x, Tensor w, Tensor? bias, Tensor y, Tensor? residual,
+        int stride, Padding2d pad, int ho, int wo, int m, int n, int k)
+    {
+        var epilogue = Gemm.Epilogue<Half, F16Elem>(y, 0, n, 1f, bias, residual);
+        var weights = new TcMatrix { Base = Gemm.Address(w), Ld = k, Rows = n };
+        if (w.Dim(1) == 1 && w.Dim(2) == 1 && stride == 1 && pad.IsZero)
+        {
+            var g = new TcGemmArgs<TcMatrix, TcMatrix, MatrixEpilogue<Half, F16Elem>>
+            {
+                A = new TcMatrix { Base = Gemm.Address(x), Ld = k, Rows = m }, B = weights, C = epilogue, M = m, N = n, K = k,
+            };
+            Gemm.LaunchMma(rt, "conv2d_mma", m, n, 1, g);
+            return;
+        }
+        var args = new TcGemmArgs<TcIm2Col, TcMatrix, MatrixEpilogue<Half, F16Elem>>
+        {
+            A = new TcIm2Col
+            {
+                Base = Gemm.Address(x), H = x.Dim(1), W = x.Dim(2), C = x.Dim(3), KW = w.Dim(2), Stride = stride,
+                PadTop = pad.Top, PadLeft = pad.Left, Hout = ho, Wout = wo, Rows = m,
+            },
+            B = weights,
+            C = epilogue,
+            M = m,
+            N = n,
+            K = k,
+        };
+        Gemm.LaunchMma(rt, "conv2d_mma", m, n, 1, args);
     }
 
     private static void Launch<T, TE>(KernelRuntime rt, Tensor x, Tensor w, Tensor? bias, Tensor y, Tensor? residual,
@@ -140,6 +187,10 @@ public static class Conv2d
     {
         foreach (var e in EntriesFor<float, F32Elem>("fp32")) yield return e;
         foreach (var e in EntriesFor<Half, F16Elem>("fp16")) yield return e;
+        yield return KernelRuntime.Entry<TcGemmArgs<TcIm2Col, TcMatrix, MatrixEpilogue<Half, F16Elem>>>(
+            "conv2d_implicit_gemm_mma", "fp16 128x128x32 t256 3-stage",
+            GemmTensorCoreKernels.Mma128<TcIm2Col, TcMatrix, MatrixEpilogue<Half, F16Elem>>,
+            GemmTensorCoreKernels.SharedBytes, tensorCore: true);
     }
 
     private static IEnumerable<KernelEntry> EntriesFor<T, TE>(string dt)

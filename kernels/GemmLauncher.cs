@@ -38,6 +38,8 @@ public record struct GemmSpec(int M, int N, int K)
 public enum GemmVariant
 {
     Auto,
+    /// <summary>fp16 mma.sync kernel (CUDA only; K-contiguous operands, K a multiple of 8).</summary>
+    TensorCore,
     Tile128,
     Tile64,
     TileTest,
@@ -50,6 +52,14 @@ public static class Gemm
     {
         var s = spec.Resolved();
         Validate(s, a, b, c, bias, residual);
+        bool tensorCore = TensorCoreEligible(rt, s, a.DType, out var why);
+        if (variant is GemmVariant.Auto or GemmVariant.TensorCore && tensorCore)
+        {
+            LaunchTensorCore(rt, s, a, b, c, bias, residual);
+            return;
+        }
+        if (variant == GemmVariant.TensorCore)
+            throw new KernelArgumentException($"gemm: the tensor-core kernel cannot run this problem: {why}");
         variant = Choose(rt, variant, s.M, s.N, s.Batch);
         if (a.DType == DType.F32) Launch<float, F32Elem>(rt, s, a, b, c, bias, residual, variant);
         else Launch<Half, F16Elem>(rt, s, a, b, c, bias, residual, variant);
@@ -67,6 +77,45 @@ public static class Gemm
                 ? GemmVariant.Tile128
                 : GemmVariant.Tile64,
         };
+    }
+
+    /// <summary>The tensor-core path needs CUDA, fp16, A as M x K and B as N x K (both K-contiguous), 16-byte rows.</summary>
+    internal static bool TensorCoreEligible(KernelRuntime rt, GemmSpec s, DType dtype, out string why)
+    {
+        why = rt.Device.Kind != DeviceKind.Cuda || rt.Profile != KernelProfile.Cuda ? "it needs a CUDA device"
+            : dtype != DType.F16 ? "it needs fp16"
+            : s.TransA || !s.TransB ? "it needs A as M x K and B as N x K"
+            : s.K % 8 != 0 || s.Lda % 8 != 0 || s.Ldb % 8 != 0 || s.StrideA % 8 != 0 || s.StrideB % 8 != 0
+                ? "K, the leading dimensions and batch strides must be multiples of 8"
+            : "";
+        return why.Length == 0;
+    }
+
+    private static void LaunchTensorCore(KernelRuntime rt, GemmSpec s, Tensor a, Tensor b, Tensor c, Tensor? bias, Tensor? residual)
+    {
+        var args = new TcGemmArgs<TcMatrix, TcMatrix, MatrixEpilogue<Half, F16Elem>>
+        {
+            A = new TcMatrix { Base = Address(a), BatchStride = s.StrideA, Ld = s.Lda, Rows = s.M },
+            B = new TcMatrix { Base = Address(b), BatchStride = s.StrideB, Ld = s.Ldb, Rows = s.N },
+            C = Epilogue<Half, F16Elem>(c, s.StrideC, s.Ldc, s.Alpha, bias, residual),
+            M = s.M,
+            N = s.N,
+            K = s.K,
+        };
+        LaunchMma(rt, "gemm_mma", s.M, s.N, s.Batch, args);
+    }
+
+    internal static long Address(Tensor t) => t.Bytes.LoadEffectiveAddressAsPtr().ToInt64();
+
+    internal static void LaunchMma<TA, TB>(KernelRuntime rt, string family, int m, int n, int batch,
+        TcGemmArgs<TA, TB, MatrixEpilogue<Half, F16Elem>> args)
+        where TA : struct, ITcOperand
+        where TB : struct, ITcOperand
+    {
+        var grid = new Index3D(KernelMath.CeilDiv(n, GemmTensorCoreKernels.BN), KernelMath.CeilDiv(m, GemmTensorCoreKernels.BM), batch);
+        var cfg = new KernelConfig(grid, new Index3D(GemmTensorCoreKernels.Threads, 1, 1),
+            SharedMemoryConfig.RequestDynamic<Int4>(GemmTensorCoreKernels.SharedBytes / 16));
+        rt.Launch(family, GemmTensorCoreKernels.Mma128<TA, TB, MatrixEpilogue<Half, F16Elem>>, cfg, args);
     }
 
     internal static (int Bm, int Bn, int Threads) TileShape(GemmVariant v) => v switch
@@ -179,6 +228,9 @@ public static class Gemm
     {
         foreach (var e in EntriesFor<float, F32Elem>("fp32")) yield return e;
         foreach (var e in EntriesFor<Half, F16Elem>("fp16")) yield return e;
+        yield return KernelRuntime.Entry<TcGemmArgs<TcMatrix, TcMatrix, MatrixEpilogue<Half, F16Elem>>>(
+            "gemm_mma", "fp16 128x128x32 t256 3-stage", GemmTensorCoreKernels.Mma128<TcMatrix, TcMatrix, MatrixEpilogue<Half, F16Elem>>,
+            GemmTensorCoreKernels.SharedBytes, tensorCore: true);
     }
 
     private static IEnumerable<KernelEntry> EntriesFor<T, TE>(string dt)

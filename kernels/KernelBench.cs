@@ -10,7 +10,7 @@ public sealed record BenchCase(string Op, DType DType, IReadOnlyDictionary<strin
 }
 
 /// <summary>Timing of one case: median and best of the measured launches.</summary>
-public sealed record BenchResult(BenchCase Case, int Iterations, double MedianMs, double MinMs)
+public sealed record BenchResult(BenchCase Case, int Iterations, double MedianMs, double MinMs, string Kernel = "")
 {
     public double GFlops => Case.Flops / (MedianMs * 1e6);
     public double GBps => Case.Bytes / (MedianMs * 1e6);
@@ -76,7 +76,7 @@ public static class KernelBench
                 while (times.Count < minIterations || (budget.Elapsed.TotalSeconds < minSeconds && times.Count < maxIterations))
                     times.Add(TimeOne(ops, launch));
                 times.Sort();
-                yield return new BenchResult(c, times.Count, times[times.Count / 2], times[0]);
+                yield return new BenchResult(c, times.Count, times[times.Count / 2], times[0], ops.Runtime.LastFamily ?? "");
             }
             finally
             {

@@ -22,7 +22,8 @@ public enum KernelProfile
 /// One kernel instantiation (method + configuration) the engine can launch; DynamicSharedBytes is the most dynamic
 /// shared memory its launcher requests (ptxas only sees the static part).
 /// </summary>
-public sealed record KernelEntry(string Kernel, string Config, MethodInfo Method, int DynamicSharedBytes = 0);
+public sealed record KernelEntry(string Kernel, string Config, MethodInfo Method, int DynamicSharedBytes = 0,
+    bool TensorCore = false);
 
 /// <summary>
 /// Loads kernels once per device, launches them on the device's stream, and checks group and shared-memory
@@ -54,6 +55,9 @@ public sealed class KernelRuntime
 
     public IReadOnlyDictionary<string, (long Launches, double Ms)> ProfileTable => profile;
 
+    /// <summary>The family of the most recent launch ("gemm", "gemm_mma", ...): which variant an op chose.</summary>
+    public string? LastFamily { get; private set; }
+
     public void Launch<TArgs>(string family, Action<TArgs> kernel, KernelConfig config, in TArgs args)
         where TArgs : struct
     {
@@ -73,6 +77,7 @@ public sealed class KernelRuntime
 
         var launcher = (Action<AcceleratorStream, KernelConfig, TArgs>)cache.GetOrAdd(
             kernel.Method, _ => acc.LoadKernel(kernel));
+        LastFamily = family;
         if (!Profiling)
         {
             launcher(acc.DefaultStream, config, args);
@@ -101,7 +106,8 @@ public sealed class KernelRuntime
         .. Layout.Entries(),
     ];
 
-    internal static KernelEntry Entry<TArgs>(string kernel, string config, Action<TArgs> k, int dynamicSharedBytes = 0)
+    internal static KernelEntry Entry<TArgs>(string kernel, string config, Action<TArgs> k, int dynamicSharedBytes = 0,
+        bool tensorCore = false)
         where TArgs : struct =>
-        new(kernel, config, k.Method, dynamicSharedBytes);
+        new(kernel, config, k.Method, dynamicSharedBytes, tensorCore);
 }

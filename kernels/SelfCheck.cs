@@ -3,7 +3,8 @@ using StableDiffusion.Runtime;
 namespace StableDiffusion.Kernels;
 
 /// <summary>One comparison of a kernel with the host reference.</summary>
-public sealed record SelfCheckResult(string Op, string DType, string Shape, double RelativeError, double Tolerance)
+public sealed record SelfCheckResult(string Op, string DType, string Shape, double RelativeError, double Tolerance,
+    string Kernel = "")
 {
     public bool Passed => RelativeError <= Tolerance; // NaN fails
 }
@@ -60,9 +61,10 @@ public static class SelfCheck
 
         private void Report(string op, string shape, Tensor output, float[] expected)
         {
+            var kernel = ops.Runtime.LastFamily ?? "";
             var got = output.ToFloatArray();
             output.Dispose();
-            var r = new SelfCheckResult(op, dt.Name(), shape, Reference.RelativeError(got, expected), Tol);
+            var r = new SelfCheckResult(op, dt.Name(), shape, Reference.RelativeError(got, expected), Tol, kernel);
             results.Add(r);
             onResult?.Invoke(r);
         }
@@ -72,7 +74,8 @@ public static class SelfCheck
             // GEMM: odd sizes, both transposes, bias, residual, batch broadcast.
             foreach (var (m, n, k, ta, tb, batch) in small
                          ? new[] { (37, 29, 23, false, true, 1), (17, 21, 9, true, false, 2) }
-                         : new[] { (300, 200, 150, false, true, 2), (77, 768, 320, false, true, 1), (129, 65, 257, true, false, 3) })
+                         : new[] { (300, 200, 150, false, true, 2), (77, 768, 320, false, true, 1), (129, 65, 257, true, false, 3),
+                                   (300, 200, 160, false, true, 2), (4096, 320, 320, false, true, 1), (257, 1280, 1280, false, true, 1) })
             {
                 var a = Rand((long)batch * m * k);
                 var b = Rand((long)k * n);
@@ -90,7 +93,8 @@ public static class SelfCheck
             // Convolution: 3x3 pad 1 stride 1 and 2, 1x1, residual.
             foreach (var (n, h, w, cin, cout, kk, s, p, withRes) in small
                          ? new[] { (1, 6, 7, 5, 6, 3, 1, 1, true), (2, 7, 5, 3, 4, 3, 2, 1, false), (1, 4, 5, 6, 7, 1, 1, 0, false) }
-                         : new[] { (2, 16, 16, 32, 64, 3, 1, 1, true), (1, 17, 15, 32, 48, 3, 2, 1, false), (2, 9, 9, 64, 40, 1, 1, 0, true) })
+                         : new[] { (2, 16, 16, 32, 64, 3, 1, 1, true), (1, 17, 15, 32, 48, 3, 2, 1, false), (2, 9, 9, 64, 40, 1, 1, 0, true),
+                                   (1, 32, 32, 320, 320, 3, 1, 1, true), (1, 4, 4, 4, 32, 3, 1, 1, false) })
             {
                 int ho = (h + 2 * p - kk) / s + 1, wo = (w + 2 * p - kk) / s + 1;
                 var x = Rand((long)n * h * w * cin);

@@ -24,18 +24,18 @@ def main():
         f"PyTorch {theirs.get('torch', '?')} on {theirs.get('device', '?')}; both timed with CUDA events, median of launches;",
         "TF32 off. ratio = PyTorch time / sd time.",
         "",
-        "| op | dtype | shape | sd ms | PyTorch ms | ratio | sd GFLOP/s | PyTorch GFLOP/s | sd GB/s |",
-        "|---|---|---|---:|---:|---:|---:|---:|---:|",
+        "| op | dtype | shape | sd kernel | sd ms | PyTorch ms | ratio | sd GFLOP/s | PyTorch GFLOP/s | sd GB/s |",
+        "|---|---|---|---|---:|---:|---:|---:|---:|---:|",
     ]
     for r in ours["results"]:
         c = r["case"]
         shape = " ".join(f"{k}={v}" for k, v in c["shape"].items())
         p = t.get(key(c))
         if p is None:
-            lines.append(f"| {c['op']} | {c['dtype']} | {shape} | {r['median_ms']:.4f} | n/a | n/a | {r['gflops']:.0f} | n/a | {r['gbps']:.0f} |")
+            lines.append(f"| {c['op']} | {c['dtype']} | {shape} | {r.get('kernel', '')} | {r['median_ms']:.4f} | n/a | n/a | {r['gflops']:.0f} | n/a | {r['gbps']:.0f} |")
             continue
         ratio = p["median_ms"] / r["median_ms"]
-        lines.append(f"| {c['op']} | {c['dtype']} | {shape} | {r['median_ms']:.4f} | {p['median_ms']:.4f} | {ratio:.2f} | "
+        lines.append(f"| {c['op']} | {c['dtype']} | {shape} | {r.get('kernel', '')} | {r['median_ms']:.4f} | {p['median_ms']:.4f} | {ratio:.2f} | "
                      f"{r['gflops']:.0f} | {p['gflops']:.0f} | {r['gbps']:.0f} |")
     text = "\n".join(lines) + "\n"
     open(sys.argv[3], "w").write(text)

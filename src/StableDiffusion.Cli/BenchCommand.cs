@@ -37,14 +37,14 @@ internal static class BenchCommand
         }
         var ops = new IlgpuOps(device);
         var cases = Filter(KernelBench.Suite(quick), only);
-        stdout.WriteLine($"{"op",-11} {"dtype",-5} {"shape",-52} {"median ms",10} {"min ms",9} {"GFLOP/s",9} {"GB/s",8}");
+        stdout.WriteLine($"{"op",-11} {"dtype",-5} {"shape",-52} {"median ms",10} {"min ms",9} {"GFLOP/s",9} {"GB/s",8}  kernel");
         var results = new List<BenchResult>();
         foreach (var r in KernelBench.Run(ops, cases, minSeconds: device.Kind == DeviceKind.IlgpuCpu ? 0 : 0.3,
                      minIterations: device.Kind == DeviceKind.IlgpuCpu ? 1 : 5))
         {
             results.Add(r);
             var shape = string.Join(" ", r.Case.Shape.Select(kv => $"{kv.Key}={kv.Value}"));
-            stdout.WriteLine($"{r.Case.Op,-11} {r.Case.DType.Name(),-5} {shape,-52} {r.MedianMs,10:F4} {r.MinMs,9:F4} {r.GFlops,9:F1} {r.GBps,8:F1}");
+            stdout.WriteLine($"{r.Case.Op,-11} {r.Case.DType.Name(),-5} {shape,-52} {r.MedianMs,10:F4} {r.MinMs,9:F4} {r.GFlops,9:F1} {r.GBps,8:F1}  {r.Kernel}");
             stdout.Flush();
         }
         if (jsonPath is not null)
@@ -62,6 +62,7 @@ internal static class BenchCommand
                     min_ms = r.MinMs,
                     gflops = r.GFlops,
                     gbps = r.GBps,
+                    kernel = r.Kernel,
                 }),
             }, Json));
             stdout.WriteLine($"wrote {jsonPath}");

@@ -134,10 +134,10 @@ public static class Cli
         using var device = ComputeDevice.Open(deviceName, stdout);
         var ops = new IlgpuOps(device);
         stdout.WriteLine($"kernel profile: {ops.Runtime.Profile}; tolerance fp32 {SelfCheck.F32Tolerance:g}, fp16 {SelfCheck.F16Tolerance:g} (relative L2 vs host reference)");
-        stdout.WriteLine($"{"op",-20} {"dtype",-12} {"shape",-44} {"rel. error",10}  result");
+        stdout.WriteLine($"{"op",-20} {"dtype",-12} {"shape",-44} {"rel. error",10}  result  kernel");
         var results = SelfCheck.Run(ops, r =>
         {
-            stdout.WriteLine($"{r.Op,-20} {r.DType,-12} {r.Shape,-44} {r.RelativeError,10:0.00e+00}  {(r.Passed ? "ok" : "FAIL")}");
+            stdout.WriteLine($"{r.Op,-20} {r.DType,-12} {r.Shape,-44} {r.RelativeError,10:0.00e+00}  {(r.Passed ? "ok  " : "FAIL")}    {r.Kernel}");
             stdout.Flush();
         }, note => stdout.WriteLine(note));
         int failed = results.Count(r => !r.Passed);

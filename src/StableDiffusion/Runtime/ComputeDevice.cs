@@ -80,7 +80,7 @@ public sealed class ComputeDevice : IDisposable
 
     /// <summary>One line for logs: kind, name, memory.</summary>
     public string Describe() =>
-        $"{KindName(Kind)} device '{Name}' ({MemoryBytes / (1024.0 * 1024 * 1024):F1} GiB, " +
+        $"{KindName(Kind)} device '{Name}' ({(Kind == DeviceKind.IlgpuCpu ? GC.GetGCMemoryInfo().TotalAvailableMemoryBytes : MemoryBytes) / (1024.0 * 1024 * 1024):F1} GiB, " +
         $"{Accelerator.NumMultiprocessors} multiprocessors, warp {WarpSize}, max group {MaxGroupSize})";
 
     public static string KindName(DeviceKind k) => k switch

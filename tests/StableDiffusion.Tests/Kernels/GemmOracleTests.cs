@@ -96,4 +96,19 @@ public class GemmOracleTests(ITestOutputHelper output)
             oracle.Check("gemm_tiled", $"variant {v} 70x45x33", y, want, 1e-5);
         }
     }
+
+    [Fact]
+    public void Tensor_core_variant_is_refused_off_cuda_instead_of_silently_doing_nothing()
+    {
+        var ops = Devices.Ops("cuda");
+        using var a = DeviceTensor.Empty(ops.Device, DType.F16, 16, 32);
+        using var b = DeviceTensor.Empty(ops.Device, DType.F16, 8, 32);
+        using var c = DeviceTensor.Empty(ops.Device, DType.F16, 16, 8);
+        var e = Assert.Throws<KernelArgumentException>(() =>
+            Gemm.Run(ops.Runtime, new GemmSpec(16, 8, 32) { TransB = true }, a, b, c, variant: GemmVariant.TensorCore));
+        Assert.Contains("needs a CUDA device", e.Message);
+        // Auto on a non-CUDA device takes the portable kernel.
+        Gemm.Run(ops.Runtime, new GemmSpec(16, 8, 32) { TransB = true }, a, b, c);
+        Assert.Equal("gemm", ops.Runtime.LastFamily);
+    }
 }

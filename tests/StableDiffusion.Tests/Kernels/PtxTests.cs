@@ -64,5 +64,16 @@ public class PtxTests(ITestOutputHelper output)
         Assert.Equal(0, row.StackBytes);
         Assert.InRange(row.Registers, 1, 255);
         Assert.InRange(row.SharedBytes, 0, 48 * 1024); // no kernel opts into more than the default 48 KiB yet
+        var entry = Find(kernel, config);
+        if (entry.TensorCore) Assert.True(row.Hmma > 0, $"{kernel} is a tensor-core kernel but its SASS has no HMMA");
+        else Assert.Equal(0, row.Hmma);
+    }
+
+    [Fact]
+    public void Catalog_has_tensor_core_gemm_and_convolution()
+    {
+        var tc = KernelRuntime.CudaCatalog().Where(e => e.TensorCore).Select(e => e.Kernel).ToHashSet();
+        Assert.Contains("gemm_mma", tc);
+        Assert.Contains("conv2d_implicit_gemm_mma", tc);
     }
 }
