@@ -180,8 +180,8 @@ public static class GemmTensorCoreKernels
         where TB : struct, ITcOperand
         where TC : struct, IGemmEpilogue
     {
-        var shared = SharedMemory.GetDynamic<Int4>(); // declares the 16-byte aligned region addressed below
-        if (!CudaAsm.IsSupported || shared.Length < 0) return;
+        var shared = SharedMemory.GetDynamic<Int4>(); // declares the 16-byte aligned region the PTX addresses
+        if (!CudaAsm.IsSupported) return;
         CudaAsm.Emit(MmaAsm.Declare);
         const uint sbase = 0; // offsets into the dynamic shared memory; the PTX adds its base
         int tid = Group.IdxX, lane = tid & 31, warp = tid >> 5;

@@ -59,6 +59,7 @@ public static class Cli
                 "kernels" => Kernels(a, stdout, stderr),
                 "info" => InfoCommand.Run(args.Where(x => x != "--verbose").Skip(1).ToArray(), stdout, stderr),
                 "bench" => BenchCommand.Run(a, stdout, stderr),
+                "debug" => DebugCommand.Run(a, stdout),
                 _ => throw new UsageException($"unknown command '{a.Command}'; run 'sd --help'"),
             };
         }
