@@ -16,8 +16,15 @@ namespace StableDiffusion.Tests.Kernels;
 /// SD_REQUIRE_CLANG=1), compiled as OpenCL C 2.0 for spir64 with warnings as errors. Also: no kernel needs sub-group
 /// functions on non-Intel devices, and every barrier fences local (shared) memory.
 /// </summary>
-public class OpenClTests(ITestOutputHelper output)
+public sealed class OpenClTests(ITestOutputHelper output) : IDisposable
 {
+    private readonly string tempDir = Path.Combine(Path.GetTempPath(), $"sd-opencl-tests-{Guid.NewGuid():N}");
+
+    public void Dispose()
+    {
+        if (Directory.Exists(tempDir)) Directory.Delete(tempDir, recursive: true);
+    }
+
     public static TheoryData<string, string, string> CatalogByVendor()
     {
         var data = new TheoryData<string, string, string>();
@@ -50,11 +57,10 @@ public class OpenClTests(ITestOutputHelper output)
     private static IReadOnlyList<OpenClCheckRow> AllCompiled(string clang) =>
         compiled ??= OpenClTools.Check(KernelRuntime.CudaCatalog(), clang);
 
-    private static string WriteTemp(string name, string source)
+    private string WriteTemp(string name, string source)
     {
-        var dir = Path.Combine(Path.GetTempPath(), $"sd-opencl-tests-{Environment.ProcessId}");
-        Directory.CreateDirectory(dir);
-        var path = Path.Combine(dir, name);
+        Directory.CreateDirectory(tempDir);
+        var path = Path.Combine(tempDir, name);
         File.WriteAllText(path, source);
         return path;
     }
