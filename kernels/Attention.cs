@@ -205,7 +205,7 @@ public static class AttentionKernels
                 kS[j * ld + dd] = ok ? e.ToFloat(p.K[kBase + kj * p.LdK + dd]) : 0f;
                 vS[j * d + dd] = ok ? e.ToFloat(p.V[vBase + kj * p.LdV + dd]) : 0f;
             }
-            Group.Barrier();
+            SharedBarrier.Sync();
 
             float tileMax = float.NegativeInfinity;
             for (int t = 0; t < scoresPerThread; t++)
@@ -223,7 +223,7 @@ public static class AttentionKernels
                 }
             }
             red[row * tpr + lane] = tileMax;
-            Group.Barrier();
+            SharedBarrier.Sync();
             for (int x = 0; x < tpr; x++) tileMax = Math.Max(tileMax, red[row * tpr + x]);
 
             float mNew = Math.Max(m, tileMax);
@@ -241,15 +241,15 @@ public static class AttentionKernels
                 }
             }
             m = mNew;
-            Group.Barrier();
+            SharedBarrier.Sync();
 
             o.Scale(alpha);
             for (int j = 0; j < bkv; j++) o.Axpy(pS[row * bkv + j], vS, j * d + lane, tpr, r);
-            Group.Barrier();
+            SharedBarrier.Sync();
         }
 
         red[row * tpr + lane] = l;
-        Group.Barrier();
+        SharedBarrier.Sync();
         float total = 0f;
         for (int x = 0; x < tpr; x++) total += red[row * tpr + x];
         if (qi < p.Lq)

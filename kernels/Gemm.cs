@@ -1,5 +1,6 @@
 using ILGPU;
 using ILGPU.Runtime;
+using StableDiffusion.Runtime;
 
 namespace StableDiffusion.Kernels;
 
@@ -144,7 +145,7 @@ public static class GemmKernels
         {
             FillSlice(aSf, p.A, batch, m0, p.M, k0, p.K, bm, bk, tid, threads);
             FillSlice(bSf, p.B, batch, n0, p.N, k0, p.K, bn, bk, tid, threads);
-            Group.Barrier();
+            SharedBarrier.Sync();
             for (int kk = 0; kk < bk; kk++)
             {
                 int ai = (kk * bm + ty * 8) >> 2;
@@ -154,7 +155,7 @@ public static class GemmKernels
                 c0.Fma(a.V0, b); c1.Fma(a.V1, b); c2.Fma(a.V2, b); c3.Fma(a.V3, b);
                 c4.Fma(a.V4, b); c5.Fma(a.V5, b); c6.Fma(a.V6, b); c7.Fma(a.V7, b);
             }
-            Group.Barrier();
+            SharedBarrier.Sync();
         }
 
         int mr = m0 + ty * 8, nc = n0 + tx * 8;

@@ -52,7 +52,7 @@ public static class LayoutKernels
             int r = r0 + y, c = c0 + tx;
             if (r < p.R && c < p.C) s[y * (tile + 1) + tx] = p.X[b + (long)r * p.C + c];
         }
-        Group.Barrier();
+        SharedBarrier.Sync();
         for (int y = ty; y < tile; y += rows)
         {
             int c = c0 + y, r = r0 + tx;

@@ -5,6 +5,7 @@ using ILGPU.Backends.EntryPoints;
 using ILGPU.Backends.PTX;
 using ILGPU.Runtime.CPU;
 using ILGPU.Runtime.Cuda;
+using StableDiffusion.Runtime;
 
 namespace StableDiffusion.Kernels;
 
@@ -37,7 +38,7 @@ public static class PtxTools
     {
         lock (Gate)
         {
-            context ??= Context.Create(b => b.DefaultCPU().EnableAlgorithms().Optimize(OptimizationLevel.O2));
+            context ??= Context.Create(b => SharedBarrier.Register(b.DefaultCPU().EnableAlgorithms().Optimize(OptimizationLevel.O2)));
             backend ??= new PTXBackend(context, new CudaCapabilityContext(CudaArchitecture.SM_80), CudaArchitecture.SM_80,
                 CudaInstructionSet.ISA_78, nvvmAPI: null);
             if (Compiled.TryGetValue(entry.Method, out var ptx)) return ptx;

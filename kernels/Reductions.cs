@@ -1,4 +1,5 @@
 using ILGPU;
+using StableDiffusion.Runtime;
 
 namespace StableDiffusion.Kernels;
 
@@ -42,14 +43,14 @@ internal static class GroupReduce
     {
         int b = row * width;
         scratch[b + lane] = v;
-        Group.Barrier();
+        SharedBarrier.Sync();
         for (int s = width >> 1; s > 0; s >>= 1)
         {
             if (lane < s) scratch[b + lane] += scratch[b + lane + s];
-            Group.Barrier();
+            SharedBarrier.Sync();
         }
         float r = scratch[b];
-        Group.Barrier();
+        SharedBarrier.Sync();
         return r;
     }
 
@@ -57,14 +58,14 @@ internal static class GroupReduce
     {
         int b = row * width;
         scratch[b + lane] = v;
-        Group.Barrier();
+        SharedBarrier.Sync();
         for (int s = width >> 1; s > 0; s >>= 1)
         {
             if (lane < s) scratch[b + lane] = Math.Max(scratch[b + lane], scratch[b + lane + s]);
-            Group.Barrier();
+            SharedBarrier.Sync();
         }
         float r = scratch[b];
-        Group.Barrier();
+        SharedBarrier.Sync();
         return r;
     }
 }

@@ -97,7 +97,7 @@ public sealed class ComputeDevice : IDisposable
 
     internal static Context.Builder Configure(Context.Builder b)
     {
-        b = b.EnableAlgorithms().Optimize(OptimizationLevel.O2);
+        b = SharedBarrier.Register(b.EnableAlgorithms().Optimize(OptimizationLevel.O2));
         return EnableProfiling ? b.Profiling() : b;
     }
 

@@ -90,7 +90,9 @@ public static class DeviceCatalog
                         d.MaxNumThreadsPerGroup, d.WarpSize, d.NumMultiprocessors,
                         $"platform {d.PlatformName}, vendor {d.Vendor}, {d.DeviceType}, OpenCL C {d.CLStdVersion}, " +
                         $"generic address space {caps.GenericAddressSpace}, fp16 {caps.Float16}, fp64 {caps.Float64}, " +
-                        $"subgroups {caps.SubGroups}, {d.MaxSharedMemoryPerGroup / 1024} KiB local/group",
+                        // caps.SubGroups is only set once an accelerator is opened: read the extensions instead.
+                        $"subgroups {d.HasExtension("cl_khr_subgroups") || d.HasExtension("cl_intel_subgroups")} (not needed), " +
+                        $"{d.MaxSharedMemoryPerGroup / 1024} KiB local/group",
                         refusal));
                 }
                 if (ctx.GetCLDevices().Count == 0) n.Add("OpenCL: the loader reports no devices (no ICD installed?)");
