@@ -1,5 +1,6 @@
 using ILGPU;
 using ILGPU.Runtime.Cuda;
+using StableDiffusion.Runtime;
 
 namespace StableDiffusion.Kernels;
 
@@ -201,7 +202,7 @@ public static class GemmTensorCoreKernels
         for (int kt = 0; kt < kTiles; kt++)
         {
             Ptx.CpAsyncWaitOne();
-            Group.Barrier(); // tile kt is in shared memory, and every warp is done with stage (kt + 2) % 3
+            SharedBarrier.Sync(); // tile kt is in shared memory, and every warp is done with stage (kt + 2) % 3
             int next = kt + 2;
             if (next < kTiles) LoadStage(p, sbase, next % Stages, next, m0, n0, batch, tid);
             Ptx.CpAsyncCommit();
@@ -227,10 +228,10 @@ public static class GemmTensorCoreKernels
         var staged = shared.Cast<float>();
         for (int half = 0; half < 2; half++)
         {
-            Group.Barrier();
+            SharedBarrier.Sync();
             if (wm == half)
                 CudaAsm.Emit(MmaAsm.StageAccumulators, sbase + (uint)(((lane >> 2) * EpilogueLd + wn * 32 + (lane & 3) * 2) * 4));
-            Group.Barrier();
+            SharedBarrier.Sync();
             for (int e = tid; e < 64 * BN; e += Threads)
             {
                 int row = e / BN, col = e - row * BN;
