@@ -236,6 +236,37 @@ public class ClipTextModelTests(ITestOutputHelper output)
     private static long PoolBytes(Module m, DType dt) =>
         m.NamedParameters().Sum(p => MemoryPool.SizeClass(p.Parameter.ElementCount * dt.SizeInBytes()));
 
+    /// <summary>
+    /// Device memory of the full-size text encoders' weights, measured: random weights in the real layout written to a
+    /// safetensors file and loaded in fp16 and in fp32. Needs SD_BIG_TESTS=1 (writes up to 680 MB). A full-size forward
+    /// is left to the GPU: on the CPU accelerator it takes many minutes.
+    /// </summary>
+    [SkippableTheory]
+    [InlineData("sd15")]
+    [InlineData("sd21-base")]
+    public void Full_size_weights_on_the_device(string config)
+    {
+        Skip.IfNot(Environment.GetEnvironmentVariable("SD_BIG_TESTS") == "1", "set SD_BIG_TESTS=1 to write and load a full-size text encoder");
+        using var model = RealModel(config);
+        var ops = Devices.Ops("test");
+        var pool = ops.Device.Pool;
+        using var dir = new TempFolder();
+        var path = Path.Combine(dir.Path, "model.fp16.safetensors");
+        SafetensorsWriter.Write(path, RandomWeights.Entries(model, 7, WeightDType.F16));
+        using var file = WeightFile.Open(path);
+        var weights = ComponentWeights.FromFile("text_encoder", file);
+        foreach (var dt in new[] { DType.F16, DType.F32 })
+        {
+            long before = pool.BytesInUse;
+            model.Load(weights, ops, dt);
+            long bytes = pool.BytesInUse - before;
+            Assert.Equal(PoolBytes(model, dt), bytes);
+            output.WriteLine($"{config} {dt.Name()}: the weights take {bytes / 1048576.0:0.0} MiB of device memory " +
+                             $"({model.WeightBytes(dt) / 1048576.0:0.0} MiB of values, the rest is the pool's size classes)");
+            model.Dispose(); // frees the parameters; the module can be loaded again
+        }
+    }
+
     [SkippableFact]
     public void Sd2_single_file_open_clip_names_map_onto_the_sd2_module()
     {
