@@ -23,6 +23,7 @@ public static class Cli
           bench [--device D] [--quick]           time the kernels at the SD1.5 shapes (CUDA events on CUDA);
                 [--op OP] [--json FILE]          --list writes the case list only (what bench/gpu feeds PyTorch)
                 [--list]
+          tokenize (--tokenizer DIR | --model DIR) [--vocab DIR|bpe.txt.gz] "<text>"   CLIP token ids as JSON (start/end, no padding)
 
         options:
           --device D     auto (default: CUDA, then OpenCL, then the ILGPU CPU accelerator), cuda[:N], opencl[:N], cpu
@@ -61,6 +62,7 @@ public static class Cli
                 "info" => InfoCommand.Run(args.Where(x => x != "--verbose").Skip(1).ToArray(), stdout, stderr),
                 "bench" => BenchCommand.Run(a, stdout, stderr),
                 "debug" => DebugCommand.Run(a, stdout),
+                "tokenize" => TokenizeCommand.Run(args.Where(x => x != "--verbose").Skip(1).ToArray(), stdout, stderr),
                 _ => throw new UsageException($"unknown command '{a.Command}'; run 'sd --help'"),
             };
         }

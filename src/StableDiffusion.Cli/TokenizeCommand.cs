@@ -1,0 +1,59 @@
+using StableDiffusion.Models.Clip;
+
+namespace StableDiffusion.Cli;
+
+/// <summary>
+/// <c>sd tokenize</c>: the CLIP token ids of a text as a JSON array, start and end tokens included, no padding.
+/// The tokenizer comes from a diffusers <c>tokenizer/</c> folder (<c>--tokenizer</c>) or from a diffusers model
+/// folder (<c>--model</c>); <c>--vocab</c> gives the vocabulary separately (a folder with vocab.json and merges.txt,
+/// or CLIP's bpe_simple_vocab_16e6.txt.gz) for tokenizer folders that carry only their json files.
+/// </summary>
+internal static class TokenizeCommand
+{
+    /// <param name="args">the arguments after <c>tokenize</c></param>
+    public static int Run(string[] args, TextWriter stdout, TextWriter stderr)
+    {
+        string? tokenizer = null, model = null, vocab = null, text = null;
+        bool rest = false;
+        for (int i = 0; i < args.Length; i++)
+        {
+            switch (args[i])
+            {
+                case "--" when !rest: rest = true; break;
+                case "--tokenizer" when !rest: tokenizer = Value(args, ref i); break;
+                case "--model" when !rest: model = Value(args, ref i); break;
+                case "--vocab" when !rest: vocab = Value(args, ref i); break;
+                case var a when !rest && a.StartsWith("--", StringComparison.Ordinal):
+                    throw new UsageException($"unexpected option '{a}' for 'sd tokenize'; run 'sd --help'");
+                case var a when text is null: text = a; break;
+                default: throw new UsageException("'sd tokenize' takes one text (quote it)");
+            }
+        }
+        if (text is null) throw new UsageException("'sd tokenize' needs a text, e.g. sd tokenize --tokenizer DIR \"a photo of a cat\"");
+        if ((tokenizer is null) == (model is null))
+            throw new UsageException("'sd tokenize' needs either --tokenizer (a tokenizer folder) or --model (a diffusers model folder)");
+
+        var tok = ClipTokenizer.FromFolder(tokenizer ?? TokenizerOf(model!), vocab);
+        var ids = tok.Encode(text);
+        stdout.WriteLine("[" + string.Join(",", ids) + "]");
+        if (ids.Length > tok.MaxLength)
+            stderr.WriteLine($"sd: note: {ids.Length} tokens; the text encoder takes {tok.MaxLength}, so \"{tok.Decode(ids.AsSpan(tok.MaxLength - 1, ids.Length - tok.MaxLength))}\" would be dropped");
+        return 0;
+    }
+
+    private static string TokenizerOf(string model)
+    {
+        var folder = Path.Combine(model, "tokenizer");
+        if (Directory.Exists(folder)) return folder;
+        if (Directory.Exists(model)) throw new ConfigException($"{model}: the model folder has no tokenizer/ folder; give one with --tokenizer");
+        if (File.Exists(model)) throw new UsageException($"{model}: a single-file checkpoint carries no tokenizer; give a tokenizer folder with --tokenizer");
+        throw new ConfigException($"{model}: no such model folder");
+    }
+
+    private static string Value(string[] args, ref int i)
+    {
+        if (i + 1 >= args.Length || args[i + 1].StartsWith("--", StringComparison.Ordinal))
+            throw new UsageException($"option {args[i]} needs a value");
+        return args[++i];
+    }
+}

@@ -1,0 +1,188 @@
+using StableDiffusion.Runtime;
+
+namespace StableDiffusion.Models.Clip;
+
+// transformers' CLIPTextModel (models/clip/modeling_clip.py) under its parameter names, so that a diffusers
+// text_encoder file, or an LDM single file through the IO layer's name map, binds by path.
+
+/// <summary>token_embedding [vocab, C] looked up by id, plus position_embedding [77, C] by position.</summary>
+public sealed class ClipTextEmbeddings : Module
+{
+    public ClipTextEmbeddings(ClipTextConfig config)
+    {
+        TokenEmbedding = Child("token_embedding", new Embedding(config.VocabSize, config.HiddenSize));
+        PositionEmbedding = Child("position_embedding", new Embedding(config.MaxPositionEmbeddings, config.HiddenSize));
+    }
+
+    public Embedding TokenEmbedding { get; }
+    public Embedding PositionEmbedding { get; }
+
+    /// <summary>ids int32 [B, L] → [B, L, C].</summary>
+    public Tensor Forward(IOps ops, Tensor ids)
+    {
+        int length = ids.Dim(1);
+        using var tokens = TokenEmbedding.Forward(ops, ids);
+        if (length == PositionEmbedding.Count)
+            return ops.Add(tokens, PositionEmbedding.Weight.Value); // the whole table, broadcast over the batch
+        using var positions = Tensor.FromInts(ops.Device, Enumerable.Range(0, length).ToArray(), length);
+        using var table = PositionEmbedding.Forward(ops, positions);
+        return ops.Add(tokens, table);
+    }
+}
+
+/// <summary>Causal multi-head self-attention: q_proj, k_proj, v_proj, out_proj, all with bias.</summary>
+public sealed class ClipAttention : Module
+{
+    public ClipAttention(ClipTextConfig config)
+    {
+        Heads = config.NumAttentionHeads;
+        int c = config.HiddenSize;
+        KProj = Child("k_proj", new Linear(c, c));
+        VProj = Child("v_proj", new Linear(c, c));
+        QProj = Child("q_proj", new Linear(c, c));
+        OutProj = Child("out_proj", new Linear(c, c));
+    }
+
+    public int Heads { get; }
+    public Linear KProj { get; }
+    public Linear VProj { get; }
+    public Linear QProj { get; }
+    public Linear OutProj { get; }
+
+    /// <summary>x [B, L, C] → out_proj(attention) + <paramref name="residual"/> (fused into the projection).</summary>
+    public Tensor Forward(IOps ops, Tensor x, Tensor? residual = null)
+    {
+        using var q = QProj.Forward(ops, x);
+        using var k = KProj.Forward(ops, x);
+        using var v = VProj.Forward(ops, x);
+        // Causal: CLIP's text transformer lets a token see only itself and the tokens before it.
+        using var o = ops.Attention(q, k, v, Heads, causal: true);
+        return OutProj.Forward(ops, o, residual);
+    }
+}
+
+/// <summary>fc1 → activation (quick_gelu for CLIP, gelu for OpenCLIP) → fc2.</summary>
+public sealed class ClipMlp : Module
+{
+    public ClipMlp(ClipTextConfig config)
+    {
+        Act = config.HiddenAct;
+        Fc1 = Child("fc1", new Linear(config.HiddenSize, config.IntermediateSize));
+        Fc2 = Child("fc2", new Linear(config.IntermediateSize, config.HiddenSize));
+    }
+
+    public Activation Act { get; }
+    public Linear Fc1 { get; }
+    public Linear Fc2 { get; }
+
+    public Tensor Forward(IOps ops, Tensor x, Tensor? residual = null)
+    {
+        using var h = Fc1.Forward(ops, x);
+        using var a = ops.Activate(h, Act);
+        return Fc2.Forward(ops, a, residual);
+    }
+}
+
+/// <summary>Pre-norm transformer layer: x + attn(layer_norm1(x)), then + mlp(layer_norm2(·)).</summary>
+public sealed class ClipEncoderLayer : Module
+{
+    public ClipEncoderLayer(ClipTextConfig config)
+    {
+        SelfAttn = Child("self_attn", new ClipAttention(config));
+        LayerNorm1 = Child("layer_norm1", new LayerNorm(config.HiddenSize, config.LayerNormEps));
+        Mlp = Child("mlp", new ClipMlp(config));
+        LayerNorm2 = Child("layer_norm2", new LayerNorm(config.HiddenSize, config.LayerNormEps));
+    }
+
+    public ClipAttention SelfAttn { get; }
+    public LayerNorm LayerNorm1 { get; }
+    public ClipMlp Mlp { get; }
+    public LayerNorm LayerNorm2 { get; }
+
+    public Tensor Forward(IOps ops, Tensor x)
+    {
+        Tensor h;
+        using (var n1 = LayerNorm1.Forward(ops, x))
+            h = SelfAttn.Forward(ops, n1, residual: x);
+        using (h)
+        using (var n2 = LayerNorm2.Forward(ops, h))
+            return Mlp.Forward(ops, n2, residual: h);
+    }
+}
+
+public sealed class ClipEncoder : Module
+{
+    public ClipEncoder(ClipTextConfig config) =>
+        Layers = Child("layers", new ModuleList<ClipEncoderLayer>(Enumerable.Range(0, config.NumHiddenLayers).Select(_ => new ClipEncoderLayer(config))));
+
+    public ModuleList<ClipEncoderLayer> Layers { get; }
+}
+
+/// <summary>transformers' CLIPTextTransformer: embeddings → encoder layers → final_layer_norm.</summary>
+public sealed class ClipTextTransformer : Module
+{
+    public ClipTextTransformer(ClipTextConfig config)
+    {
+        Embeddings = Child("embeddings", new ClipTextEmbeddings(config));
+        Encoder = Child("encoder", new ClipEncoder(config));
+        FinalLayerNorm = Child("final_layer_norm", new LayerNorm(config.HiddenSize, config.LayerNormEps));
+    }
+
+    public ClipTextEmbeddings Embeddings { get; }
+    public ClipEncoder Encoder { get; }
+    public LayerNorm FinalLayerNorm { get; }
+}
+
+/// <summary>
+/// The Stable Diffusion text encoder: transformers' CLIPTextModel, built from <c>text_encoder/config.json</c>.
+/// <see cref="Forward"/> gives last_hidden_state, the UNet's cross-attention context.
+/// </summary>
+public sealed class ClipTextModel : Module
+{
+    public ClipTextModel(ClipTextConfig config)
+    {
+        Config = config;
+        TextModel = Child("text_model", new ClipTextTransformer(config));
+    }
+
+    public ClipTextConfig Config { get; }
+    public ClipTextTransformer TextModel { get; }
+
+    public static ClipTextModel FromConfig(string configPath) => new(ClipTextConfig.Load(configPath));
+
+    /// <summary>
+    /// ids int32 [B, L] (L ≤ 77; Stable Diffusion always passes 77) → [B, L, hidden] with the final layer norm applied.
+    /// <paramref name="clipSkip"/> 1 uses every layer; n stops n − 1 layers early and applies the final layer norm to
+    /// that output, as diffusers does for its clip_skip (diffusers' clip_skip k is clipSkip k + 1 here, the
+    /// convention of the web UIs: "clip skip 2" is the penultimate layer).
+    /// </summary>
+    public Tensor Forward(IOps ops, Tensor ids, int clipSkip = 1)
+    {
+        int layers = Config.NumHiddenLayers;
+        if (ids.DType != DType.I32 || ids.Rank != 2)
+            throw new UsageException($"text encoder: token ids must be int32 [batch, length], got {ids}");
+        if (ids.Dim(1) < 1 || ids.Dim(1) > Config.MaxPositionEmbeddings)
+            throw new UsageException($"text encoder: {ids.Dim(1)} tokens per prompt, the model takes 1 to {Config.MaxPositionEmbeddings}");
+        if (clipSkip < 1 || clipSkip > layers)
+            throw new UsageException($"clip skip {clipSkip} is out of range: this text encoder has {layers} layers (1 uses all of them)");
+
+        var x = TextModel.Embeddings.Forward(ops, ids);
+        try
+        {
+            for (int i = 0; i < layers - (clipSkip - 1); i++)
+            {
+                var next = TextModel.Encoder.Layers[i].Forward(ops, x);
+                x.Dispose();
+                x = next;
+            }
+            return TextModel.FinalLayerNorm.Forward(ops, x);
+        }
+        finally
+        {
+            x.Dispose();
+        }
+    }
+
+    /// <summary>Device bytes of the weights in <paramref name="dtype"/> (exact sizes; the pool rounds each up to its size class).</summary>
+    public long WeightBytes(DType dtype) => ParameterCount * dtype.SizeInBytes();
+}
