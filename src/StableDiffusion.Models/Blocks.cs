@@ -43,8 +43,9 @@ public sealed class ResnetBlock2D : Module
             using var hOld = h;
             h = ops.Add(hOld, t4);
         }
-        using (h)
-        using (var n2 = Norm2.Forward(ops, h, silu: true))
+        Tensor n2;
+        using (h) n2 = Norm2.Forward(ops, h, silu: true); // conv1's output is dead once normed: free it before conv2
+        using (n2)
         using (var shortcut = ConvShortcut?.Forward(ops, x))
         {
             var y = Conv2.Forward(ops, n2, residual: shortcut ?? x);
