@@ -30,7 +30,8 @@ public static class ActivationKernels
         0 => x * KernelMath.Sigmoid(x),
         1 => 0.5f * x * (1f + KernelMath.Erf(x * 0.70710678118654752f)),
         2 => 0.5f * x * (1f + MathF.Tanh(0.79788456080286536f * (x + 0.044715f * x * x * x))),
-        _ => x * KernelMath.Sigmoid(1.702f * x),
+        3 => x * KernelMath.Sigmoid(1.702f * x),
+        _ => MathF.Exp(x),
     };
 
     public static void Pointwise<T, TE>(ActivationArgs<T> p)
@@ -84,6 +85,7 @@ public static class Activations
         Activation.Gelu => "gelu",
         Activation.GeluTanh => "gelu_tanh",
         Activation.QuickGelu => "quick_gelu",
+        Activation.Exp => "exp",
         _ => "activation",
     };
 

@@ -18,11 +18,12 @@ public struct BinaryArgs<T> where T : unmanaged
     public int Op;
 }
 
+/// <summary>y = clamp(x * Alpha + Beta, Lo, Hi).</summary>
 public struct AffineArgs<T> where T : unmanaged
 {
     public ArrayView<T> X, Y;
     public long Total;
-    public float Alpha, Beta;
+    public float Alpha, Beta, Lo, Hi;
 }
 
 public struct CastArgs<TIn, TOut> where TIn : unmanaged where TOut : unmanaged
@@ -59,7 +60,7 @@ public static class ElementwiseKernels
         var e = default(TE);
         long stride = (long)Grid.DimX * Group.DimX;
         for (long i = Grid.GlobalIndex.X; i < p.Total; i += stride)
-            p.Y[i] = e.FromFloat(e.ToFloat(p.X[i]) * p.Alpha + p.Beta);
+            p.Y[i] = e.FromFloat(Math.Min(Math.Max(e.ToFloat(p.X[i]) * p.Alpha + p.Beta, p.Lo), p.Hi));
     }
 
     public static void Cast<TIn, TEIn, TOut, TEOut>(CastArgs<TIn, TOut> p)
@@ -155,18 +156,20 @@ public static class Elementwise
         rt.Launch(Name(op), ElementwiseKernels.Binary<T, TE>, Config(rt, a.Length), args);
     }
 
-    /// <summary>y = x * alpha + beta.</summary>
-    public static void Affine(KernelRuntime rt, Tensor x, Tensor y, float alpha, float beta = 0f)
+    /// <summary>y = clamp(x * alpha + beta, lo, hi).</summary>
+    public static void Affine(KernelRuntime rt, Tensor x, Tensor y, float alpha, float beta = 0f,
+        float lo = float.NegativeInfinity, float hi = float.PositiveInfinity)
     {
+        if (!(lo <= hi)) throw new KernelArgumentException($"clamp: bounds [{lo}, {hi}] are empty");
         if (!x.DType.IsFloat() || y.DType != x.DType || y.Length != x.Length)
             throw new KernelArgumentException($"scale: output {y} must match input {x}");
         if (x.Length == 0) return;
         if (x.DType == DType.F32)
             rt.Launch("scale", ElementwiseKernels.Affine<float, F32Elem>, Config(rt, x.Length),
-                new AffineArgs<float> { X = x.F32, Y = y.F32, Total = x.Length, Alpha = alpha, Beta = beta });
+                new AffineArgs<float> { X = x.F32, Y = y.F32, Total = x.Length, Alpha = alpha, Beta = beta, Lo = lo, Hi = hi });
         else
             rt.Launch("scale", ElementwiseKernels.Affine<Half, F16Elem>, Config(rt, x.Length),
-                new AffineArgs<Half> { X = x.F16, Y = y.F16, Total = x.Length, Alpha = alpha, Beta = beta });
+                new AffineArgs<Half> { X = x.F16, Y = y.F16, Total = x.Length, Alpha = alpha, Beta = beta, Lo = lo, Hi = hi });
     }
 
     /// <summary>Converts between fp32 and fp16 (round to nearest even; overflow becomes infinity).</summary>

@@ -163,6 +163,12 @@ public sealed class IlgpuOps : IOps
         return Into(Empty(x.DType, x.ShapeArray()), t => Elementwise.Affine(Runtime, x, t, alpha, beta));
     }
 
+    public Tensor Clamp(Tensor x, float lo, float hi)
+    {
+        SameDevice(x);
+        return Into(Empty(x.DType, x.ShapeArray()), t => Elementwise.Affine(Runtime, x, t, 1f, 0f, lo, hi));
+    }
+
     public Tensor Upsample2x(Tensor x)
     {
         SameDevice(x);

@@ -170,7 +170,8 @@ public static class Reference
         Activation.Silu => x / (1 + Math.Exp(-x)),
         Activation.Gelu => 0.5 * x * (1 + Erf(x / Math.Sqrt(2))),
         Activation.GeluTanh => 0.5 * x * (1 + Math.Tanh(Math.Sqrt(2 / Math.PI) * (x + 0.044715 * x * x * x))),
-        _ => x / (1 + Math.Exp(-1.702 * x)),
+        Activation.QuickGelu => x / (1 + Math.Exp(-1.702 * x)),
+        _ => Math.Exp(x),
     };
 
     public static float[] Activate(Activation kind, float[] x) => x.Select(v => (float)Activate(kind, v)).ToArray();

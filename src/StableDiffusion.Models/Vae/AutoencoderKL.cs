@@ -52,6 +52,23 @@ public sealed class AutoencoderKL : Module
     public Tensor LogVariance(IOps ops, Tensor moments) => ops.SliceLast(CheckMoments(moments), LatentChannels, LatentChannels);
 
     /// <summary>VAE latents → diffusion latents (× scaling_factor).</summary>
+    /// <summary>
+    /// A draw from the latent distribution: mean + exp(0.5 * clamp(logvar, -30, 20)) * noise, with noise a standard
+    /// normal tensor of the latent's shape (diffusers' DiagonalGaussianDistribution.sample).
+    /// </summary>
+    public Tensor Sample(IOps ops, Tensor moments, Tensor noise)
+    {
+        using var mean = Mode(ops, moments);
+        if (!noise.Shape.SequenceEqual(mean.Shape) || noise.DType != mean.DType)
+            throw new UsageException($"vae sample: noise {noise} must match the latent mean {mean}");
+        using var logvar = LogVariance(ops, moments);
+        using var clamped = ops.Clamp(logvar, -30f, 20f);
+        using var half = ops.Scale(clamped, 0.5f);
+        using var std = ops.Activate(half, Activation.Exp);
+        using var scaledNoise = ops.Mul(std, noise);
+        return ops.Add(mean, scaledNoise);
+    }
+
     public Tensor ScaleLatents(IOps ops, Tensor latents) => ops.Scale(latents, Config.ScalingFactor);
 
     /// <summary>Diffusion latents → VAE latents (÷ scaling_factor).</summary>

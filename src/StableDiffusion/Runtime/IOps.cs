@@ -9,6 +9,8 @@ public enum Activation
     GeluTanh = 2,
     /// <summary>CLIP's x * sigmoid(1.702 x).</summary>
     QuickGelu = 3,
+    /// <summary>e^x (the VAE's standard deviation from its log-variance).</summary>
+    Exp = 4,
 }
 
 public enum BinaryOp
@@ -73,6 +75,9 @@ public interface IOps
 
     /// <summary>x * alpha + beta.</summary>
     Tensor Scale(Tensor x, float alpha, float beta = 0f);
+
+    /// <summary>min(max(x, lo), hi).</summary>
+    Tensor Clamp(Tensor x, float lo, float hi);
 
     /// <summary>Nearest-neighbour 2x upsampling of x [N, H, W, C].</summary>
     Tensor Upsample2x(Tensor x);

@@ -88,6 +88,8 @@ internal sealed class ShapeOps(ComputeDevice device) : IOps
 
     public Tensor Scale(Tensor x, float alpha, float beta = 0f) => New(x.DType, x.ShapeArray());
 
+    public Tensor Clamp(Tensor x, float lo, float hi) => New(x.DType, x.ShapeArray());
+
     public Tensor Upsample2x(Tensor x) => New(x.DType, x.Dim(0), 2 * x.Dim(1), 2 * x.Dim(2), x.Dim(3));
 
     public Tensor Concat(Tensor a, Tensor b) => New(a.DType, With(a.Shape, a.Dim(-1) + b.Dim(-1)));

@@ -48,6 +48,13 @@ public class VaeOracleTests(ITestOutputHelper output)
         using var logvar = vae.LogVariance(ops, moments);
         oracle.Check("VAE encoder", "mode (mean)", mean, TorchVae.Nhwc(wantMoments[.., ..Tiny.Latent]), Tolerance(dt));
         oracle.Check("VAE encoder", "log-variance", logvar, TorchVae.Nhwc(wantMoments[.., Tiny.Latent..]), Tolerance(dt));
+        var noise = oracle.Random((long)N * Lh * Lw * Tiny.Latent, dt);
+        using var tnoise = Oracle.Upload(ops, noise, dt, N, Lh, Lw, Tiny.Latent);
+        using var sample = vae.Sample(ops, moments, tnoise);
+        var wantMean = TorchVae.Nhwc(wantMoments[.., ..Tiny.Latent]);
+        var wantStd = torch.exp(0.5 * torch.clamp(TorchVae.Nhwc(wantMoments[.., Tiny.Latent..]), -30, 20));
+        oracle.Check("VAE encoder", "sample mean + exp(logvar/2) * noise", sample,
+            wantMean + wantStd * Oracle.T(noise, N, Lh, Lw, Tiny.Latent), Tolerance(dt));
 
         using var latents = vae.ScaleLatents(ops, mean);
         var wantLatents = reference.Latents(wantMoments, Tiny.Latent);

@@ -16,7 +16,8 @@ public class PointwiseOracleTests(ITestOutputHelper output)
         Activation.Silu => torch.nn.functional.silu(x),
         Activation.Gelu => torch.nn.functional.gelu(x),
         Activation.GeluTanh => torch.nn.functional.gelu(x, approximate: TorchSharp.Modules.GELU.Approximate.tanh),
-        _ => x * torch.sigmoid(1.702 * x),
+        Activation.QuickGelu => x * torch.sigmoid(1.702 * x),
+        _ => torch.exp(x),
     };
 
     [Theory]
@@ -28,6 +29,8 @@ public class PointwiseOracleTests(ITestOutputHelper output)
     [InlineData("test", "fp16", Activation.Gelu)]
     [InlineData("test", "fp16", Activation.GeluTanh)]
     [InlineData("test", "fp16", Activation.QuickGelu)]
+    [InlineData("test", "fp32", Activation.Exp)]
+    [InlineData("test", "fp16", Activation.Exp)]
     [InlineData("cuda", "fp32", Activation.Gelu)]
     public void Activation_matches_libtorch(string profile, string dtype, Activation kind)
     {
@@ -41,8 +44,8 @@ public class PointwiseOracleTests(ITestOutputHelper output)
             TorchActivation(kind, Oracle.T(x, 3000)), Devices.Tolerance(dt));
 
         // Far tails, checked on their own so they cannot dominate the norm above: no overflow into NaN or Inf.
-        float big = dt == DType.F16 ? 60000f : 90f;
-        float[] tails = [0f, -big, big, -20f, 20f];
+        float big = kind == Activation.Exp ? (dt == DType.F16 ? 10f : 80f) : dt == DType.F16 ? 60000f : 90f;
+        float[] tails = kind == Activation.Exp ? [0f, -big, big, -5f, 5f] : [0f, -big, big, -20f, 20f];
         using var tt = Oracle.Upload(ops, tails, dt, tails.Length);
         using var yt = ops.Activate(tt, kind);
         var got = yt.ToFloatArray();
@@ -126,6 +129,21 @@ public class PointwiseOracleTests(ITestOutputHelper output)
         using var tx = Oracle.Upload(ops, x, dt, 777);
         using var y = ops.Scale(tx, 0.18215f, -0.5f);
         oracle.Check("scale", "[777] *0.18215 -0.5", y, Oracle.T(x, 777) * 0.18215f - 0.5f, Devices.Tolerance(dt));
+    }
+
+    [Theory]
+    [InlineData("fp32")]
+    [InlineData("fp16")]
+    public void Clamp_matches_libtorch(string dtype)
+    {
+        var ops = Devices.Ops("test");
+        var dt = Devices.DType(dtype);
+        using var scope = torch.NewDisposeScope();
+        var x = oracle.Random(500, dt, 40f);
+        using var tx = Oracle.Upload(ops, x, dt, 500);
+        using var y = ops.Clamp(tx, -30f, 20f);
+        oracle.Check("scale", "clamp [500] to [-30, 20]", y, torch.clamp(Oracle.T(x, 500), -30, 20), 0);
+        Assert.Throws<KernelArgumentException>(() => ops.Clamp(tx, 1f, -1f));
     }
 
     [Fact]
