@@ -106,6 +106,12 @@ public sealed class KernelRuntime
         .. Layout.Entries(),
     ];
 
+    /// <summary>
+    /// The instantiations OpenCL (and the CPU accelerator) can launch: the catalog without the tensor-core kernels,
+    /// which are CUDA-only inline PTX.
+    /// </summary>
+    public static IReadOnlyList<KernelEntry> PortableCatalog() => [.. CudaCatalog().Where(e => !e.TensorCore)];
+
     internal static KernelEntry Entry<TArgs>(string kernel, string config, Action<TArgs> k, int dynamicSharedBytes = 0,
         bool tensorCore = false)
         where TArgs : struct =>

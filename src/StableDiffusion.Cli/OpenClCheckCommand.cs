@@ -19,7 +19,7 @@ internal static class OpenClCheckCommand
         var clang = OpenClTools.FindClang()
             ?? throw new ToolMissingException("clang-15 was not found (install it: apt-get install clang-15; or set SD_CLANG)");
         var version = OpenClTools.ClangVersion(clang);
-        var rows = OpenClTools.Check(KernelRuntime.CudaCatalog(), clang, keep, progress: json ? null : () =>
+        var rows = OpenClTools.Check(KernelRuntime.PortableCatalog(), clang, keep, progress: json ? null : () =>
         {
             lock (stderr) stderr.Write('.');
         });

@@ -28,14 +28,14 @@ public sealed class OpenClTests(ITestOutputHelper output) : IDisposable
     public static TheoryData<string, string, string> CatalogByVendor()
     {
         var data = new TheoryData<string, string, string>();
-        foreach (var e in KernelRuntime.CudaCatalog())
+        foreach (var e in KernelRuntime.PortableCatalog())
             foreach (var p in OpenClTools.Profiles)
                 data.Add(e.Kernel, e.Config, p.Name);
         return data;
     }
 
     private static KernelEntry Find(string kernel, string config) =>
-        KernelRuntime.CudaCatalog().Single(e => e.Kernel == kernel && e.Config == config);
+        KernelRuntime.PortableCatalog().Single(e => e.Kernel == kernel && e.Config == config);
 
     private static OpenClProfile Profile(string vendor) => OpenClTools.Profiles.Single(p => p.Name == vendor);
 
@@ -55,7 +55,7 @@ public sealed class OpenClTests(ITestOutputHelper output) : IDisposable
     private static IReadOnlyList<OpenClCheckRow>? compiled;
 
     private static IReadOnlyList<OpenClCheckRow> AllCompiled(string clang) =>
-        compiled ??= OpenClTools.Check(KernelRuntime.CudaCatalog(), clang);
+        compiled ??= OpenClTools.Check(KernelRuntime.PortableCatalog(), clang);
 
     private string WriteTemp(string name, string source)
     {
@@ -90,7 +90,7 @@ public sealed class OpenClTests(ITestOutputHelper output) : IDisposable
     {
         // The kernels reduce through shared memory (Reductions.cs); ILGPU can emit warp shuffles for OpenCL only
         // as intel_sub_group_shuffle*, and AMD/NVIDIA-class devices need kernels without them.
-        var offenders = KernelRuntime.CudaCatalog()
+        var offenders = KernelRuntime.PortableCatalog()
             .Select(e => (e, calls: OpenClTools.SubGroupCalls(OpenClTools.Convert(e, OpenClTools.Other))))
             .Where(x => x.calls.Count > 0)
             .Select(x => $"{x.e.Kernel} [{x.e.Config}]: {string.Join(", ", x.calls)}")
@@ -105,7 +105,7 @@ public sealed class OpenClTests(ITestOutputHelper output) : IDisposable
         {
             "gemm_tiled", "conv2d_implicit_gemm", "group_norm_stats", "layer_norm", "softmax", "attention_flash_simt", "transpose",
         };
-        foreach (var e in KernelRuntime.CudaCatalog())
+        foreach (var e in KernelRuntime.PortableCatalog())
         foreach (var p in OpenClTools.Profiles)
         {
             var (total, local) = OpenClTools.CountBarriers(OpenClTools.Convert(e, p));
@@ -121,7 +121,7 @@ public sealed class OpenClTests(ITestOutputHelper output) : IDisposable
         // Devices without cl_khr_fp64 (Intel Arc and Xe iGPUs, many mobile GPUs) cannot build it; keep it the only one.
         var caps = new CLCapabilityContext(float16: true, float64: false, int64_Atomics: false, genericAddressSpace: true, subGroups: false);
         var noFp64 = new OpenClProfile("Other-no-fp64", CLDeviceVendor.Other, caps, caps.Extensions);
-        var failed = OpenClTools.Check(KernelRuntime.CudaCatalog(), clang: null, profiles: [noFp64])
+        var failed = OpenClTools.Check(KernelRuntime.PortableCatalog(), clang: null, profiles: [noFp64])
             .Where(r => !r.Converted).ToList();
         foreach (var r in failed) output.WriteLine($"{r.Kernel} [{r.Config}]: {r.Error}");
         Assert.Equal(["timestep_embedding"], failed.Select(r => r.Kernel).Distinct());
@@ -237,7 +237,7 @@ public sealed class OpenClTests(ITestOutputHelper output) : IDisposable
         Assert.True(code == 0, stderr + stdout);
         using var doc = JsonDocument.Parse(stdout);
         var rows = doc.RootElement.EnumerateArray().ToList();
-        Assert.Equal(KernelRuntime.CudaCatalog().Count * 2, rows.Count);
+        Assert.Equal(KernelRuntime.PortableCatalog().Count * 2, rows.Count);
         foreach (var r in rows)
         {
             Assert.Equal(["kernel", "config", "vendor", "converted", "compiled", "error"], r.EnumerateObject().Select(p => p.Name));
