@@ -94,7 +94,7 @@ public abstract class WeightFile : IDisposable
             shape[i] = (int)t.Shape[i];
         }
         var src = Bytes(t);
-        var tensor = Tensor.Empty(device, target, shape);
+        var tensor = Tensor.EmptyExact(device, target, shape); // weights: exact size, outside the pool's classes
         try
         {
             if (SameBits(t.DType, target))

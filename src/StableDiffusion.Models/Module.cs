@@ -95,23 +95,29 @@ public abstract class Module : IDisposable
 
     /// <summary>
     /// Binds every parameter to the component's tensor of the same name (a missing, mis-shaped or unexpected tensor
-    /// is a <see cref="WeightsException"/>), uploads it in <paramref name="dtype"/> and converts layouts on the device.
+    /// is a <see cref="WeightsException"/>) and uploads it in <paramref name="dtype"/>, convolution weights permuted
+    /// OIHW → OHWI on the way. Weights get exact-size device buffers.
     /// </summary>
     public void Load(ComponentWeights weights, IOps ops, DType dtype)
     {
         var bound = weights.Bind(ExpectedLayout());
         foreach (var (path, p) in NamedParameters())
         {
-            var stored = bound[path].Upload(ops.Device, dtype);
             if (p.Layout != DeviceLayout.ConvOhwi)
             {
-                p.Set(stored);
+                p.Set(bound[path].Upload(ops.Device, dtype));
                 continue;
             }
+            // Permuted on the host while uploading (one conv weight at a time), into an exact-size buffer.
             int o = (int)p.Shape[0], i = (int)p.Shape[1], kh = (int)p.Shape[2], kw = (int)p.Shape[3];
-            using (stored)
-            using (var oik = stored.Reshape(o, i, kh * kw))
-                p.Set(ops.Transpose(oik).ReshapeOwned(o, kh, kw, i));
+            var oihw = bound[path].ReadFloat32();
+            var ohwi = new float[oihw.Length];
+            int taps = kh * kw;
+            for (int a = 0; a < o; a++)
+            for (int c = 0; c < i; c++)
+            for (int t = 0; t < taps; t++)
+                ohwi[((long)a * taps + t) * i + c] = oihw[((long)a * i + c) * taps + t];
+            p.Set(Tensor.FromArray(ops.Device, ohwi, dtype, exact: true, o, kh, kw, i));
         }
     }
 

@@ -60,10 +60,25 @@ public sealed class Tensor : IDisposable
         return new Tensor(device, dtype, s, device.Pool.Rent(bytes), owns: true);
     }
 
-    /// <summary>Uploads <paramref name="data"/>, converting to <paramref name="dtype"/> on the host.</summary>
-    public static Tensor FromArray(ComputeDevice device, ReadOnlySpan<float> data, DType dtype, params int[] shape)
+    /// <summary>
+    /// A new tensor in a buffer of its exact size, outside the pool's size classes (weights: long-lived, and a size
+    /// class would waste up to 25 % of them).
+    /// </summary>
+    public static Tensor EmptyExact(ComputeDevice device, DType dtype, params int[] shape)
     {
-        var t = Empty(device, dtype, shape);
+        var s = (int[])shape.Clone();
+        long bytes = ElementCount(s) * dtype.SizeInBytes();
+        return new Tensor(device, dtype, s, device.Pool.RentExact(bytes), owns: true);
+    }
+
+    /// <summary>Uploads <paramref name="data"/>, converting to <paramref name="dtype"/> on the host.</summary>
+    public static Tensor FromArray(ComputeDevice device, ReadOnlySpan<float> data, DType dtype, params int[] shape) =>
+        FromArray(device, data, dtype, exact: false, shape);
+
+    /// <summary>Uploads <paramref name="data"/>; <paramref name="exact"/> allocates outside the size classes.</summary>
+    public static Tensor FromArray(ComputeDevice device, ReadOnlySpan<float> data, DType dtype, bool exact, params int[] shape)
+    {
+        var t = exact ? EmptyExact(device, dtype, shape) : Empty(device, dtype, shape);
         try
         {
             t.Upload(data);

@@ -206,7 +206,7 @@ public class ClipTextModelTests(ITestOutputHelper output)
     }
 
     private static ClipTextModel RealModel(string config) =>
-        ClipTextModel.FromConfig(ClipReference.Require("configs", config, "text_encoder", "config.json"));
+        ClipTextModel.FromConfig(SharedReference.Require("configs", config, "text_encoder", "config.json"));
 
     private static void SameLayout(IReadOnlyDictionary<string, long[]> expected, IReadOnlyDictionary<string, long[]> actual)
     {
@@ -223,7 +223,7 @@ public class ClipTextModelTests(ITestOutputHelper output)
         Assert.Equal(act, model.Config.HiddenAct);
         Assert.Equal(layers, model.Config.NumHiddenLayers);
         // position_ids is a buffer (arange(77)), not a parameter; the loader ignores it.
-        var rows = ClipReference.Layout(tsv).Where(r => !r.Name.EndsWith("position_ids", StringComparison.Ordinal)).ToList();
+        var rows = SharedReference.Layout(tsv).Where(r => !r.Name.EndsWith("position_ids", StringComparison.Ordinal)).ToList();
         Assert.All(rows, r => Assert.Equal("F32", r.DType));
         SameLayout(rows.ToDictionary(r => r.Name, r => r.Shape), model.ExpectedLayout());
         Assert.Equal(tensors, rows.Count);
@@ -272,7 +272,7 @@ public class ClipTextModelTests(ITestOutputHelper output)
     {
         using var model = RealModel("sd21-base");
         var expected = model.ExpectedLayout();
-        var rows = ClipReference.Layout("sd21_single_file_v2-1_512-ema-pruned.tsv");
+        var rows = SharedReference.Layout("sd21_single_file_v2-1_512-ema-pruned.tsv");
         var layout = LdmLayout.Infer(rows.Select(r => r.Name));
         var mapped = new Dictionary<string, long[]>(StringComparer.Ordinal);
         int ignored = 0;

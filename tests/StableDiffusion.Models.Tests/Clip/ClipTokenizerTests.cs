@@ -5,17 +5,17 @@ namespace StableDiffusion.Models.Tests.Clip;
 
 public class ClipTokenizerTests
 {
-    private static readonly Lazy<ClipTokenizer> Sd15 = new(() => ClipTokenizer.FromFolder(ClipReference.Require("configs", "sd15", "tokenizer")));
+    private static readonly Lazy<ClipTokenizer> Sd15 = new(() => ClipTokenizer.FromFolder(SharedReference.Require("configs", "sd15", "tokenizer")));
 
     private static ClipTokenizer Sd15Tokenizer()
     {
-        ClipReference.Require("configs", "sd15", "tokenizer");
+        SharedReference.Require("configs", "sd15", "tokenizer");
         return Sd15.Value;
     }
 
     private static List<(string Text, int[] Ids)> Cases()
     {
-        using var doc = JsonDocument.Parse(File.ReadAllText(ClipReference.Require("tokenizer-cases.json")));
+        using var doc = JsonDocument.Parse(File.ReadAllText(SharedReference.Require("tokenizer-cases.json")));
         return doc.RootElement.GetProperty("cases").EnumerateArray()
             .Select(c => (c.GetProperty("text").GetString()!, c.GetProperty("ids").EnumerateArray().Select(i => i.GetInt32()).ToArray()))
             .ToList();
@@ -24,13 +24,13 @@ public class ClipTokenizerTests
     /// <summary>One test per published case (by index, with its text for the name); a single skipped one without the reference.</summary>
     public static IEnumerable<object[]> CaseIndices()
     {
-        if (ClipReference.Root is null)
+        if (SharedReference.Root is null)
         {
             yield return [-1, "(reference absent)"];
             yield break;
         }
         var n = 0;
-        using var doc = JsonDocument.Parse(File.ReadAllText(Path.Combine(ClipReference.Root, "tokenizer-cases.json")));
+        using var doc = JsonDocument.Parse(File.ReadAllText(Path.Combine(SharedReference.Root, "tokenizer-cases.json")));
         foreach (var c in doc.RootElement.GetProperty("cases").EnumerateArray())
             yield return [n++, c.GetProperty("text").GetString()!];
     }
@@ -49,10 +49,10 @@ public class ClipTokenizerTests
     public void Clip_bpe_file_gives_the_same_vocabulary_and_ids_as_the_diffusers_folder()
     {
         var folder = Sd15Tokenizer();
-        var gz = ClipTokenizer.FromBpeFile(ClipReference.Require("clip", "bpe_simple_vocab_16e6.txt.gz"));
+        var gz = ClipTokenizer.FromBpeFile(SharedReference.Require("clip", "bpe_simple_vocab_16e6.txt.gz"));
         foreach (var (text, ids) in Cases()) Assert.Equal(ids, gz.Encode(text));
         // The whole vocabulary, not only the ids the cases reach.
-        using var doc = JsonDocument.Parse(File.ReadAllText(ClipReference.Require("configs", "sd15", "tokenizer", "vocab.json")));
+        using var doc = JsonDocument.Parse(File.ReadAllText(SharedReference.Require("configs", "sd15", "tokenizer", "vocab.json")));
         var byId = doc.RootElement.EnumerateObject().ToDictionary(p => p.Value.GetInt32(), p => p.Name);
         Assert.Equal(49408, byId.Count);
         var all = Enumerable.Range(0, 49408).ToArray();
@@ -74,9 +74,9 @@ public class ClipTokenizerTests
     [SkippableFact]
     public void Sd2_pads_with_the_exclamation_mark_from_special_tokens_map_with_clips_vocabulary_from_elsewhere()
     {
-        var sd2 = ClipReference.Require("configs", "sd21-base", "tokenizer");
+        var sd2 = SharedReference.Require("configs", "sd21-base", "tokenizer");
         Assert.False(File.Exists(Path.Combine(sd2, "vocab.json"))); // the reference copy has only the json configs
-        foreach (var vocabulary in new[] { ClipReference.Require("configs", "sd15", "tokenizer"), ClipReference.Require("clip", "bpe_simple_vocab_16e6.txt.gz") })
+        foreach (var vocabulary in new[] { SharedReference.Require("configs", "sd15", "tokenizer"), SharedReference.Require("clip", "bpe_simple_vocab_16e6.txt.gz") })
         {
             var tok = ClipTokenizer.FromFolder(sd2, vocabulary);
             Assert.Equal(("!", 0), (tok.PadToken, tok.PadId));
@@ -89,7 +89,7 @@ public class ClipTokenizerTests
     [SkippableFact]
     public void Special_tokens_map_takes_precedence_over_tokenizer_config()
     {
-        var vocab = ClipReference.Require("configs", "sd15", "tokenizer");
+        var vocab = SharedReference.Require("configs", "sd15", "tokenizer");
         using var dir = new TempFolder();
         File.WriteAllText(Path.Combine(dir.Path, "tokenizer_config.json"), """{"pad_token": {"__type": "AddedToken", "content": "<|endoftext|>"}}""");
         Assert.Equal(49407, ClipTokenizer.FromFolder(dir.Path, vocab).PadId);
@@ -178,7 +178,7 @@ public class ClipTokenizerTests
     [SkippableFact]
     public void A_pad_token_missing_from_the_vocabulary_is_named()
     {
-        var vocab = ClipReference.Require("configs", "sd15", "tokenizer");
+        var vocab = SharedReference.Require("configs", "sd15", "tokenizer");
         using var dir = new TempFolder();
         File.WriteAllText(Path.Combine(dir.Path, "special_tokens_map.json"), """{"pad_token": "<pad>"}""");
         var e = Assert.Throws<ConfigException>(() => ClipTokenizer.FromFolder(dir.Path, vocab));

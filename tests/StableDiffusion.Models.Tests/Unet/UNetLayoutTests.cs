@@ -14,7 +14,7 @@ public class UNetLayoutTests(ITestOutputHelper output)
 {
     private static UNet2DConditionModel Real(string model, Func<string, string>? edit = null)
     {
-        var path = ReferenceFiles.Require("configs", model, "unet", "config.json");
+        var path = SharedReference.Require("configs", model, "unet", "config.json");
         var json = File.ReadAllText(path);
         return new UNet2DConditionModel(UNetConfig.FromJson(JsonConfig.Parse(edit?.Invoke(json) ?? json, path)));
     }
@@ -33,7 +33,7 @@ public class UNetLayoutTests(ITestOutputHelper output)
     public void Sd15_unet_declares_the_real_layout()
     {
         using var unet = Real("sd15");
-        var want = ReferenceFiles.Layout("sd15_diffusers_unet.tsv");
+        var want = SharedReference.Shapes("sd15_diffusers_unet.tsv");
         AssertSameLayout(want, unet.ExpectedLayout());
         Assert.Equal(686, unet.NamedParameters().Count());
         Assert.Equal(859_520_964L, unet.ParameterCount);
@@ -51,7 +51,7 @@ public class UNetLayoutTests(ITestOutputHelper output)
     public void Sd21_base_unet_declares_the_real_layout_with_heads_per_block()
     {
         using var unet = Real("sd21-base");
-        var want = ReferenceFiles.Layout("sd21_diffusers_unet.tsv");
+        var want = SharedReference.Shapes("sd21_diffusers_unet.tsv");
         AssertSameLayout(want, unet.ExpectedLayout());
         Assert.Equal(686, unet.NamedParameters().Count());
         Assert.Equal(want.Values.Sum(s => s.Aggregate(1L, (a, b) => a * b)), unet.ParameterCount);
@@ -73,7 +73,7 @@ public class UNetLayoutTests(ITestOutputHelper output)
     public void Inpainting_variant_takes_nine_input_channels()
     {
         using var unet = Real("sd15", json => json.Replace("\"in_channels\": 4", "\"in_channels\": 9", StringComparison.Ordinal));
-        var want = new Dictionary<string, long[]>(ReferenceFiles.Layout("sd15_diffusers_unet.tsv")) { ["conv_in.weight"] = [320, 9, 3, 3] };
+        var want = new Dictionary<string, long[]>(SharedReference.Shapes("sd15_diffusers_unet.tsv")) { ["conv_in.weight"] = [320, 9, 3, 3] };
         AssertSameLayout(want, unet.ExpectedLayout());
         Assert.Equal(859_535_364L, unet.ParameterCount); // SD1.5 inpainting: 5 more input channels × 320 × 3 × 3
     }

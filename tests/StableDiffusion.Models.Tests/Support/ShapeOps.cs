@@ -1,6 +1,6 @@
 using StableDiffusion.Runtime;
 
-namespace StableDiffusion.Models.Tests.Vae;
+namespace StableDiffusion.Models.Tests;
 
 /// <summary>
 /// An <see cref="IOps"/> that computes nothing: every op checks its operands' shapes and returns an uninitialised
@@ -120,7 +120,7 @@ internal sealed class ShapeOps(ComputeDevice device) : IOps
         foreach (var (_, p) in module.NamedParameters())
         {
             var s = p.Shape.Select(d => (int)d).ToArray();
-            p.Set(p.Layout == DeviceLayout.ConvOhwi ? New(dt, s[0], s[2], s[3], s[1]) : New(dt, s));
+            p.Set(p.Layout == DeviceLayout.ConvOhwi ? Tensor.EmptyExact(Device, dt, s[0], s[2], s[3], s[1]) : Tensor.EmptyExact(Device, dt, s));
         }
     }
 }
