@@ -1,4 +1,5 @@
 using System.Diagnostics;
+using ILGPU.Runtime;
 using StableDiffusion.Runtime;
 
 namespace StableDiffusion.Kernels;
@@ -7,7 +8,16 @@ namespace StableDiffusion.Kernels;
 public sealed record BenchCase(string Op, DType DType, IReadOnlyDictionary<string, int> Shape, double Flops, double Bytes)
 {
     public string Describe() => $"{Op} {DType.Name()} " + string.Join(" ", Shape.Select(kv => $"{kv.Key}={kv.Value}"));
+
+    /// <summary>Arithmetic intensity: FLOPs per byte of the minimum traffic.</summary>
+    public double Intensity => Flops / Bytes;
+
+    /// <summary>Compact form for table columns: op, dtype and the shape values.</summary>
+    public override string ToString() => $"{Op} {DType.Name()} {string.Join("x", Shape.Values)}";
 }
+
+/// <summary>The measured limits of a device: what a roofline is drawn against.</summary>
+public sealed record DeviceCeilings(string Device, double Fp32GFlops, double BandwidthGBps);
 
 /// <summary>Timing of one case: median and best of the measured launches.</summary>
 public sealed record BenchResult(BenchCase Case, int Iterations, double MedianMs, double MinMs, string Kernel = "")
@@ -85,6 +95,41 @@ public static class KernelBench
         }
     }
 
+    /// <summary>
+    /// Measures the device's fp32 FMA throughput (a register-only FMA chain on every thread) and its memory
+    /// bandwidth (a large device-to-device copy, counted as read + write).
+    /// </summary>
+    public static DeviceCeilings MeasureCeilings(IlgpuOps ops, bool quick)
+    {
+        var acc = ops.Device.Accelerator;
+        int groups = quick ? 4 : acc.NumMultiprocessors * 8, threads = quick ? 32 : 256, iters = quick ? 64 : 4096;
+        using var sink = Tensor.Empty(ops.Device, DType.F32, groups * threads);
+        var cfg = new ILGPU.KernelConfig(groups, threads);
+        var args = new FmaArgs { Out = sink.F32, Iterations = iters };
+        void Fma() => ops.Runtime.Launch("ceiling_fma", CeilingKernels.FmaChain, cfg, args);
+        Fma();
+        double fmaMs = Median(ops, Fma, quick ? 3 : 20);
+        double flops = 2.0 * 8 * iters * groups * threads; // 8 independent chains, 2 FLOP per FMA
+
+        long n = quick ? 1 << 16 : 1L << 28;
+        using var src = Tensor.Empty(ops.Device, DType.F32, (int)Math.Min(n, int.MaxValue));
+        using var dst = Tensor.Empty(ops.Device, DType.F32, (int)Math.Min(n, int.MaxValue));
+        var from = src.Bytes;
+        var to = dst.Bytes;
+        void Copy() => from.CopyTo(acc.DefaultStream, in to);
+        Copy();
+        double copyMs = Median(ops, Copy, quick ? 3 : 20);
+        return new DeviceCeilings(ops.Device.Name, flops / (fmaMs * 1e6), 2.0 * src.ByteLength / (copyMs * 1e6));
+    }
+
+    private static double Median(IlgpuOps ops, Action launch, int runs)
+    {
+        var t = new List<double>();
+        for (int i = 0; i < runs; i++) t.Add(TimeOne(ops, launch));
+        t.Sort();
+        return t[t.Count / 2];
+    }
+
     private static double TimeOne(IlgpuOps ops, Action launch)
     {
         var acc = ops.Device.Accelerator;
@@ -103,7 +148,8 @@ public static class KernelBench
         return Stopwatch.GetElapsedTime(t0).TotalMilliseconds;
     }
 
-    private static (Action Launch, List<Tensor> Inputs) Prepare(IlgpuOps ops, BenchCase c)
+    /// <summary>Uploads random inputs for <paramref name="c"/> and returns the launch (one op, output disposed) and the inputs.</summary>
+    public static (Action Launch, List<Tensor> Inputs) Prepare(IlgpuOps ops, BenchCase c)
     {
         var rng = new Random(7);
         var inputs = new List<Tensor>();
@@ -150,5 +196,28 @@ public static class KernelBench
             default:
                 throw new UsageException($"unknown benchmark op '{c.Op}'");
         }
+    }
+}
+
+public struct FmaArgs
+{
+    public ILGPU.ArrayView<float> Out;
+    public int Iterations;
+}
+
+public static class CeilingKernels
+{
+    /// <summary>Eight independent FMA chains per thread, kept in registers; the result is stored so nothing is dropped.</summary>
+    public static void FmaChain(FmaArgs p)
+    {
+        int i = ILGPU.Grid.GlobalIndex.X;
+        float a = i * 1e-7f, b = 0.999f, c = 1e-3f;
+        float x0 = a, x1 = a + 1, x2 = a + 2, x3 = a + 3, x4 = a + 4, x5 = a + 5, x6 = a + 6, x7 = a + 7;
+        for (int k = 0; k < p.Iterations; k++)
+        {
+            x0 = x0 * b + c; x1 = x1 * b + c; x2 = x2 * b + c; x3 = x3 * b + c;
+            x4 = x4 * b + c; x5 = x5 * b + c; x6 = x6 * b + c; x7 = x7 * b + c;
+        }
+        p.Out[i] = x0 + x1 + x2 + x3 + x4 + x5 + x6 + x7;
     }
 }

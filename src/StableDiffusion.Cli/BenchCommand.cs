@@ -37,6 +37,8 @@ internal static class BenchCommand
         }
         var ops = new IlgpuOps(device);
         var cases = Filter(KernelBench.Suite(quick), only);
+        var ceilings = KernelBench.MeasureCeilings(ops, quick);
+        stdout.WriteLine($"measured ceilings: fp32 FMA {ceilings.Fp32GFlops:F1} GFLOP/s, device copy {ceilings.BandwidthGBps:F1} GB/s");
         stdout.WriteLine($"{"op",-11} {"dtype",-5} {"shape",-52} {"median ms",10} {"min ms",9} {"GFLOP/s",9} {"GB/s",8}  kernel");
         var results = new List<BenchResult>();
         foreach (var r in KernelBench.Run(ops, cases, minSeconds: device.Kind == DeviceKind.IlgpuCpu ? 0 : 0.3,
@@ -54,6 +56,7 @@ internal static class BenchCommand
                 device = device.Name,
                 kind = device.Kind.ToString(),
                 timing = "median of launches timed with stream profiling markers (CUDA events on CUDA)",
+                ceilings = new { fp32_fma_gflops = ceilings.Fp32GFlops, bandwidth_gbps = ceilings.BandwidthGBps },
                 results = results.Select(r => new
                 {
                     @case = CaseJson(r.Case),
