@@ -43,28 +43,29 @@ public static class EmbeddingKernels
                 int k = first ? j : j - p.Half;
                 float arg = p.Timesteps[n] * p.Freqs[k]; // fp32 product, as in PyTorch
                 bool cos = first == (p.FlipSinToCos != 0);
-                v = (float)SinCos(arg, cos);
+                v = SinCos(arg, cos);
             }
             p.Y[i] = default(TE).FromFloat(v);
         }
     }
 
     /// <summary>
-    /// sin or cos of a float argument to double accuracy. Timestep arguments reach ~1000 rad, where the GPU's
-    /// sin.approx loses digits; Cody-Waite reduction by pi/2 in double plus short Taylor polynomials does not.
+    /// sin or cos of a float argument that can reach ~1000 rad, where the GPU's sin.approx loses digits: Cody-Waite
+    /// reduction by pi/2 in three float parts (exact products for the quadrant counts that occur), then minimax
+    /// polynomials on [-pi/4, pi/4] (Cephes' single-precision coefficients). Float only, so OpenCL devices without
+    /// cl_khr_fp64 can build it.
     /// </summary>
-    public static double SinCos(float xf, bool cos)
+    public static float SinCos(float x, bool cos)
     {
-        double x = xf;
-        double kq = Math.Floor(x * 0.63661977236758134 + 0.5);
-        double r = x - kq * 1.5707963267341256 - kq * 6.077100506506192e-11;
-        int q = (int)((long)kq & 3);
+        float kq = MathF.Floor(x * 0.636619772f + 0.5f);
+        float r = x - kq * 1.5703125f;
+        r -= kq * 4.837512969970703125e-4f;
+        r -= kq * 7.54978995489188216e-8f;
+        int q = (int)kq & 3;
         if (cos) q = (q + 1) & 3;
-        double r2 = r * r;
-        double s = r * (1 + r2 * (-1.0 / 6 + r2 * (1.0 / 120 + r2 * (-1.0 / 5040 + r2 * (1.0 / 362880 +
-                   r2 * (-1.0 / 39916800 + r2 * (1.0 / 6227020800 + r2 * (-1.0 / 1307674368000))))))));
-        double c = 1 + r2 * (-0.5 + r2 * (1.0 / 24 + r2 * (-1.0 / 720 + r2 * (1.0 / 40320 + r2 * (-1.0 / 3628800 +
-                   r2 * (1.0 / 479001600 + r2 * (-1.0 / 87178291200 + r2 * (1.0 / 20922789888000))))))));
+        float r2 = r * r;
+        float s = r + r * r2 * (-1.6666654611e-1f + r2 * (8.3321608736e-3f + r2 * -1.9515295891e-4f));
+        float c = 1f - 0.5f * r2 + r2 * r2 * (4.166664568298827e-2f + r2 * (-1.388731625493765e-3f + r2 * 2.443315711809948e-5f));
         return q == 0 ? s : q == 1 ? c : q == 2 ? -s : -c;
     }
 

@@ -116,16 +116,15 @@ public sealed class OpenClTests(ITestOutputHelper output) : IDisposable
     }
 
     [Fact]
-    public void Only_timestep_embedding_needs_fp64()
+    public void No_kernel_needs_fp64()
     {
-        // Devices without cl_khr_fp64 (Intel Arc and Xe iGPUs, many mobile GPUs) cannot build it; keep it the only one.
+        // Devices without cl_khr_fp64 (Intel Arc and Xe iGPUs, many mobile GPUs) could not build such a kernel.
         var caps = new CLCapabilityContext(float16: true, float64: false, int64_Atomics: false, genericAddressSpace: true, subGroups: false);
         var noFp64 = new OpenClProfile("Other-no-fp64", CLDeviceVendor.Other, caps, caps.Extensions);
         var failed = OpenClTools.Check(KernelRuntime.PortableCatalog(), clang: null, profiles: [noFp64])
             .Where(r => !r.Converted).ToList();
         foreach (var r in failed) output.WriteLine($"{r.Kernel} [{r.Config}]: {r.Error}");
-        Assert.Equal(["timestep_embedding"], failed.Select(r => r.Kernel).Distinct());
-        Assert.All(failed, r => Assert.Contains("Float64", r.Error));
+        Assert.Empty(failed.Select(r => $"{r.Kernel} [{r.Config}]: {r.Error}"));
     }
 
     // ---- The checks catch what they are for. ----
