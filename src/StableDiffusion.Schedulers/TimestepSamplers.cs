@@ -110,7 +110,9 @@ internal sealed class PndmSampler : Sampler
         {
             prk = [];
             // [t₀ … t_{n-2}, t_{n-2}, t_{n-1}] reversed: the first PLMS step is taken twice (a Heun-like start).
-            plms = ts[..^1].Concat(ts[^2..^1]).Concat(ts[^1..]).Reverse().ToArray();
+            // (NumPy's ts[-2:-1] is empty for a one-step schedule.)
+            var second = ts.Length >= 2 ? ts[^2..^1] : [];
+            plms = ts[..^1].Concat(second).Concat(ts[^1..]).Reverse().ToArray();
         }
         else
         {

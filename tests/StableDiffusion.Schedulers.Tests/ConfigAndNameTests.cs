@@ -81,10 +81,10 @@ public class ConfigAndNameTests
     }
 
     [Theory]
-    [InlineData("schedule", "karras", SigmaSchedule.Karras)]
-    [InlineData("schedule", "Exponential", SigmaSchedule.Exponential)]
-    [InlineData("schedule", "default", SigmaSchedule.Default)]
-    public void Parses_schedule_names(string _, string text, SigmaSchedule expected) =>
+    [InlineData("karras", SigmaSchedule.Karras)]
+    [InlineData("Exponential", SigmaSchedule.Exponential)]
+    [InlineData("default", SigmaSchedule.Default)]
+    public void Parses_schedule_names(string text, SigmaSchedule expected) =>
         Assert.Equal(expected, Samplers.ParseSchedule(text));
 
     [Fact]
