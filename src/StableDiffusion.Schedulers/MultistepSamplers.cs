@@ -89,9 +89,11 @@ internal abstract class MultistepSampler : Sampler
 
     /// <summary>
     /// Integer timesteps and float32 sigmas (final one included) for a multistep solver. <paramref name="last"/> is
-    /// the top of the timestep range; <paramref name="configRange"/> gives Karras/exponential ends from the config.
+    /// the top of the timestep range; <paramref name="sigmaMin"/>/<paramref name="sigmaMax"/> pin the Karras/exponential
+    /// ends (UniPC's config can), <paramref name="karrasFinalIsLast"/> makes final_sigmas_type "sigma_min" repeat the
+    /// last of those sigmas (UniPC) rather than the smallest training sigma (DPM-Solver).
     /// </summary>
-    private protected (int[] Timesteps, double[] Sigmas) Schedule(int steps, int last, double? sigmaMin, double? sigmaMax, bool karrasFinalIsLast)
+    private protected (int[] Timesteps, double[] Sigmas) Schedule(int steps, int last, double? sigmaMin, double? sigmaMax, bool karrasFinalIsLast, bool roundKarras)
     {
         C.CheckSteps(steps, Name);
         var ts = Spacing.Multistep(C.Spacing, C.NumTrainTimesteps, last, steps, C.StepsOffset);
@@ -109,8 +111,8 @@ internal abstract class MultistepSampler : Sampler
             double lo = sigmaMin ?? trainSigmas[0], hi = sigmaMax ?? trainSigmas[^1];
             s = schedule == SigmaSchedule.Karras ? ScheduleMath.Karras(lo, hi, steps) : ScheduleMath.Exponential(lo, hi, steps);
             var t = s.Select(x => ScheduleMath.SigmaToT(x, logSigmas));
-            // Karras timesteps are rounded (except for the cosine schedule); others are truncated by the int64 cast.
-            ts = schedule == SigmaSchedule.Karras && !cosine
+            // Karras timesteps are rounded (DPM-Solver: except for the cosine schedule); others are truncated by the int64 cast.
+            ts = schedule == SigmaSchedule.Karras && roundKarras
                 ? t.Select(x => (int)ScheduleMath.Round(x)).ToArray()
                 : t.Select(x => (int)x).ToArray();
             final = finalSigmaMin ? (karrasFinalIsLast ? s[^1] : minFinal) : 0;
@@ -198,7 +200,7 @@ internal sealed class DpmSolverSampler : MultistepSampler
             if (lambda < lambdaMinClipped) clipped++;
             else break;
         }
-        var (ts, s) = Schedule(steps, C.NumTrainTimesteps - clipped, null, null, karrasFinalIsLast: false);
+        var (ts, s) = Schedule(steps, C.NumTrainTimesteps - clipped, null, null, karrasFinalIsLast: false, roundKarras: !cosine);
         timesteps = ts.Select(t => (double)t).ToArray();
         sigmas = s;
         Array.Clear(modelOutputs);
@@ -328,7 +330,7 @@ internal sealed class UniPcSampler : MultistepSampler
 
     public override void SetTimesteps(int steps)
     {
-        var (ts, s) = Schedule(steps, C.NumTrainTimesteps, sigmaMin, sigmaMax, karrasFinalIsLast: true);
+        var (ts, s) = Schedule(steps, C.NumTrainTimesteps, sigmaMin, sigmaMax, karrasFinalIsLast: true, roundKarras: true);
         timesteps = ts.Select(t => (double)t).ToArray();
         sigmas = s;
         Array.Clear(modelOutputs);

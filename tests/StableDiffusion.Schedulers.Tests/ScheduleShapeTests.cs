@@ -106,6 +106,41 @@ public class ScheduleShapeTests
     }
 
     [Fact]
+    public void Karras_timesteps_are_rounded_except_dpm_solver_on_the_cosine_schedule()
+    {
+        // The fractional timestep t* of each Karras sigma, from an independent float64 cosine table (log-linear between
+        // neighbours, as diffusers' _sigma_to_t). UniPC rounds t*; DPM-Solver skips the rounding for squaredcos_cap_v2,
+        // so its int64 cast truncates.
+        static double F(double t) => Math.Pow(Math.Cos((t / 1000 + 0.008) / 1.008 * Math.PI / 2), 2);
+        var logs = new double[1000];
+        double ab = 1;
+        for (int t = 0; t < 1000; t++)
+        {
+            ab *= 1 - Math.Min(1 - F(t + 1) / F(t), 0.999); // betas_for_alpha_bar caps β at 0.999
+            logs[t] = 0.5 * Math.Log((1 - ab) / ab);
+        }
+        double TStar(double sigma)
+        {
+            double l = Math.Log(sigma);
+            int lo = Math.Clamp(logs.Count(v => v <= l) - 1, 0, 998);
+            return Math.Clamp(lo + (l - logs[lo]) / (logs[lo + 1] - logs[lo]), lo, lo + 1);
+        }
+        var c = new SchedulerConfig { BetaSchedule = "squaredcos_cap_v2" };
+        var u = Make("unipc", 8, SigmaSchedule.Karras, c: c);
+        var d = Make("dpmpp_2m", 8, SigmaSchedule.Karras, c: c);
+        Assert.Equal(u.Sigmas, d.Sigmas);
+        Assert.Equal((999, 0), (u.Timesteps[0], u.Timesteps[7])); // the ends are the table's ends …
+        Assert.Equal(0, d.Timesteps[7]); // … but DPM truncates the top one: 998.99… (float32 log σ_max) gives 998
+        for (int i = 1; i < 7; i++)
+        {
+            double t = TStar(u.Sigmas[i]);
+            if (Math.Abs(t - Math.Round(t) - 0.5) < 1e-3 || Math.Abs(t - Math.Floor(t)) < 1e-3) continue; // too close to call
+            Assert.Equal(Math.Round(t), u.Timesteps[i]);
+            Assert.Equal(Math.Floor(t), d.Timesteps[i]);
+        }
+    }
+
+    [Fact]
     public void The_config_can_ask_for_karras_and_the_override_can_take_it_back()
     {
         var fromConfig = Make("euler", 10, c: Sd with { UseKarrasSigmas = true });
