@@ -43,40 +43,14 @@ internal abstract class MultistepSampler : Sampler
     private protected float[] DataPrediction(float[] modelOutput, float[] sample, int index)
     {
         var (a, s) = AlphaSigma(sigmas[index]);
-        switch (C.Prediction)
-        {
-            case Prediction.Epsilon:
-            {
-                float fs = (float)s, fa = (float)a;
-                var x0 = new float[sample.Length];
-                for (int i = 0; i < x0.Length; i++) x0[i] = (sample[i] - fs * modelOutput[i]) / fa;
-                return x0;
-            }
-            case Prediction.VPrediction:
-                return F32.Lin((float)a, sample, -(float)s, modelOutput);
-            default:
-                return modelOutput;
-        }
+        return DataPrediction(modelOutput, sample, a, s);
     }
 
     /// <summary>The noise prediction ε at iteration <paramref name="index"/>.</summary>
     private protected float[] NoisePrediction(float[] modelOutput, float[] sample, int index)
     {
         var (a, s) = AlphaSigma(sigmas[index]);
-        switch (C.Prediction)
-        {
-            case Prediction.Epsilon:
-                return modelOutput;
-            case Prediction.VPrediction:
-                return F32.Lin((float)a, modelOutput, (float)s, sample);
-            default:
-            {
-                float fs = (float)s, fa = (float)a;
-                var e = new float[sample.Length];
-                for (int i = 0; i < e.Length; i++) e[i] = (sample[i] - fa * modelOutput[i]) / fs;
-                return e;
-            }
-        }
+        return NoisePrediction(modelOutput, sample, a, s);
     }
 
     public override float[] AddNoise(float[] original, float[] noise, int index)
@@ -396,6 +370,27 @@ internal sealed class UniPcSampler : MultistepSampler
         return r;
     }
 
+    /// <summary>
+    /// For the k = 1 … order-1 older model outputs m_k (taken at sigmas[at - k]): r_k = (λ_k - λ₀) / h and
+    /// D_k = (m_k - m₀) / r_k. UniP works at the current index, UniC one behind it.
+    /// </summary>
+    private (List<double> Rks, List<float[]> D1s) Differences(int order, int at, double l0, double h, float[] m0)
+    {
+        var rks = new List<double>();
+        var d1s = new List<float[]>();
+        for (int k = 1; k < order; k++)
+        {
+            var mk = modelOutputs[^(k + 1)]!;
+            double rk = (Lambda(sigmas[at - k]) - l0) / h;
+            rks.Add(rk);
+            float r = (float)rk;
+            var d = new float[m0.Length];
+            for (int i = 0; i < d.Length; i++) d[i] = (mk[i] - m0[i]) / r;
+            d1s.Add(d);
+        }
+        return (rks, d1s);
+    }
+
     private float[] Predictor(float[] x, int order, int index)
     {
         var m0 = modelOutputs[^1]!;
@@ -403,16 +398,7 @@ internal sealed class UniPcSampler : MultistepSampler
         var (aT, sigT) = AlphaSigma(sT);
         var (a0, sig0) = AlphaSigma(s0);
         double l0 = Lambda(s0), h = Lambda(sT) - l0;
-        var rks = new List<double>();
-        var d1s = new List<float[]>();
-        for (int i = 1; i < order; i++)
-        {
-            int si = index - i;
-            var mi = modelOutputs[^(i + 1)]!;
-            double rk = (Lambda(sigmas[si]) - l0) / h;
-            rks.Add(rk);
-            d1s.Add(Divide(Subtract(mi, m0), rk));
-        }
+        var (rks, d1s) = Differences(order, index, l0, h, m0);
         var (hPhi1, bh, all, b) = Coefficients(h, rks, order);
         double[]? rhos = null;
         if (d1s.Count > 0)
@@ -437,16 +423,7 @@ internal sealed class UniPcSampler : MultistepSampler
         var (aT, sigT) = AlphaSigma(sT);
         var (a0, sig0) = AlphaSigma(s0);
         double l0 = Lambda(s0), h = Lambda(sT) - l0;
-        var rks = new List<double>();
-        var d1s = new List<float[]>();
-        for (int i = 1; i < order; i++)
-        {
-            int si = index - (i + 1);
-            var mi = modelOutputs[^(i + 1)]!;
-            double rk = (Lambda(sigmas[si]) - l0) / h;
-            rks.Add(rk);
-            d1s.Add(Divide(Subtract(mi, m0), rk));
-        }
+        var (rks, d1s) = Differences(order, index - 1, l0, h, m0);
         var (hPhi1, bh, all, b) = Coefficients(h, rks, order);
         double[] rhos = order == 1 ? [0.5] : Solve(Vandermonde(all, order), b);
         var xt = predictX0
@@ -462,21 +439,6 @@ internal sealed class UniPcSampler : MultistepSampler
             xt[i] -= c * inner;
         }
         return xt;
-    }
-
-    private static float[] Subtract(float[] a, float[] b)
-    {
-        var r = new float[a.Length];
-        for (int i = 0; i < r.Length; i++) r[i] = a[i] - b[i];
-        return r;
-    }
-
-    private static float[] Divide(float[] a, double d)
-    {
-        float f = (float)d;
-        var r = new float[a.Length];
-        for (int i = 0; i < r.Length; i++) r[i] = a[i] / f;
-        return r;
     }
 
     /// <summary>Σ_k ρ_k·D_k over the first <paramref name="count"/> terms (the einsum "k,bk…->b…").</summary>

@@ -57,6 +57,47 @@ internal abstract class Sampler : IScheduler
         return z;
     }
 
+    /// <summary>
+    /// The clean-sample estimate x₀ from the model output for a variance-preserving sample x = α·x₀ + σ·ε
+    /// (α = sqrt(ᾱ), σ = sqrt(1 - ᾱ)): (x - σ·ε) / α, α·x - σ·v, or the output itself.
+    /// </summary>
+    private protected float[] DataPrediction(float[] modelOutput, float[] sample, double alpha, double sigma)
+    {
+        float a = (float)alpha, s = (float)sigma;
+        switch (C.Prediction)
+        {
+            case Prediction.Epsilon:
+            {
+                var x0 = new float[sample.Length];
+                for (int i = 0; i < x0.Length; i++) x0[i] = (sample[i] - s * modelOutput[i]) / a;
+                return x0;
+            }
+            case Prediction.VPrediction:
+                return F32.Lin(a, sample, -s, modelOutput);
+            default:
+                return modelOutput;
+        }
+    }
+
+    /// <summary>The noise estimate ε for x = α·x₀ + σ·ε: the output itself, α·v + σ·x, or (x - α·x₀) / σ.</summary>
+    private protected float[] NoisePrediction(float[] modelOutput, float[] sample, double alpha, double sigma)
+    {
+        float a = (float)alpha, s = (float)sigma;
+        switch (C.Prediction)
+        {
+            case Prediction.Epsilon:
+                return modelOutput;
+            case Prediction.VPrediction:
+                return F32.Lin(a, modelOutput, s, sample);
+            default:
+            {
+                var e = new float[sample.Length];
+                for (int i = 0; i < e.Length; i++) e[i] = (sample[i] - a * modelOutput[i]) / s;
+                return e;
+            }
+        }
+    }
+
     /// <summary>sqrt(ᾱ_t)·x₀ + sqrt(1 - ᾱ_t)·ε with ᾱ of a training timestep (DDIM-style add_noise).</summary>
     private protected float[] AddNoiseAtTimestep(float[] original, float[] noise, int t)
     {

@@ -34,34 +34,9 @@ internal sealed class DdimSampler : Sampler
         double at = C.AlphasCumprod[t];
         double aPrev = prev >= 0 ? C.AlphasCumprod[prev] : finalAlphaCumprod;
         double bt = 1 - at;
-        int n = sample.Length;
-        float[] x0, eps;
-        switch (C.Prediction)
-        {
-            case Prediction.Epsilon:
-            {
-                float sb = (float)Math.Sqrt(bt), sa = (float)Math.Sqrt(at);
-                x0 = new float[n];
-                for (int i = 0; i < n; i++) x0[i] = (sample[i] - sb * modelOutput[i]) / sa;
-                eps = modelOutput;
-                break;
-            }
-            case Prediction.Sample:
-            {
-                float sb = (float)Math.Sqrt(bt), sa = (float)Math.Sqrt(at);
-                x0 = modelOutput;
-                eps = new float[n];
-                for (int i = 0; i < n; i++) eps[i] = (sample[i] - sa * x0[i]) / sb;
-                break;
-            }
-            default:
-            {
-                float sb = (float)Math.Sqrt(bt), sa = (float)Math.Sqrt(at);
-                x0 = F32.Lin(sa, sample, -sb, modelOutput);
-                eps = F32.Lin(sa, modelOutput, sb, sample);
-                break;
-            }
-        }
+        double sa = Math.Sqrt(at), sb = Math.Sqrt(bt);
+        var x0 = DataPrediction(modelOutput, sample, sa, sb);
+        var eps = NoisePrediction(modelOutput, sample, sa, sb);
         if (clip) x0 = F32.Clamp(x0, clipRange);
         // η = 0: no variance term; the direction pointing to x_t uses sqrt(1 - ᾱ_prev).
         return F32.Lin((float)Math.Sqrt(aPrev), x0, (float)Math.Sqrt(1 - aPrev), eps);
@@ -300,28 +275,11 @@ internal sealed class LcmSampler : Sampler
         double st = t * timestepScaling;
         double cSkip = 0.25 / (st * st + 0.25);
         double cOut = st / Math.Sqrt(st * st + 0.25);
-        int n = sample.Length;
-        float[] x0;
-        switch (C.Prediction)
-        {
-            case Prediction.Epsilon:
-            {
-                float sb = (float)Math.Sqrt(bt), sa = (float)Math.Sqrt(at);
-                x0 = new float[n];
-                for (int i = 0; i < n; i++) x0[i] = (sample[i] - sb * modelOutput[i]) / sa;
-                break;
-            }
-            case Prediction.Sample:
-                x0 = modelOutput;
-                break;
-            default:
-                x0 = F32.Lin((float)Math.Sqrt(at), sample, -(float)Math.Sqrt(bt), modelOutput);
-                break;
-        }
+        var x0 = DataPrediction(modelOutput, sample, Math.Sqrt(at), Math.Sqrt(bt));
         if (clip) x0 = F32.Clamp(x0, clipRange);
         var denoised = F32.Lin((float)cOut, x0, (float)cSkip, sample);
         if (index == timesteps.Length - 1) return denoised;
-        var z = Draw(noise, n);
+        var z = Draw(noise, sample.Length);
         return F32.Lin((float)Math.Sqrt(aPrev), denoised, (float)Math.Sqrt(bPrev), z);
     }
 
