@@ -24,6 +24,7 @@ public static class Cli
                 [--op OP] [--json FILE]          --list writes the case list only (what bench/gpu feeds PyTorch)
                 [--list]
           tokenize (--tokenizer DIR | --model DIR) [--vocab DIR|bpe.txt.gz] "<text>"   CLIP token ids as JSON (start/end, no padding)
+          schedule (--model M | --config F) --sampler S --steps N [--schedule karras|exponential|default] [--spacing leading|linspace|trailing]   a sampler's timesteps and sigmas as JSON
 
         options:
           --device D     auto (default: CUDA, then OpenCL, then the ILGPU CPU accelerator), cuda[:N], opencl[:N], cpu
@@ -63,6 +64,7 @@ public static class Cli
                 "bench" => BenchCommand.Run(a, stdout, stderr),
                 "debug" => DebugCommand.Run(a, stdout),
                 "tokenize" => TokenizeCommand.Run(args.Where(x => x != "--verbose").Skip(1).ToArray(), stdout, stderr),
+                "schedule" => ScheduleCommand.Run(a, stdout, stderr),
                 _ => throw new UsageException($"unknown command '{a.Command}'; run 'sd --help'"),
             };
         }

@@ -29,6 +29,13 @@ public interface IScheduler
     /// <summary>Standard deviation of the initial noise (1 for timestep-space samplers).</summary>
     double InitNoiseSigma { get; }
 
+    /// <summary>
+    /// Model evaluations per denoising step (diffusers' <c>scheduler.order</c>): 2 for Heun, else 1. Image-to-image
+    /// needs it to find where a partial schedule starts (<see cref="ImageToImage"/>). Defaults to 1 so that other
+    /// implementations (test doubles) need not declare it.
+    /// </summary>
+    int Order => 1;
+
     /// <summary>The model input for iteration <paramref name="index"/> (scaled for sigma-space samplers; else the sample).</summary>
     float[] ScaleModelInput(float[] sample, int index);
 
