@@ -37,8 +37,9 @@ public sealed record ModelPreset(
 /// models built from them have exactly the real checkpoints' layouts. The tiny ones keep every name and the
 /// structure (cross-attention down blocks then a plain one, linear projections and heads per block for SD2, a
 /// 4-level VAE, OpenCLIP's extra layer) at small widths: UNet [32, 64] with one layer per block and cross-attention
-/// 32, VAE [32, 32, 64, 64], a 2-layer CLIP of width 32. Attention heads are 8 or 16 wide, multiples of 8 as the
-/// attention kernel needs. The CLIP vocabulary stays at the real 49408 so the real tokenizer works with them.
+/// 32, VAE [16, 16, 32, 32] in 8 groups (4 levels, so images are still 8 times the latents), a 2-layer CLIP of
+/// width 32. Attention heads are 8 to 32 wide, multiples of 8 as the attention kernel needs. The CLIP vocabulary
+/// stays at the real 49408 so the real tokenizer works with them.
 /// </summary>
 public static class Presets
 {
@@ -312,12 +313,12 @@ public static class Presets
         {
           "_class_name": "AutoencoderKL",
           "act_fn": "silu",
-          "block_out_channels": [32, 32, 64, 64],
+          "block_out_channels": [16, 16, 32, 32],
           "down_block_types": ["DownEncoderBlock2D", "DownEncoderBlock2D", "DownEncoderBlock2D", "DownEncoderBlock2D"],
           "in_channels": 3,
           "latent_channels": 4,
           "layers_per_block": 1,
-          "norm_num_groups": 32,
+          "norm_num_groups": 8,
           "out_channels": 3,
           "sample_size": 64,
           "up_block_types": ["UpDecoderBlock2D", "UpDecoderBlock2D", "UpDecoderBlock2D", "UpDecoderBlock2D"]
