@@ -38,7 +38,6 @@ internal static class RandomModelCommand
         if (!ulong.TryParse(seedText, NumberStyles.None, CultureInfo.InvariantCulture, out var seed))
             throw new UsageException($"--seed '{seedText}' is not a whole number from 0 to {ulong.MaxValue}");
         if (outPath is null || outPath.Length == 0) throw new UsageException("'sd random-model' needs --out (a folder for diffusers, a .safetensors file for single-file)");
-        RandomModel.CheckTarget(outPath, format);
 
         var clock = Stopwatch.StartNew();
         var progress = new StderrProgress(stderr, clock);

@@ -12,7 +12,6 @@ namespace StableDiffusion.Models;
 /// </summary>
 public sealed record ModelPreset(
     string Name,
-    string Summary,
     string UnetJson,
     string VaeJson,
     string TextEncoderJson,
@@ -350,14 +349,14 @@ public static class Presets
         """;
 
     public static readonly ModelPreset Sd15 = new(
-        "sd15", "Stable Diffusion 1.5 (runwayml/stable-diffusion-v1-5), 1.07 G parameters",
+        "sd15",
         Sd15Unet, VaeSd, Sd15TextEncoder, Sd15Scheduler, Sd15ModelIndex,
         TokenizerConfig.Replace("NAME_OR_PATH", "openai/clip-vit-large-patch14"),
         SpecialTokensMap.Replace("PAD_TOKEN", "\"<|endoftext|>\""),
         LdmTextEncoder.Clip);
 
     public static readonly ModelPreset Sd21 = new(
-        "sd21", "Stable Diffusion 2.1-base (stabilityai/stable-diffusion-2-1-base), 1.29 G parameters",
+        "sd21",
         Sd21Unet, VaeSd.Replace("\"0.6.0\"", "\"0.10.0.dev0\"").Replace("\"sample_size\": 512", "\"sample_size\": 768"),
         Sd21TextEncoder, Sd21Scheduler, Sd21ModelIndex,
         TokenizerConfig.Replace("NAME_OR_PATH", "stabilityai/stable-diffusion-2"),
@@ -367,7 +366,6 @@ public static class Presets
     public static readonly ModelPreset Sd15Tiny = Sd15 with
     {
         Name = "sd15-tiny",
-        Summary = "SD1.5's names and structure at small widths, for tests",
         UnetJson = Sd15TinyUnet,
         VaeJson = TinyVae,
         TextEncoderJson = TinyTextEncoder.Replace("HIDDEN_ACT", "quick_gelu"),
@@ -376,7 +374,6 @@ public static class Presets
     public static readonly ModelPreset Sd21Tiny = Sd21 with
     {
         Name = "sd21-tiny",
-        Summary = "SD2.1's names and structure at small widths, for tests",
         UnetJson = Sd21TinyUnet,
         VaeJson = TinyVae,
         TextEncoderJson = TinyTextEncoder.Replace("HIDDEN_ACT", "gelu"),

@@ -45,16 +45,16 @@ public static class RandomModel
         var te = new ClipTextModel(preset.TextEncoder());
         var unet = new UNet2DConditionModel(preset.Unet());
         var vae = new AutoencoderKL(preset.Vae());
-        var text = ModuleEntries("text_encoder", te, seed, dtype).ToList();
+        var text = RandomWeights.Entries(te, seed, dtype, valuePrefix: "text_encoder/").ToList();
         // transformers keeps position_ids as a buffer, and the SD1.5 and SD2.1 files carry it.
         text.Add(PositionIds("text_model.embeddings.position_ids", te.Config.MaxPositionEmbeddings));
         return
         [
             new($"text_encoder/{WeightFileName("text_encoder", dtype)}", text),
-            new($"unet/{WeightFileName("unet", dtype)}", [.. ModuleEntries("unet", unet, seed, dtype)]),
+            new($"unet/{WeightFileName("unet", dtype)}", [.. RandomWeights.Entries(unet, seed, dtype, valuePrefix: "unet/")]),
             // The real SD1.5 and SD2.1 VAE files use the deprecated attention names (query/key/value/proj_attn);
             // loaders accept both, and writing these keeps the random files identical in layout to the real ones.
-            new($"vae/{WeightFileName("vae", dtype)}", [.. ModuleEntries("vae", vae, seed, dtype, NameMap.DeprecatedVaeName)]),
+            new($"vae/{WeightFileName("vae", dtype)}", [.. RandomWeights.Entries(vae, seed, dtype, rename: NameMap.DeprecatedVaeName, valuePrefix: "vae/")]),
         ];
     }
 
@@ -247,7 +247,7 @@ public static class RandomModel
     }
 
     /// <summary>Refuses to overwrite: the target must be absent, an empty folder (diffusers) or an empty file (single file).</summary>
-    public static void CheckTarget(string outPath, RandomModelFormat format)
+    private static void CheckTarget(string outPath, RandomModelFormat format)
     {
         if (format == RandomModelFormat.SingleFile)
         {
@@ -281,12 +281,6 @@ public static class RandomModel
     /// <summary>The size of a safetensors file holding <paramref name="entries"/>.</summary>
     public static long FileBytes(IReadOnlyList<SafetensorsEntry> entries) =>
         8 + SafetensorsWriter.Header(SafetensorsWriter.Order(entries), Metadata).Length + entries.Sum(e => e.ByteLength);
-
-    private static IEnumerable<SafetensorsEntry> ModuleEntries(string component, Module module, ulong seed, WeightDType dtype,
-        Func<string, string>? rename = null) =>
-        module.NamedParameters().Select(x =>
-            RandomWeights.Entry(rename?.Invoke(x.Path) ?? x.Path, seed, dtype, x.Parameter.Shape,
-                new RandomWeights.Part($"{component}/{x.Path}", x.Parameter.Kind, x.Parameter.Shape)));
 
     private static SafetensorsEntry PositionIds(string name, int count) =>
         SafetensorsEntry.FromBytes(name, WeightDType.I64, [1, count],

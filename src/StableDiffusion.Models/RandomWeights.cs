@@ -54,16 +54,17 @@ public static class RandomWeights
 
     /// <summary>
     /// Safetensors entries for every parameter of <paramref name="module"/>, named through <paramref name="rename"/>
-    /// (identity for diffusers files), generated while the file is written (no full copy in memory).
+    /// (identity for diffusers files), generated while the file is written (no full copy in memory). Values are keyed
+    /// by <paramref name="valuePrefix"/> + the parameter path (a component name keeps two components apart).
     /// </summary>
     public static IEnumerable<SafetensorsEntry> Entries(Module module, ulong seed, WeightDType dtype, string prefix = "",
-        Func<string, string>? rename = null)
+        Func<string, string>? rename = null, string valuePrefix = "")
     {
         CheckDType(dtype);
         foreach (var (path, p) in module.NamedParameters())
         {
             var name = rename?.Invoke(prefix + path) ?? prefix + path;
-            yield return Entry(name, seed, dtype, p.Shape, new Part(path, p.Kind, p.Shape));
+            yield return Entry(name, seed, dtype, p.Shape, new Part(valuePrefix + path, p.Kind, p.Shape));
         }
     }
 
