@@ -23,6 +23,8 @@ public static class Cli
           bench [--device D] [--quick]           time the kernels at the SD1.5 shapes (CUDA events on CUDA);
                 [--op OP] [--json FILE]          --list writes the case list only (what bench/gpu feeds PyTorch)
                 [--list]
+          random-model --config C --out PATH     random weights in a real layout: C is sd15, sd21, sd15-tiny or sd21-tiny;
+                [--format F] [--dtype D] [--seed N]   F diffusers (a folder, default) or single-file (LDM .safetensors), D fp16 (default) or fp32
           tokenize (--tokenizer DIR | --model DIR) [--vocab DIR|bpe.txt.gz] "<text>"   CLIP token ids as JSON (start/end, no padding)
           schedule (--model M | --config F) --sampler S --steps N [--schedule karras|exponential|default] [--spacing leading|linspace|trailing]   a sampler's timesteps and sigmas as JSON
 
@@ -63,6 +65,7 @@ public static class Cli
                 "info" => InfoCommand.Run(args.Where(x => x != "--verbose").Skip(1).ToArray(), stdout, stderr),
                 "bench" => BenchCommand.Run(a, stdout, stderr),
                 "debug" => DebugCommand.Run(a, stdout),
+                "random-model" => RandomModelCommand.Run(a, stdout, stderr),
                 "tokenize" => TokenizeCommand.Run(args.Where(x => x != "--verbose").Skip(1).ToArray(), stdout, stderr),
                 "schedule" => ScheduleCommand.Run(a, stdout, stderr),
                 _ => throw new UsageException($"unknown command '{a.Command}'; run 'sd --help'"),

@@ -30,11 +30,14 @@ public static class ModelFamilies
     /// <summary>
     /// The family, from tensors in LDM naming or diffusers naming with a component prefix (<c>unet/…</c>): SDXL by
     /// its extra embeddings, otherwise the cross-attention width (768 SD1, 1024 SD2, 2048 SDXL) and the UNet's
-    /// input channels (9 for inpainting: latents, mask and masked-image latents).
+    /// input channels (9 for inpainting: latents, mask and masked-image latents). Other widths (small test models
+    /// such as <c>sd random-model --config sd15-tiny</c>) fall back on the transformer projections: 1x1 convolutions
+    /// in SD1.x, linear layers in SD2.x.
     /// </summary>
     public static ModelFamily Detect(IEnumerable<(string Name, long[] Shape)> tensors)
     {
         long context = 0, inChannels = 0;
+        int projRank = 0;
         foreach (var (name, shape) in tensors)
         {
             if (name.StartsWith("conditioner.embedders.", StringComparison.Ordinal) ||
@@ -44,6 +47,8 @@ public static class ModelFamilies
             bool unet = name.StartsWith(NameMap.UnetPrefix, StringComparison.Ordinal) || name.StartsWith("unet/", StringComparison.Ordinal);
             if (unet && context == 0 && name.EndsWith("attn2.to_k.weight", StringComparison.Ordinal) && shape.Length == 2)
                 context = shape[1];
+            if (unet && projRank == 0 && name.EndsWith(".proj_in.weight", StringComparison.Ordinal))
+                projRank = shape.Length;
             if ((name == NameMap.UnetPrefix + "input_blocks.0.0.weight" || name == "unet/conv_in.weight") && shape.Length == 4)
                 inChannels = shape[1];
         }
@@ -53,6 +58,8 @@ public static class ModelFamilies
             768 => inpaint ? ModelFamily.Sd1Inpaint : ModelFamily.Sd1,
             1024 => inpaint ? ModelFamily.Sd2Inpaint : ModelFamily.Sd2,
             2048 => ModelFamily.Sdxl,
+            > 0 when projRank == 4 => inpaint ? ModelFamily.Sd1Inpaint : ModelFamily.Sd1,
+            > 0 when projRank == 2 => inpaint ? ModelFamily.Sd2Inpaint : ModelFamily.Sd2,
             _ => ModelFamily.Unknown,
         };
     }

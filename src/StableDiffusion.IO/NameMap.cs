@@ -356,6 +356,17 @@ public static class NameMap
         return name[..(start + 1)] + Deprecated(name[(start + 1)..]);
     }
 
+    /// <summary>The deprecated query/key/value/proj_attn spelling of a VAE name (the inverse of <see cref="NormalizeVaeName"/>).</summary>
+    public static string DeprecatedVaeName(string name)
+    {
+        int at = name.IndexOf(".attentions.", StringComparison.Ordinal);
+        if (at < 0) return name;
+        int start = name.IndexOf('.', at + ".attentions.".Length);
+        if (start < 0) return name;
+        var tail = name[(start + 1)..];
+        return name[..(start + 1)] + (Rename(tail, DeprecatedAttention, true) ?? tail);
+    }
+
     private static string Deprecated(string tail) => Rename(tail, DeprecatedAttention, false) ?? tail;
 
     // ---- OpenCLIP (SD2.x) ----

@@ -68,6 +68,14 @@ public sealed class JsonConfig
         return v.Value.ValueKind == JsonValueKind.Number ? (float)v.Value.GetDouble() : throw Bad(key, "a number");
     }
 
+    /// <summary>A number at full precision (schedule constants such as beta_start 0.00085 are decimals, not floats).</summary>
+    public double Double(string key, double? fallback = null)
+    {
+        var v = Get(key);
+        if (v is null) return fallback ?? throw new ConfigException($"{Source}: missing \"{key}\"");
+        return v.Value.ValueKind == JsonValueKind.Number ? v.Value.GetDouble() : throw Bad(key, "a number");
+    }
+
     public bool Bool(string key, bool? fallback = null)
     {
         var v = Get(key);

@@ -130,6 +130,13 @@ public class NameMapTests
         Assert.Equal("decoder.mid_block.attentions.0.to_out.0.weight", NameMap.NormalizeVaeName("decoder.mid_block.attentions.0.proj_attn.weight"));
         Assert.Equal("decoder.mid_block.attentions.0.to_q.bias", NameMap.NormalizeVaeName("decoder.mid_block.attentions.0.to_q.bias"));
         Assert.Equal("decoder.mid_block.resnets.0.norm1.weight", NameMap.NormalizeVaeName("decoder.mid_block.resnets.0.norm1.weight"));
+
+        // And back, for writers that reproduce the SD1.5 file.
+        Assert.Equal("encoder.mid_block.attentions.0.query.weight", NameMap.DeprecatedVaeName("encoder.mid_block.attentions.0.to_q.weight"));
+        Assert.Equal("decoder.mid_block.attentions.0.proj_attn.bias", NameMap.DeprecatedVaeName("decoder.mid_block.attentions.0.to_out.0.bias"));
+        Assert.Equal("decoder.mid_block.attentions.0.group_norm.weight", NameMap.DeprecatedVaeName("decoder.mid_block.attentions.0.group_norm.weight"));
+        Assert.Equal("decoder.mid_block.attentions.0.key.bias", NameMap.DeprecatedVaeName("decoder.mid_block.attentions.0.key.bias"));
+        Assert.Equal("decoder.up_blocks.0.resnets.0.conv1.weight", NameMap.DeprecatedVaeName("decoder.up_blocks.0.resnets.0.conv1.weight"));
     }
 
     [Fact]
@@ -165,5 +172,26 @@ public class NameMapTests
         Assert.Equal(ModelFamily.Sdxl, Detect(Reference.Layout("sdxl_diffusers_unet.tsv"), "unet/"));
         Assert.Equal(ModelFamily.Unknown, Detect(Reference.Layout("sd15_diffusers_vae.tsv"), "vae/"));
         Assert.Equal("sd2-inpaint", ModelFamily.Sd2Inpaint.Name());
+    }
+
+    [Fact]
+    public void SmallTestModelsFallBackOnTheProjectionShape()
+    {
+        // Cross-attention 32 (sd random-model --config sd15-tiny/sd21-tiny): 1x1-conv projections are SD1, linear ones SD2.
+        (string, long[])[] Unet(string prefix, long[] projIn, long inChannels = 4) =>
+        [
+            (prefix + "conv_in.weight", [32, inChannels, 3, 3]),
+            (prefix + "down_blocks.0.attentions.0.proj_in.weight", projIn),
+            (prefix + "down_blocks.0.attentions.0.transformer_blocks.0.attn2.to_k.weight", [32, 32]),
+        ];
+        Assert.Equal(ModelFamily.Sd1, ModelFamilies.Detect(Unet("unet/", [32, 32, 1, 1])));
+        Assert.Equal(ModelFamily.Sd2, ModelFamilies.Detect(Unet("unet/", [32, 32])));
+        Assert.Equal(ModelFamily.Sd2Inpaint, ModelFamilies.Detect(Unet("unet/", [32, 32], inChannels: 9)));
+        Assert.Equal(ModelFamily.Unknown, ModelFamilies.Detect(Unet("vae/", [32, 32])));
+        Assert.Equal(ModelFamily.Sd1, ModelFamilies.Detect(
+        [
+            ("model.diffusion_model.input_blocks.1.1.proj_in.weight", [32, 32, 1, 1]),
+            ("model.diffusion_model.input_blocks.1.1.transformer_blocks.0.attn2.to_k.weight", [32, 32]),
+        ]));
     }
 }

@@ -1,0 +1,66 @@
+using System.Diagnostics;
+using System.Globalization;
+using StableDiffusion.IO;
+using StableDiffusion.Models;
+
+namespace StableDiffusion.Cli;
+
+/// <summary>
+/// <c>sd random-model</c>: a model with random weights in the exact layout of a real one (or a tiny one with the
+/// same names), as a diffusers folder or an LDM single file, for tests and for benchmarking without downloads.
+/// </summary>
+internal static class RandomModelCommand
+{
+    public static int Run(Args a, TextWriter stdout, TextWriter stderr)
+    {
+        var configName = a.Value("--config");
+        var formatName = a.Value("--format") ?? "diffusers";
+        var dtypeName = a.Value("--dtype") ?? "fp16";
+        var seedText = a.Value("--seed") ?? "0";
+        var outPath = a.Value("--out");
+        a.CheckDone();
+
+        var names = string.Join(", ", Presets.All.Select(p => p.Name));
+        if (configName is null) throw new UsageException($"'sd random-model' needs --config ({names})");
+        var preset = Presets.Find(configName) ?? throw new UsageException($"--config '{configName}' is not one of {names}");
+        var format = formatName switch
+        {
+            "diffusers" => RandomModelFormat.Diffusers,
+            "single-file" => RandomModelFormat.SingleFile,
+            _ => throw new UsageException($"--format '{formatName}' is not one of diffusers, single-file"),
+        };
+        var dtype = dtypeName switch
+        {
+            "fp16" => WeightDType.F16,
+            "fp32" => WeightDType.F32,
+            _ => throw new UsageException($"--dtype '{dtypeName}' is not one of fp16, fp32"),
+        };
+        if (!ulong.TryParse(seedText, NumberStyles.None, CultureInfo.InvariantCulture, out var seed))
+            throw new UsageException($"--seed '{seedText}' is not a whole number from 0 to {ulong.MaxValue}");
+        if (outPath is null || outPath.Length == 0) throw new UsageException("'sd random-model' needs --out (a folder for diffusers, a .safetensors file for single-file)");
+
+        var clock = Stopwatch.StartNew();
+        var progress = new StderrProgress(stderr, clock);
+        long bytes = RandomModel.Write(preset, format, dtype, seed, outPath, progress);
+        stdout.WriteLine(string.Create(CultureInfo.InvariantCulture,
+            $"wrote {preset.Name} ({formatName}, {dtypeName}, seed {seed}) to {outPath}: {bytes / 1048576.0:F1} MiB in {clock.Elapsed.TotalSeconds:F1} s"));
+        if (format == RandomModelFormat.Diffusers)
+            stdout.WriteLine("note: tokenizer/ holds its json files only: copy CLIP's vocab.json and merges.txt into it, or give a tokenizer folder with --tokenizer (or the vocabulary with --vocab)");
+        return 0;
+    }
+
+    /// <summary>A line on stderr every few seconds while writing, so full-size models show progress and tiny ones stay quiet.</summary>
+    private sealed class StderrProgress(TextWriter stderr, Stopwatch clock) : IProgress<RandomModelProgress>
+    {
+        private static readonly TimeSpan Every = TimeSpan.FromSeconds(2);
+        private TimeSpan last = TimeSpan.Zero;
+
+        public void Report(RandomModelProgress p)
+        {
+            if (clock.Elapsed - last < Every) return;
+            last = clock.Elapsed;
+            stderr.WriteLine(string.Create(CultureInfo.InvariantCulture,
+                $"sd: writing {p.File}: {p.Done / 1048576.0:F0} of {p.Total / 1048576.0:F0} MiB ({100.0 * p.Done / Math.Max(1, p.Total):F0}%)"));
+        }
+    }
+}
