@@ -65,15 +65,7 @@ public sealed class StageTimings
         return result;
     }
 
-    public void Measure(string stage, Action work) => Measure(stage, () =>
-    {
-        work();
-        return 0;
-    });
-
     public IEnumerable<TimeSpan> UnetSteps => stages.Where(s => s.Stage == UnetStep).Select(s => s.Time);
-
-    public TimeSpan Total => stages.Aggregate(TimeSpan.Zero, (a, s) => a + s.Time);
 }
 
 /// <summary>How a pipeline holds its models.</summary>

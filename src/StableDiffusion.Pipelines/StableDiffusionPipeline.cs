@@ -137,13 +137,19 @@ public sealed class StableDiffusionPipeline : IDisposable
         }
 
         // 4. Denoising.
+        var model = Load(ref unet, "load unet", () =>
+        {
+            var m = new UNet2DConditionModel(Configs.Unet);
+            m.Load(Component("unet"), ops, options.DType);
+            return m;
+        }, timings);
         for (int i = start; i < timesteps.Count; i++)
         {
             cancel.ThrowIfCancellationRequested();
             var clock = System.Diagnostics.Stopwatch.StartNew();
             var modelInput = scheduler.ScaleModelInput(latents, i);
             if (IsInpaintingModel) modelInput = ConcatChannels(modelInput, z, latentMask!, 1, maskedImageLatents!, z);
-            var eps = PredictNoise(modelInput, timesteps[i], context, guidance ? r.GuidanceScale : null, batch, h, w, timings);
+            var eps = PredictNoise(model, modelInput, timesteps[i], context, guidance ? r.GuidanceScale : null, batch, h, w);
             latents = scheduler.Step(eps, i, latents, () => random.RandnNhwc(batch, z, h, w));
             if (blendLatents)
             {
@@ -208,15 +214,9 @@ public sealed class StableDiffusionPipeline : IDisposable
     /// ε for latents [batch, h, w, C]: with guidance, one UNet call on [x, x] against [uncond, cond], combined as
     /// ε_u + g·(ε_c − ε_u); without, one call on x against cond.
     /// </summary>
-    private float[] PredictNoise(float[] modelInput, double timestep, Tensor context, float? guidanceScale, int batch, int h, int w,
-        StageTimings timings)
+    private float[] PredictNoise(UNet2DConditionModel model, float[] modelInput, double timestep, Tensor context, float? guidanceScale,
+        int batch, int h, int w)
     {
-        var model = Load(ref unet, "load unet", () =>
-        {
-            var m = new UNet2DConditionModel(Configs.Unet);
-            m.Load(Component("unet"), ops, options.DType);
-            return m;
-        }, timings);
         int c = Configs.Unet.InChannels, n = guidanceScale is null ? batch : 2 * batch;
         var input = guidanceScale is null ? modelInput : [.. modelInput, .. modelInput];
         using var x = Tensor.FromArray(ops.Device, input, options.DType, n, h, w, c);

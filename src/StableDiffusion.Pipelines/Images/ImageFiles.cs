@@ -110,8 +110,15 @@ public static class ImageFiles
     /// <summary>The text chunks of a PNG file (tEXt, zTXt, iTXt) by keyword.</summary>
     public static IReadOnlyDictionary<string, string> ReadPngText(string path)
     {
-        using var image = Image.Load<Rgb24>(new Configuration(new PngConfigurationModule()), path);
-        return image.Metadata.GetPngMetadata().TextData
-            .GroupBy(t => t.Keyword).ToDictionary(g => g.Key, g => g.First().Value, StringComparer.Ordinal);
+        try
+        {
+            using var image = Image.Load<Rgb24>(new Configuration(new PngConfigurationModule()), path);
+            return image.Metadata.GetPngMetadata().TextData
+                .GroupBy(t => t.Keyword).ToDictionary(g => g.Key, g => g.First().Value, StringComparer.Ordinal);
+        }
+        catch (Exception e) when (e is ImageFormatException or IOException or UnauthorizedAccessException)
+        {
+            throw new ImageException($"{Text.Q(path)}: cannot read as PNG: {Text.OneLine(e.Message)}", e);
+        }
     }
 }
