@@ -27,6 +27,19 @@ public static class Cli
                 [--format F] [--dtype D] [--seed N]   F diffusers (a folder, default) or single-file (LDM .safetensors), D fp16 (default) or fp32
           tokenize (--tokenizer DIR | --model DIR) [--vocab DIR|bpe.txt.gz] "<text>"   CLIP token ids as JSON (start/end, no padding)
           schedule (--model M | --config F) --sampler S --steps N [--schedule karras|exponential|default] [--spacing leading|linspace|trailing]   a sampler's timesteps and sigmas as JSON
+          generate --model M --prompt "..."      text-to-image into a PNG with A1111's parameters chunk; M is a diffusers
+                   [--negative-prompt "..."]     folder, a .safetensors/.ckpt file or a hub id (org/name)
+                   [--steps 20] [--cfg 7.5]      denoising steps; classifier-free guidance scale (1 or less: none)
+                   [--sampler euler_a]           sampler; --schedule default|karras|exponential (default: the sampler's)
+                   [--schedule S] [--seed N]     seed 0 to 2^64-1 as torch.manual_seed takes it (none or -1: random)
+                   [--width 512] [--height 512]  multiples of 8 (the model may need 64); an init image's own size by default
+                   [--batch N]                   N images from one draw of noise: out-1.png ... out-N.png
+                   [--init-image F]              image-to-image from F (PNG, JPEG, BMP or WebP, at most 4096x4096)
+                   [--strength 0.75]             how far to noise it (1: all the way); inpainting defaults to 1
+                   [--mask F]                    inpaint: white is repainted, black kept (needs --init-image)
+                   [--precision fp16|fp32]       default fp16 on GPUs, fp32 on the CPU accelerator
+                   [--tokenizer DIR]             a tokenizer/ folder (single-file checkpoints carry none)
+                   [--output out.png] [--overwrite]   never replaces a file without --overwrite
 
         options:
           --device D     auto (default: CUDA, then OpenCL, then the ILGPU CPU accelerator), cuda[:N], opencl[:N], cpu
@@ -68,6 +81,7 @@ public static class Cli
                 "random-model" => RandomModelCommand.Run(a, stdout, stderr),
                 "tokenize" => TokenizeCommand.Run(args.Where(x => x != "--verbose").Skip(1).ToArray(), stdout, stderr),
                 "schedule" => ScheduleCommand.Run(a, stdout, stderr),
+                "generate" => GenerateCommand.Run(a, stdout, stderr),
                 _ => throw new UsageException($"unknown command '{a.Command}'; run 'sd --help'"),
             };
         }

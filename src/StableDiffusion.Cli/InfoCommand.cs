@@ -1,4 +1,3 @@
-using System.Diagnostics;
 using System.Text.Json;
 using StableDiffusion.IO;
 
@@ -30,15 +29,7 @@ internal static class InfoCommand
         }
         if (target is null) throw new UsageException("'sd info' needs a model: a file, a diffusers folder or a hub id (org/name)");
 
-        string path = target;
-        if (!File.Exists(target) && !Directory.Exists(target) && HubClient.IsRepoId(target))
-        {
-            using var hub = new HubClient(HubOptions.FromEnvironment());
-            path = hub.DownloadModelAsync(target, revision ?? "main", variant, new StderrProgress(stderr)).GetAwaiter().GetResult();
-        }
-        else if (revision is not null)
-            throw new UsageException("--revision applies to hub ids only");
-
+        var path = ModelArgument.Resolve(target, revision, variant, stderr);
         using var model = ModelSource.Open(path, variant);
         if (json) WriteJson(model, stdout);
         else WriteText(model, target, listTensors, stdout);
@@ -100,24 +91,5 @@ internal static class InfoCommand
         int width = all.Max(t => t.Name.Length);
         foreach (var (name, t) in all)
             stdout.WriteLine($"{name.PadRight(width)}  {t.DType.Name(),-4}  {t.ShapeString}");
-    }
-
-    /// <summary>Download progress on stderr: a line when a file starts, every few seconds, and when it is done.</summary>
-    private sealed class StderrProgress(TextWriter stderr) : IProgress<HubProgress>
-    {
-        private readonly Stopwatch clock = Stopwatch.StartNew();
-        private string? file;
-        private TimeSpan last;
-
-        public void Report(HubProgress p)
-        {
-            bool done = p.Total > 0 && p.Done >= p.Total;
-            if (p.File == file && !done && clock.Elapsed - last < TimeSpan.FromSeconds(3)) return;
-            if (p.File == file && done && last == TimeSpan.MaxValue) return;
-            file = p.File;
-            last = done ? TimeSpan.MaxValue : clock.Elapsed;
-            string size = p.Total > 0 ? $"{p.Done / 1048576.0:F1} of {p.Total / 1048576.0:F1} MiB ({100.0 * p.Done / p.Total:F0}%)" : $"{p.Done / 1048576.0:F1} MiB";
-            stderr.WriteLine($"sd: downloading {p.File}: {size}");
-        }
     }
 }

@@ -29,3 +29,6 @@ public sealed class ConfigException(string message, Exception? inner = null) : S
 
 /// <summary>A kernel launch was refused because its arguments do not fit (shape, range, dtype).</summary>
 public sealed class KernelArgumentException(string message) : SdException(message);
+
+/// <summary>An image file (init image, mask, output) is missing, too large, undecodable or cannot be written.</summary>
+public sealed class ImageException(string message, Exception? inner = null) : SdException(message, inner);

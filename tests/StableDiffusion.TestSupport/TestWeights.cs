@@ -39,10 +39,13 @@ public sealed class TestWeights : IDisposable
     }
 
     /// <summary>The stored tensor <paramref name="name"/> as a float64 libtorch tensor in its checkpoint shape.</summary>
-    public TorchTensor Torch(string name)
+    public TorchTensor Torch(string name) => Torch(File, name);
+
+    /// <summary>Tensor <paramref name="name"/> of <paramref name="file"/> as a float64 libtorch tensor in its stored shape.</summary>
+    public static TorchTensor Torch(WeightFile file, string name)
     {
-        var info = File.Find(name) ?? throw new KeyNotFoundException($"no tensor '{name}' in the test weights");
-        var values = File.ReadFloat32(info).Select(v => (double)v).ToArray();
+        var info = file.Find(name) ?? throw new KeyNotFoundException($"no tensor '{name}' in {file.Path}");
+        var values = file.ReadFloat32(info).Select(v => (double)v).ToArray();
         return torch.tensor(values, info.Shape, dtype: torch.ScalarType.Float64);
     }
 

@@ -2,22 +2,20 @@ using StableDiffusion.IO;
 using StableDiffusion.Models.Clip;
 using StableDiffusion.Runtime;
 using StableDiffusion.TestSupport;
+using StableDiffusion.TestSupport.Torch;
 using TorchSharp;
 using Xunit.Abstractions;
 using static TorchSharp.torch;
-using F = TorchSharp.torch.nn.functional;
-using TorchTensor = TorchSharp.torch.Tensor;
 
 namespace StableDiffusion.Models.Tests.Clip;
 
 /// <summary>
-/// The CLIP text encoder against transformers' CLIPTextModel written here with libtorch ops (float64), on random
+/// The CLIP text encoder against transformers' CLIPTextModel written with libtorch ops (<see cref="TorchClip"/>, float64), on random
 /// weights in the transformers layout loaded through a real safetensors file; and its layouts against the real
 /// SD1.5 and SD2.1 checkpoints.
 /// </summary>
 public class ClipTextModelTests(ITestOutputHelper output)
 {
-    private const string P = "text_model.";
     private readonly Oracle oracle = new(output);
 
     // Tiny but with CLIP's 77 positions, so the causal mask and position table are the real ones.
@@ -31,50 +29,6 @@ public class ClipTextModelTests(ITestOutputHelper output)
     {
         var rng = new Random(batch * 1000 + length);
         return Enumerable.Range(0, batch * length).Select(_ => rng.Next(vocab)).ToArray();
-    }
-
-    // ---- the reference: transformers' CLIPTextModel from the published architecture ----
-
-    private static TorchTensor Activate(TorchTensor h, Activation act) =>
-        act == Activation.Gelu ? F.gelu(h) : h * torch.sigmoid(1.702 * h);
-
-    private static TorchTensor LayerNorm(TestWeights w, string at, TorchTensor x, ClipTextConfig c) =>
-        F.layer_norm(x, [c.HiddenSize], w.Torch(at + ".weight"), w.Torch(at + ".bias"), c.LayerNormEps);
-
-    private static TorchTensor Linear(TestWeights w, string at, TorchTensor x) => F.linear(x, w.Torch(at + ".weight"), w.Torch(at + ".bias"));
-
-    private static TorchTensor RefLayer(TestWeights w, string at, TorchTensor x, ClipTextConfig c)
-    {
-        long b = x.shape[0], l = x.shape[1];
-        int heads = c.NumAttentionHeads, d = c.HeadDim;
-        TorchTensor Heads(TorchTensor t) => t.reshape(b, l, heads, d).transpose(1, 2);
-        var h = LayerNorm(w, at + "layer_norm1", x, c);
-        var q = Heads(Linear(w, at + "self_attn.q_proj", h)) * Math.Pow(d, -0.5);
-        var k = Heads(Linear(w, at + "self_attn.k_proj", h));
-        var v = Heads(Linear(w, at + "self_attn.v_proj", h));
-        var scores = torch.matmul(q, k.transpose(-2, -1));
-        var future = torch.ones(l, l, dtype: ScalarType.Bool).triu(1); // causal: key j > query i is masked
-        scores = scores.masked_fill(future, double.NegativeInfinity);
-        var o = torch.matmul(scores.softmax(-1), v).transpose(1, 2).reshape(b, l, c.HiddenSize);
-        x = x + Linear(w, at + "self_attn.out_proj", o);
-        h = LayerNorm(w, at + "layer_norm2", x, c);
-        h = Linear(w, at + "mlp.fc2", Activate(Linear(w, at + "mlp.fc1", h), c.HiddenAct));
-        return x + h;
-    }
-
-    private static TorchTensor RefEmbeddings(TestWeights w, int[] ids, int b, int l)
-    {
-        var flat = torch.tensor(ids.Select(i => (long)i).ToArray(), dtype: ScalarType.Int64);
-        var tok = w.Torch(P + "embeddings.token_embedding.weight").index_select(0, flat).reshape(b, l, -1);
-        return tok + w.Torch(P + "embeddings.position_embedding.weight").narrow(0, 0, l);
-    }
-
-    /// <summary>hidden_states[-clipSkip] of CLIPTextModel(output_hidden_states=True), through final_layer_norm.</summary>
-    private static TorchTensor RefModel(TestWeights w, int[] ids, int b, int l, ClipTextConfig c, int clipSkip)
-    {
-        var x = RefEmbeddings(w, ids, b, l);
-        for (int i = 0; i < c.NumHiddenLayers - (clipSkip - 1); i++) x = RefLayer(w, $"{P}encoder.layers.{i}.", x, c);
-        return LayerNorm(w, P + "final_layer_norm", x, c);
     }
 
     // ---- oracle tests ----
@@ -96,7 +50,7 @@ public class ClipTextModelTests(ITestOutputHelper output)
         var x = oracle.Random((long)b * l * c.HiddenSize, dt, 2f);
         using var tx = Oracle.Upload(ops, x, dt, b, l, c.HiddenSize);
         using var y = layer.Forward(ops, tx);
-        var want = RefLayer(w, "", Oracle.T(x, b, l, c.HiddenSize), c);
+        var want = new TorchClip(c, w.Torch).Layer("", Oracle.T(x, b, l, c.HiddenSize));
         oracle.Check("CLIPEncoderLayer", $"{act} {b}x{l}x{c.HiddenSize} {c.NumAttentionHeads} heads causal", y, want, Devices.Tolerance(dt));
     }
 
@@ -140,7 +94,7 @@ public class ClipTextModelTests(ITestOutputHelper output)
         {
             using var y = model.Forward(ops, tids, clipSkip);
             Assert.Equal(new[] { b, l, c.HiddenSize }, y.ShapeArray());
-            var want = RefModel(w, ids, b, l, c, clipSkip);
+            var want = new TorchClip(c, w.Torch).Forward(ids, b, l, clipSkip);
             oracle.Check("CLIPTextModel", $"{act} {c.NumHiddenLayers} layers clip_skip {clipSkip} {b}x{l}", y, want, dt == DType.F32 ? 1e-4 : 2e-3);
         }
     }
@@ -250,7 +204,7 @@ public class ClipTextModelTests(ITestOutputHelper output)
         using var model = RealModel(config);
         var ops = Devices.Ops("test");
         var pool = ops.Device.Pool;
-        using var dir = new TempFolder();
+        using var dir = new TempFolder("sd-clip-tests");
         var path = Path.Combine(dir.Path, "model.fp16.safetensors");
         SafetensorsWriter.Write(path, RandomWeights.Entries(model, 7, WeightDType.F16));
         using var file = WeightFile.Open(path);

@@ -1,5 +1,6 @@
 using System.Text.Json;
 using StableDiffusion.Models.Clip;
+using StableDiffusion.TestSupport;
 
 namespace StableDiffusion.Models.Tests.Clip;
 
@@ -90,7 +91,7 @@ public class ClipTokenizerTests
     public void Special_tokens_map_takes_precedence_over_tokenizer_config()
     {
         var vocab = SharedReference.Require("configs", "sd15", "tokenizer");
-        using var dir = new TempFolder();
+        using var dir = new TempFolder("sd-clip-tests");
         File.WriteAllText(Path.Combine(dir.Path, "tokenizer_config.json"), """{"pad_token": {"__type": "AddedToken", "content": "<|endoftext|>"}}""");
         Assert.Equal(49407, ClipTokenizer.FromFolder(dir.Path, vocab).PadId);
         File.WriteAllText(Path.Combine(dir.Path, "special_tokens_map.json"), """{"pad_token": "!"}""");
@@ -146,7 +147,7 @@ public class ClipTokenizerTests
     [Fact]
     public void Missing_folder_and_files_are_one_line_config_errors()
     {
-        using var dir = new TempFolder();
+        using var dir = new TempFolder("sd-clip-tests");
         var missing = Path.Combine(dir.Path, "nope");
         var e = Assert.Throws<ConfigException>(() => ClipTokenizer.FromFolder(missing));
         Assert.Equal($"{missing}: tokenizer folder not found", e.Message);
@@ -179,7 +180,7 @@ public class ClipTokenizerTests
     public void A_pad_token_missing_from_the_vocabulary_is_named()
     {
         var vocab = SharedReference.Require("configs", "sd15", "tokenizer");
-        using var dir = new TempFolder();
+        using var dir = new TempFolder("sd-clip-tests");
         File.WriteAllText(Path.Combine(dir.Path, "special_tokens_map.json"), """{"pad_token": "<pad>"}""");
         var e = Assert.Throws<ConfigException>(() => ClipTokenizer.FromFolder(dir.Path, vocab));
         Assert.Contains("token \"<pad>\" is not in the vocabulary", e.Message);

@@ -1,6 +1,7 @@
 using StableDiffusion.Models.Clip;
 using StableDiffusion.Models.Unet;
 using StableDiffusion.Runtime;
+using StableDiffusion.TestSupport;
 using Xunit.Abstractions;
 
 namespace StableDiffusion.Models.Tests.Unet;

@@ -2,6 +2,7 @@ using System.Globalization;
 using System.Text.Json.Nodes;
 using StableDiffusion.Models.Unet;
 using StableDiffusion.Runtime;
+using StableDiffusion.TestSupport;
 using Xunit.Abstractions;
 
 namespace StableDiffusion.Models.Tests.Unet;

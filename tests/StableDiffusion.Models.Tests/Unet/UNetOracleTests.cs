@@ -1,6 +1,7 @@
 using StableDiffusion.Models.Unet;
 using StableDiffusion.Runtime;
 using StableDiffusion.TestSupport;
+using StableDiffusion.TestSupport.Torch;
 using TorchSharp;
 using Xunit.Abstractions;
 using static TorchSharp.torch;

@@ -1,6 +1,7 @@
 using StableDiffusion.IO;
 using StableDiffusion.Models.Vae;
 using StableDiffusion.Runtime;
+using StableDiffusion.TestSupport;
 
 namespace StableDiffusion.Models.Tests.Vae;
 

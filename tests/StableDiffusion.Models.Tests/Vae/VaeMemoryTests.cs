@@ -1,5 +1,6 @@
 using StableDiffusion.Models.Vae;
 using StableDiffusion.Runtime;
+using StableDiffusion.TestSupport;
 using Xunit.Abstractions;
 
 namespace StableDiffusion.Models.Tests.Vae;

@@ -1,6 +1,7 @@
 using StableDiffusion.Models.Vae;
 using StableDiffusion.Runtime;
 using StableDiffusion.TestSupport;
+using StableDiffusion.TestSupport.Torch;
 using TorchSharp;
 using Xunit.Abstractions;
 
@@ -36,7 +37,7 @@ public class VaeOracleTests(ITestOutputHelper output)
         using var vae = new AutoencoderKL(Tiny.Config());
         using var w = TestWeights.LoadInto(vae, ops, dt, seed: 11);
         Assert.Equal(dt, vae.DType);
-        var reference = new TorchVae(w, Tiny.Widths, Tiny.Layers, Tiny.Groups, Tiny.ScalingFactor);
+        var reference = new TorchVae(w.Torch, Tiny.Widths, Tiny.Layers, Tiny.Groups, Tiny.ScalingFactor);
         var image = oracle.Random((long)N * H * W * 3, dt);
         using var x = Oracle.Upload(ops, image, dt, N, H, W, 3);
 

@@ -1,11 +1,11 @@
-namespace StableDiffusion.Models.Tests;
+namespace StableDiffusion.TestSupport;
 
 /// <summary>A temporary folder removed with everything in it.</summary>
-internal sealed class TempFolder : IDisposable
+public sealed class TempFolder : IDisposable
 {
-    public TempFolder()
+    public TempFolder(string prefix = "sd-tests")
     {
-        Path = System.IO.Path.Combine(System.IO.Path.GetTempPath(), "sd-clip-tests-" + Guid.NewGuid().ToString("N")[..12]);
+        Path = System.IO.Path.Combine(System.IO.Path.GetTempPath(), prefix + "-" + Guid.NewGuid().ToString("N")[..12]);
         Directory.CreateDirectory(Path);
     }
 

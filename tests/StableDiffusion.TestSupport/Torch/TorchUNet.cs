@@ -5,7 +5,7 @@ using static TorchSharp.torch;
 using F = TorchSharp.torch.nn.functional;
 using TorchTensor = TorchSharp.torch.Tensor;
 
-namespace StableDiffusion.Models.Tests.Unet;
+namespace StableDiffusion.TestSupport.Torch;
 
 /// <summary>
 /// A UNet2DConditionModel configuration as the tests describe it: written out as config.json for the engine, read

@@ -1,21 +1,21 @@
-using StableDiffusion.TestSupport;
 using TorchSharp;
 using static TorchSharp.torch;
 using F = TorchSharp.torch.nn.functional;
 using TorchTensor = TorchSharp.torch.Tensor;
 
-namespace StableDiffusion.Models.Tests.Vae;
+namespace StableDiffusion.TestSupport.Torch;
 
 /// <summary>
 /// diffusers' AutoencoderKL written with libtorch ops in float64, NCHW, from the published architecture (vae.py,
 /// unet_2d_blocks.py, resnet.py, attention_processor.py) and nothing of ours but the weights file. Plain numbers
-/// stand in for the config so that a mistake in VaeConfig cannot hide here.
+/// stand in for the config so that a mistake in VaeConfig cannot hide here. <paramref name="w"/> gives each weight by
+/// its diffusers name as a float64 tensor.
 /// </summary>
-internal sealed class TorchVae(TestWeights w, int[] widths, int layersPerBlock, int groups, double scalingFactor)
+public sealed class TorchVae(Func<string, TorchTensor> w, int[] widths, int layersPerBlock, int groups, double scalingFactor)
 {
     private const double Eps = 1e-6;
 
-    private TorchTensor W(string name) => w.Torch(name);
+    private TorchTensor W(string name) => w(name);
 
     private TorchTensor Conv(TorchTensor x, string prefix, long stride = 1, long padding = 0) =>
         F.conv2d(x, W(prefix + "weight"), W(prefix + "bias"), strides: [stride, stride], padding: [padding, padding]);
@@ -27,7 +27,8 @@ internal sealed class TorchVae(TestWeights w, int[] widths, int layersPerBlock, 
     {
         var h = Conv(NormSilu(x, p + "norm1."), p + "conv1.", padding: 1);
         h = Conv(NormSilu(h, p + "norm2."), p + "conv2.", padding: 1);
-        var shortcut = w.TorchOrNull(p + "conv_shortcut.weight") is null ? x : Conv(x, p + "conv_shortcut.");
+        // diffusers gives a resnet a 1x1 shortcut convolution exactly when it changes the width.
+        var shortcut = x.shape[1] == h.shape[1] ? x : Conv(x, p + "conv_shortcut.");
         return shortcut + h;
     }
 

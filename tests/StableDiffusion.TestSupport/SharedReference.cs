@@ -1,12 +1,13 @@
 using System.Globalization;
+using Xunit;
 
-namespace StableDiffusion.Models.Tests;
+namespace StableDiffusion.TestSupport;
 
 /// <summary>
 /// The read-only reference material at <c>../shared/reference</c> beside the repository: real configs, tokenizer
 /// files and the tensor layouts of real checkpoints. Tests that need it skip (never pass) where it is absent.
 /// </summary>
-internal static class SharedReference
+public static class SharedReference
 {
     private static readonly Lazy<string?> RootDir = new(() =>
     {

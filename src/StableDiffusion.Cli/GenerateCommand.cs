@@ -1,0 +1,297 @@
+using System.Diagnostics;
+using System.Globalization;
+using StableDiffusion.IO;
+using StableDiffusion.Kernels;
+using StableDiffusion.Pipelines;
+using StableDiffusion.Pipelines.Images;
+using StableDiffusion.Runtime;
+using StableDiffusion.Schedulers;
+
+namespace StableDiffusion.Cli;
+
+/// <summary>
+/// <c>sd generate</c>: text-to-image, image-to-image (<c>--init-image</c>) and inpainting (<c>--mask</c>) to PNG files
+/// with A1111's parameters chunk; a progress bar on stderr and, at the end, where the time went.
+/// </summary>
+internal static class GenerateCommand
+{
+    /// <summary>
+    /// The samplers <c>sd generate</c> offers: (name, scheduler_config.json text, schedule, spacing) → sampler, a
+    /// <see cref="UsageException"/> for a name or schedule it does not know. Until src/StableDiffusion.Schedulers has
+    /// its factory this knows none; when it lands, this initialiser becomes <c>Samplers.Create</c> (one line).
+    /// Tests put their own sampler here.
+    /// </summary>
+    internal static Func<string, string, string?, string?, IScheduler> Samplers { get; set; } = NoSamplersYet;
+
+    private static IScheduler NoSamplersYet(string name, string config, string? schedule, string? spacing) =>
+        throw new UsageException($"--sampler '{name}': no samplers are built in yet (they come with issue 5's schedulers)");
+
+    public const string DefaultSampler = "euler_a";
+
+    private sealed record Options(
+        string Model, string Prompt, string NegativePrompt, int Steps, float Cfg, string Sampler, string? Schedule,
+        ulong Seed, int? Width, int? Height, int Batch, string? InitImage, float? Strength, string? Mask, string Device,
+        DType? Precision, string Output, bool Overwrite, string? Tokenizer);
+
+    public static int Run(Args a, TextWriter stdout, TextWriter stderr)
+    {
+        var o = Parse(a);
+        var clock = Stopwatch.StartNew();
+        var outputs = OutputPaths(o.Output, o.Batch);
+        if (!o.Overwrite && outputs.FirstOrDefault(File.Exists) is string existing)
+            throw new UsageException($"{existing} exists; pass --overwrite to replace it");
+
+        using var cancel = new CancellationTokenSource();
+        ConsoleCancelEventHandler onCtrlC = (_, e) =>
+        {
+            e.Cancel = true; // finish the current step, then stop
+            cancel.Cancel();
+        };
+        Console.CancelKeyPress += onCtrlC;
+        try
+        {
+            return Generate(o, outputs, clock, stdout, stderr, cancel.Token);
+        }
+        catch (OperationCanceledException)
+        {
+            throw new GenerationCancelledException("cancelled; nothing was written");
+        }
+        finally
+        {
+            Console.CancelKeyPress -= onCtrlC;
+        }
+    }
+
+    private static int Generate(Options o, string[] outputs, Stopwatch clock, TextWriter stdout, TextWriter stderr, CancellationToken cancel)
+    {
+        var init = o.InitImage is null ? null : ImageFiles.Read(o.InitImage);
+        var mask = o.Mask is null ? null : ImageFiles.Read(o.Mask);
+        var path = ModelArgument.Resolve(o.Model, revision: null, variant: null, stderr);
+        using var source = ModelSource.Open(path);
+        using var device = ComputeDevice.Open(o.Device, stderr);
+        var ops = new IlgpuOps(device);
+        var dtype = o.Precision ?? (device.Kind == DeviceKind.IlgpuCpu || !device.SupportsFp16 ? DType.F32 : DType.F16);
+        using var pipeline = StableDiffusionPipeline.Open(source, ops, new PipelineOptions
+        {
+            DType = dtype,
+            TokenizerDirectory = o.Tokenizer,
+            ReleaseModelsAfterUse = true, // one generation per process: free each model when done with it
+        });
+        var scheduler = Samplers(o.Sampler, pipeline.SchedulerConfigJson, o.Schedule, null);
+
+        // Without --width/--height an init image keeps its size, rounded down to what the model takes.
+        int multiple = pipeline.SizeMultiple;
+        var request = new GenerationRequest
+        {
+            Prompt = o.Prompt,
+            NegativePrompt = o.NegativePrompt,
+            Steps = o.Steps,
+            GuidanceScale = o.Cfg,
+            Seed = o.Seed,
+            Width = o.Width ?? (init is null ? 512 : Math.Max(multiple, init.Width / multiple * multiple)),
+            Height = o.Height ?? (init is null ? 512 : Math.Max(multiple, init.Height / multiple * multiple)),
+            BatchSize = o.Batch,
+            InitImage = init,
+            Mask = mask,
+            Strength = o.Strength ?? (mask is null ? 0.75f : 1f),
+        };
+        pipeline.Validate(request);
+        var hash = new StageTimings();
+        var modelHash = hash.Measure("model hash", () => ModelHash.Compute(source));
+
+        stderr.WriteLine($"sd: {ModeName(pipeline.ModeOf(request))} {request.Width}x{request.Height}, {o.Steps} step{(o.Steps == 1 ? "" : "s")} of {o.Sampler}, " +
+                         $"cfg {Num(o.Cfg)}, seed {o.Seed}, {dtype.Name()} on {device.Name}");
+        var result = pipeline.Generate(request, scheduler, new ProgressBar(stderr), cancel);
+        foreach (var note in result.Notes) stderr.WriteLine($"sd: note: {note}");
+
+        var write = Stopwatch.StartNew();
+        for (int i = 0; i < result.Images.Count; i++)
+        {
+            var parameters = Infotext.Format(new GenerationParameters
+            {
+                Prompt = o.Prompt,
+                NegativePrompt = o.NegativePrompt,
+                Steps = o.Steps,
+                Sampler = scheduler.Name,
+                Schedule = o.Schedule,
+                CfgScale = o.Cfg,
+                Seed = o.Seed,
+                Width = request.Width,
+                Height = request.Height,
+                ModelHash = modelHash,
+                Model = ModelName(o.Model),
+                DenoisingStrength = init is null ? null : request.Strength,
+                BatchSize = o.Batch,
+                BatchPosition = i,
+            });
+            ImageFiles.SavePng(result.Images[i], outputs[i], parameters, o.Overwrite);
+            stdout.WriteLine(outputs[i]);
+        }
+        var stages = hash.Stages.Concat(result.Timings.Stages).Append(("write png", write.Elapsed)).ToList();
+        Summary(stages, clock.Elapsed, device.Pool.PeakBytesInUse, stderr);
+        return 0;
+    }
+
+    // ---- options ----
+
+    private static Options Parse(Args a)
+    {
+        string? Text(string name) => a.Value(name);
+        var model = Text("--model") ?? throw new UsageException("'sd generate' needs --model (a diffusers folder, a .safetensors/.ckpt file or a hub id org/name)");
+        var prompt = Text("--prompt") ?? throw new UsageException("'sd generate' needs --prompt \"...\"");
+        var negative = Text("--negative-prompt") ?? "";
+        int steps = Int(a, "--steps", 20, 1, 1000);
+        float cfg = Float(a, "--cfg", 7.5f, 0f, 100f);
+        var sampler = Text("--sampler") ?? DefaultSampler;
+        var schedule = Text("--schedule");
+        if (schedule is not (null or "default" or "karras" or "exponential"))
+            throw new UsageException($"--schedule '{schedule}': use default, karras or exponential");
+        ulong seed = Seed(Text("--seed"));
+        int? width = Size(a, "--width"), height = Size(a, "--height");
+        int batch = Int(a, "--batch", 1, 1, 64);
+        var initImage = Text("--init-image");
+        float? strength = a.Value("--strength") is string s ? ParseFloat("--strength", s, 0f, 1f) : null;
+        var mask = Text("--mask");
+        if (strength is <= 0f) throw new UsageException("--strength must be above 0 (0 would leave the init image unchanged)");
+        if (strength is not null && initImage is null) throw new UsageException("--strength needs --init-image");
+        if (mask is not null && initImage is null) throw new UsageException("--mask needs --init-image (the image to inpaint)");
+        var device = Text("--device") ?? "auto";
+        DeviceRequest.Parse(device); // a bad --device is a usage error before anything loads
+        DType? precision = Text("--precision") switch
+        {
+            null => null,
+            "fp16" => DType.F16,
+            "fp32" => DType.F32,
+            var p => throw new UsageException($"--precision '{p}': use fp16 or fp32"),
+        };
+        var output = Text("--output") ?? "out.png";
+        if (!output.EndsWith(".png", StringComparison.OrdinalIgnoreCase)) throw new UsageException($"--output '{output}': sd writes PNG files; use a name ending in .png");
+        bool overwrite = a.Flag("--overwrite");
+        var tokenizer = Text("--tokenizer");
+        a.CheckDone();
+        return new Options(model, prompt, negative, steps, cfg, sampler, schedule, seed, width, height, batch, initImage, strength, mask,
+            device, precision, output, overwrite, tokenizer);
+    }
+
+    private static int Int(Args a, string name, int fallback, int min, int max)
+    {
+        var s = a.Value(name);
+        if (s is null) return fallback;
+        if (!int.TryParse(s, NumberStyles.Integer, CultureInfo.InvariantCulture, out var v) || v < min || v > max)
+            throw new UsageException($"{name} '{s}': must be an integer from {min} to {max}");
+        return v;
+    }
+
+    private static float Float(Args a, string name, float fallback, float min, float max) =>
+        a.Value(name) is string s ? ParseFloat(name, s, min, max) : fallback;
+
+    private static float ParseFloat(string name, string s, float min, float max) =>
+        float.TryParse(s, NumberStyles.Float, CultureInfo.InvariantCulture, out var v) && v >= min && v <= max
+            ? v
+            : throw new UsageException($"{name} '{s}': must be a number from {Num(min)} to {Num(max)}");
+
+    /// <summary>Image sides are multiples of 8 (the VAE's factor); the model may need more, which the pipeline checks.</summary>
+    private static int? Size(Args a, string name)
+    {
+        var s = a.Value(name);
+        if (s is null) return null;
+        if (!int.TryParse(s, NumberStyles.Integer, CultureInfo.InvariantCulture, out var v) || v < 8 || v > 8192 || v % 8 != 0)
+            throw new UsageException($"{name} '{s}': must be a multiple of 8 from 8 to 8192");
+        return v;
+    }
+
+    /// <summary>Any seed from 0 to 2^64 − 1 as torch.manual_seed takes it; none or -1 (A1111's "random"): a random 32-bit one.</summary>
+    private static ulong Seed(string? s)
+    {
+        if (s is null or "-1") return (ulong)Random.Shared.NextInt64(0, 1L << 32);
+        return ulong.TryParse(s, NumberStyles.None, CultureInfo.InvariantCulture, out var u)
+            ? u
+            : throw new UsageException($"--seed '{s}': must be an integer from 0 to 18446744073709551615, or -1 for a random one");
+    }
+
+    /// <summary>out.png for one image; out-1.png, out-2.png, ... for a batch.</summary>
+    private static string[] OutputPaths(string output, int batch) =>
+        batch == 1
+            ? [output]
+            : [.. Enumerable.Range(1, batch).Select(i => Path.Combine(Path.GetDirectoryName(output) ?? "", $"{Path.GetFileNameWithoutExtension(output)}-{i}{Path.GetExtension(output)}"))];
+
+    private static string ModelName(string model) =>
+        Path.GetFileNameWithoutExtension(model.TrimEnd('/', Path.DirectorySeparatorChar));
+
+    private static string ModeName(GenerationMode m) => m switch
+    {
+        GenerationMode.TextToImage => "text-to-image",
+        GenerationMode.ImageToImage => "image-to-image",
+        _ => "inpainting",
+    };
+
+    private static string Num(float v) => v.ToString(CultureInfo.InvariantCulture);
+
+    // ---- reporting ----
+
+    /// <summary>
+    /// Where the time went: each stage, the UNet's steps one by one (the first includes compiling the kernels), the
+    /// total and the device memory peak.
+    /// </summary>
+    private static void Summary(IReadOnlyList<(string Stage, TimeSpan Time)> stages, TimeSpan total, long peakBytes, TextWriter stderr)
+    {
+        stderr.WriteLine("sd: where the time went:");
+        var steps = stages.Where(s => s.Stage == StageTimings.UnetStep).Select(s => s.Time).ToList();
+        bool unetShown = false;
+        foreach (var (stage, time) in stages)
+        {
+            if (stage == StageTimings.UnetStep)
+            {
+                if (unetShown) continue;
+                unetShown = true;
+                var sum = steps.Aggregate(TimeSpan.Zero, (x, y) => x + y);
+                var each = string.Join(" ", steps.Select(t => t.TotalSeconds.ToString("F2", CultureInfo.InvariantCulture)));
+                stderr.WriteLine($"  {"unet",-18} {sum.TotalSeconds,8:F2} s  {steps.Count} step{(steps.Count == 1 ? "" : "s")}, {Rate(steps):F2} it/s: {each}");
+                continue;
+            }
+            stderr.WriteLine($"  {stage,-18} {time.TotalSeconds,8:F2} s");
+        }
+        var accounted = stages.Aggregate(TimeSpan.Zero, (x, s) => x + s.Time);
+        stderr.WriteLine($"  {"other",-18} {(total - accounted).TotalSeconds,8:F2} s  (device, model files, tokenizer, images)");
+        stderr.WriteLine($"  {"total",-18} {total.TotalSeconds,8:F2} s  peak device memory {peakBytes / 1048576.0:F1} MiB");
+    }
+
+    /// <summary>Steps per second, leaving out the first step (kernel compilation) when there are others.</summary>
+    internal static double Rate(IReadOnlyList<TimeSpan> steps)
+    {
+        var timed = steps.Count > 1 ? steps.Skip(1).ToList() : steps.ToList();
+        double seconds = timed.Sum(t => t.TotalSeconds);
+        return seconds > 0 ? timed.Count / seconds : 0;
+    }
+
+    /// <summary>
+    /// <c>step 3/20 [######--------------] 2.41 it/s, 0:07 left</c>, redrawn in place on a terminal, one line per step
+    /// otherwise (logs, pipes).
+    /// </summary>
+    private sealed class ProgressBar(TextWriter stderr) : IProgress<StepProgress>
+    {
+        private readonly bool interactive = ReferenceEquals(stderr, Console.Error) && !Console.IsErrorRedirected;
+        private readonly List<TimeSpan> times = [];
+
+        public void Report(StepProgress p)
+        {
+            times.Add(p.StepTime);
+            const int width = 20;
+            int filled = p.Steps == 0 ? width : p.Step * width / p.Steps;
+            double rate = Rate(times);
+            var left = rate > 0 ? TimeSpan.FromSeconds((p.Steps - p.Step) / rate) : TimeSpan.Zero;
+            var line = $"step {p.Step.ToString().PadLeft(p.Steps.ToString().Length)}/{p.Steps} [{new string('#', filled)}{new string('-', width - filled)}] " +
+                       $"{rate:F2} it/s, {(int)left.TotalMinutes}:{left.Seconds:D2} left";
+            if (interactive)
+            {
+                stderr.Write("\r" + line);
+                if (p.Step == p.Steps) stderr.WriteLine();
+            }
+            else
+                stderr.WriteLine(line);
+        }
+    }
+}
+
+/// <summary>The user stopped a generation (Ctrl+C).</summary>
+internal sealed class GenerationCancelledException(string message) : SdException(message);

@@ -1,0 +1,92 @@
+using StableDiffusion.IO;
+using StableDiffusion.Models;
+using StableDiffusion.Models.Clip;
+using StableDiffusion.Models.Unet;
+using StableDiffusion.Models.Vae;
+
+namespace StableDiffusion.Pipelines;
+
+/// <summary>
+/// The configurations a pipeline builds its models and sampler from. A diffusers folder brings its own config.json
+/// files; a single checkpoint file brings none, so its family's published configurations stand in (what diffusers'
+/// from_single_file does): SD1.x → stable-diffusion-v1-5, SD2.x → stable-diffusion-2-1 (768, v-prediction),
+/// inpainting variants → the same with a 9-channel UNet (stable-diffusion-2-inpainting predicts ε).
+/// </summary>
+public sealed record ModelConfigs(UNetConfig Unet, VaeConfig Vae, ClipTextConfig TextEncoder, string SchedulerConfigJson, string SchedulerSource)
+{
+    public static ModelConfigs For(ModelSource source)
+    {
+        if (source.Family == ModelFamily.Sdxl)
+            throw new WeightsException($"{source.Path}: SDXL models are recognised but not yet supported");
+        if (source.Format == "diffusers") return FromFolder(source);
+        if (!source.Family.IsSupported())
+            throw new WeightsException($"{source.Path}: not a Stable Diffusion 1.x or 2.x checkpoint (family unknown), and a single file carries no configs");
+        bool sd2 = source.Family is ModelFamily.Sd2 or ModelFamily.Sd2Inpaint;
+        bool inpaint = source.Family is ModelFamily.Sd1Inpaint or ModelFamily.Sd2Inpaint;
+        var origin = $"built-in {source.Family.Name()} defaults";
+        var unet = UNetConfig.FromJson(JsonConfig.Parse(sd2 ? Sd2Unet : Sd1Unet, $"{origin} (unet)")) with { InChannels = inpaint ? 9 : 4 };
+        var scheduler = sd2 && !inpaint ? Sd2VScheduler : Scheduler;
+        return new ModelConfigs(
+            unet,
+            VaeConfig.FromJson(JsonConfig.Parse(SdVae, $"{origin} (vae)")),
+            ClipTextConfig.From(JsonConfig.Parse(sd2 ? OpenClipH : ClipL, $"{origin} (text_encoder)")),
+            scheduler, $"{origin} (scheduler)");
+    }
+
+    private static ModelConfigs FromFolder(ModelSource source)
+    {
+        string Config(string component) => Path.Combine(source.Path, component, "config.json");
+        return new ModelConfigs(
+            UNetConfig.Load(Config("unet")),
+            VaeConfig.Load(Config("vae")),
+            ClipTextConfig.Load(Config("text_encoder")),
+            source.SchedulerConfig is string s ? File.ReadAllText(s) : source.Family is ModelFamily.Sd2 ? Sd2VScheduler : Scheduler,
+            source.SchedulerConfig ?? $"built-in {source.Family.Name()} defaults (the folder has no scheduler/scheduler_config.json)");
+    }
+
+    // The published configs, reduced to the keys whose values differ from the classes' defaults or matter.
+
+    private const string Sd1Unet = """
+        {"block_out_channels": [320, 640, 1280, 1280], "layers_per_block": 2, "attention_head_dim": 8,
+         "cross_attention_dim": 768, "norm_num_groups": 32,
+         "down_block_types": ["CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"],
+         "up_block_types": ["UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"]}
+        """;
+
+    private const string Sd2Unet = """
+        {"block_out_channels": [320, 640, 1280, 1280], "layers_per_block": 2, "attention_head_dim": [5, 10, 20, 20],
+         "cross_attention_dim": 1024, "norm_num_groups": 32, "use_linear_projection": true, "upcast_attention": true,
+         "down_block_types": ["CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"],
+         "up_block_types": ["UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"]}
+        """;
+
+    private const string SdVae = """
+        {"block_out_channels": [128, 256, 512, 512], "layers_per_block": 2, "latent_channels": 4, "norm_num_groups": 32,
+         "down_block_types": ["DownEncoderBlock2D", "DownEncoderBlock2D", "DownEncoderBlock2D", "DownEncoderBlock2D"],
+         "up_block_types": ["UpDecoderBlock2D", "UpDecoderBlock2D", "UpDecoderBlock2D", "UpDecoderBlock2D"]}
+        """;
+
+    private const string ClipL = """
+        {"hidden_size": 768, "intermediate_size": 3072, "num_hidden_layers": 12, "num_attention_heads": 12,
+         "hidden_act": "quick_gelu", "vocab_size": 49408, "max_position_embeddings": 77, "layer_norm_eps": 1e-05}
+        """;
+
+    private const string OpenClipH = """
+        {"hidden_size": 1024, "intermediate_size": 4096, "num_hidden_layers": 23, "num_attention_heads": 16,
+         "hidden_act": "gelu", "vocab_size": 49408, "max_position_embeddings": 77, "layer_norm_eps": 1e-05}
+        """;
+
+    /// <summary>stable-diffusion-v1-5's (and stable-diffusion-2-inpainting's) scheduler_config.json.</summary>
+    private const string Scheduler = """
+        {"_class_name": "PNDMScheduler", "beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear",
+         "num_train_timesteps": 1000, "set_alpha_to_one": false, "skip_prk_steps": true, "steps_offset": 1,
+         "clip_sample": false, "prediction_type": "epsilon"}
+        """;
+
+    /// <summary>stable-diffusion-2-1's: the same with v-prediction.</summary>
+    private const string Sd2VScheduler = """
+        {"_class_name": "DDIMScheduler", "beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear",
+         "num_train_timesteps": 1000, "set_alpha_to_one": false, "skip_prk_steps": true, "steps_offset": 1,
+         "clip_sample": false, "prediction_type": "v_prediction"}
+        """;
+}

@@ -1,0 +1,388 @@
+using StableDiffusion.IO;
+using StableDiffusion.Models.Clip;
+using StableDiffusion.Models.Unet;
+using StableDiffusion.Models.Vae;
+using StableDiffusion.Pipelines.Images;
+using StableDiffusion.Runtime;
+using StableDiffusion.Schedulers;
+
+namespace StableDiffusion.Pipelines;
+
+/// <summary>
+/// Stable Diffusion 1.x/2.x as diffusers runs it (StableDiffusionPipeline, StableDiffusionImg2ImgPipeline,
+/// StableDiffusionInpaintPipeline), step for step and draw for draw, so a seed gives diffusers' image:
+/// <code>
+/// context  = text_encoder([negative prompt, prompt])                    one batch: unconditional, conditional
+/// latents  = randn(seed) · init_noise_sigma                              or: add_noise(vae.encode(image), randn, t_start)
+/// for t in timesteps[t_start:]:
+///     ε_u, ε_c = unet(scale_model_input([latents, latents]), t, context)   guidance batched into one UNet call
+///     latents  = scheduler.step(ε_u + g·(ε_c − ε_u), latents)
+/// image    = vae.decode(latents / scaling_factor)
+/// </code>
+/// Models are loaded on first use from the <see cref="ModelSource"/> (which must stay open while the pipeline is used)
+/// and stay loaded unless <see cref="PipelineOptions.ReleaseModelsAfterUse"/> is set.
+/// </summary>
+public sealed class StableDiffusionPipeline : IDisposable
+{
+    private readonly ModelSource source;
+    private readonly IOps ops;
+    private readonly PipelineOptions options;
+    private ClipTextModel? textEncoder;
+    private UNet2DConditionModel? unet;
+    private AutoencoderKL? vae;
+    private DType vaeDType;
+
+    private StableDiffusionPipeline(ModelSource source, IOps ops, PipelineOptions options, ModelConfigs configs, ClipTokenizer tokenizer)
+    {
+        this.source = source;
+        this.ops = ops;
+        this.options = options;
+        Configs = configs;
+        Tokenizer = tokenizer;
+        vaeDType = configs.Vae.ComputeDType(options.DType);
+    }
+
+    /// <summary>
+    /// Reads the configurations and the tokenizer (cheap; no weights are touched). A single file needs
+    /// <see cref="PipelineOptions.TokenizerDirectory"/>.
+    /// </summary>
+    public static StableDiffusionPipeline Open(ModelSource source, IOps ops, PipelineOptions options)
+    {
+        if (options.DType is not (DType.F32 or DType.F16)) throw new UsageException($"precision {options.DType.Name()}: use fp16 or fp32");
+        var configs = ModelConfigs.For(source);
+        var tokenizerDir = options.TokenizerDirectory ?? source.TokenizerDirectory
+            ?? throw new UsageException(source.Format == "diffusers"
+                ? $"{source.Path}: the model folder has no tokenizer/ folder; pass --tokenizer DIR (a diffusers tokenizer folder)"
+                : $"{source.Path}: a single-file checkpoint carries no tokenizer; pass --tokenizer DIR (the tokenizer/ folder of a diffusers model of the same family, e.g. stable-diffusion-v1-5)");
+        return new StableDiffusionPipeline(source, ops, options, configs, ClipTokenizer.FromFolder(tokenizerDir));
+    }
+
+    public ModelConfigs Configs { get; }
+    public ClipTokenizer Tokenizer { get; }
+
+    /// <summary>The scheduler_config.json text the sampler is configured from.</summary>
+    public string SchedulerConfigJson => Configs.SchedulerConfigJson;
+
+    /// <summary>Image side / latent side (8 for SD).</summary>
+    public int VaeScaleFactor => Configs.Vae.DownscaleFactor;
+
+    /// <summary>Image sides must be multiples of this: the VAE factor times the UNet's 2^halvings (64 for SD).</summary>
+    public int SizeMultiple => VaeScaleFactor << Configs.Unet.DownsampleCount;
+
+    /// <summary>A 9-channel UNet that takes the mask and the masked image's latents besides the noisy latents.</summary>
+    public bool IsInpaintingModel => Configs.Unet.InChannels == Configs.Vae.LatentChannels * 2 + 1;
+
+    public GenerationMode ModeOf(GenerationRequest r) =>
+        r.Mask is not null ? GenerationMode.Inpaint : r.InitImage is not null ? GenerationMode.ImageToImage : GenerationMode.TextToImage;
+
+    /// <summary>Checks a request against this model; every problem is a <see cref="UsageException"/>.</summary>
+    public void Validate(GenerationRequest r)
+    {
+        if (r.Steps is < 1 or > 1000) throw new UsageException($"steps {r.Steps}: must be 1 to 1000");
+        if (!float.IsFinite(r.GuidanceScale) || r.GuidanceScale < 0) throw new UsageException($"guidance scale {r.GuidanceScale}: must be a number ≥ 0");
+        if (r.BatchSize is < 1 or > 64) throw new UsageException($"batch size {r.BatchSize}: must be 1 to 64");
+        foreach (var (name, v) in new[] { ("width", r.Width), ("height", r.Height) })
+            if (v <= 0 || v % SizeMultiple != 0)
+                throw new UsageException($"{name} {v}: this model needs a multiple of {SizeMultiple} " +
+                                         $"(the VAE divides by {VaeScaleFactor}, the UNet halves the latents {Configs.Unet.DownsampleCount} times)");
+        if (r.Mask is not null && r.InitImage is null) throw new UsageException("a mask needs an init image to inpaint");
+        if (r.InitImage is not null && !(r.Strength > 0f && r.Strength <= 1f))
+            throw new UsageException($"strength {r.Strength}: must be in (0, 1]");
+        if (IsInpaintingModel && r.Mask is null)
+            throw new UsageException($"{source.Path} is an inpainting model (9-channel UNet): give an init image and a mask");
+    }
+
+    public GenerationResult Generate(GenerationRequest r, IScheduler scheduler, IProgress<StepProgress>? progress = null,
+        CancellationToken cancel = default)
+    {
+        Validate(r);
+        var timings = new StageTimings();
+        var notes = new List<string>();
+        var mode = ModeOf(r);
+        var random = new TorchRandom(r.Seed); // one generator for the whole generation, as diffusers passes it around
+        int batch = r.BatchSize, h = r.Height / VaeScaleFactor, w = r.Width / VaeScaleFactor, z = Configs.Vae.LatentChannels;
+        bool guidance = r.GuidanceScale > 1f;
+        var init = r.InitImage?.Resize(r.Width, r.Height);
+        var pixelMask = r.Mask?.Resize(r.Width, r.Height).ToMask();
+
+        // 1. The prompt: [unconditional × batch, conditional × batch] embeddings.
+        cancel.ThrowIfCancellationRequested();
+        using var context = EncodePrompt(r, guidance, timings, notes);
+        if (options.ReleaseModelsAfterUse) Release(ref textEncoder);
+
+        // 2. The schedule; an init image starts part-way, as far in as the strength says.
+        scheduler.SetTimesteps(r.Steps);
+        var timesteps = scheduler.Timesteps;
+        int start = mode == GenerationMode.TextToImage ? 0 : StartIndex(scheduler, r.Steps, r.Strength);
+        if (start >= timesteps.Count)
+            throw new UsageException($"strength {r.Strength} with {r.Steps} steps leaves no denoising step; raise the strength or the steps");
+
+        // 3. The initial latents (drawn in diffusers' order: image latents, noise, masked-image latents). Inpainting at
+        //    full strength starts from pure noise; image-to-image always noises the image, even at strength 1.
+        bool fromNoise = mode == GenerationMode.TextToImage || (mode == GenerationMode.Inpaint && r.Strength >= 1f);
+        bool blendLatents = mode == GenerationMode.Inpaint && !IsInpaintingModel;
+        float[]? imageLatents = init is not null && (!fromNoise || blendLatents)
+            ? Repeat(EncodeImage(init.ToTensor(), r.Width, r.Height, random, timings), batch) : null;
+        var noise = random.RandnNhwc(batch, z, h, w);
+        var latents = fromNoise ? Scale(noise, (float)scheduler.InitNoiseSigma) : scheduler.AddNoise(imageLatents!, noise, start);
+
+        float[]? latentMask = null, maskedImageLatents = null;
+        if (mode == GenerationMode.Inpaint)
+        {
+            latentMask = Repeat(Nearest(pixelMask!, r.Width, r.Height, w, h), batch);
+            if (IsInpaintingModel)
+                maskedImageLatents = Repeat(EncodeImage(MaskOut(init!.ToTensor(), pixelMask!), r.Width, r.Height, random, timings), batch);
+            else
+                random.RandnNhwc(1, z, h, w); // diffusers encodes the masked image here anyway: keep the generator in step
+        }
+
+        // 4. Denoising.
+        var model = Load(ref unet, "load unet", () =>
+        {
+            var m = new UNet2DConditionModel(Configs.Unet);
+            m.Load(Component("unet"), ops, options.DType);
+            return m;
+        }, timings);
+        for (int i = start; i < timesteps.Count; i++)
+        {
+            cancel.ThrowIfCancellationRequested();
+            var clock = System.Diagnostics.Stopwatch.StartNew();
+            var modelInput = scheduler.ScaleModelInput(latents, i);
+            if (IsInpaintingModel) modelInput = ConcatChannels(modelInput, z, latentMask!, 1, maskedImageLatents!, z);
+            var eps = PredictNoise(model, modelInput, timesteps[i], context, guidance ? r.GuidanceScale : null, batch, h, w);
+            latents = scheduler.Step(eps, i, latents, () => random.RandnNhwc(batch, z, h, w));
+            if (blendLatents)
+            {
+                // Keep the unmasked part on the init image's trajectory: noised to the next step's level.
+                var proper = i < timesteps.Count - 1 ? scheduler.AddNoise(imageLatents!, noise, i + 1) : imageLatents!;
+                latents = Blend(proper, latents, latentMask!, z);
+            }
+            timings.Add(StageTimings.UnetStep, clock.Elapsed);
+            progress?.Report(new StepProgress(i - start + 1, timesteps.Count - start, timesteps[i], clock.Elapsed));
+        }
+        if (options.ReleaseModelsAfterUse) Release(ref unet);
+
+        // 5. Pixels.
+        cancel.ThrowIfCancellationRequested();
+        var images = Decode(latents, batch, h, w, timings, notes);
+        if (options.ReleaseModelsAfterUse) Release(ref vae);
+        return new GenerationResult(images, latents, h, w, z, timings, notes);
+    }
+
+    /// <summary>
+    /// diffusers' get_timesteps: strength s keeps the last int(steps · s) steps, so a schedule of n steps starts at
+    /// n − int(n · s), times the sampler's order (second-order samplers list two model calls per step).
+    /// </summary>
+    public static int StartIndex(IScheduler scheduler, int steps, float strength)
+    {
+        int initSteps = Math.Min((int)(steps * strength), steps);
+        int order = scheduler.Name == "heun" ? 2 : 1; // IScheduler has no order; Heun is the only second-order one we name
+        return Math.Max(steps - initSteps, 0) * order;
+    }
+
+    // ---- the text encoder ----
+
+    private Tensor EncodePrompt(GenerationRequest r, bool guidance, StageTimings timings, List<string> notes)
+    {
+        var encoder = Load(ref textEncoder, "load text encoder", () =>
+        {
+            var m = new ClipTextModel(Configs.TextEncoder);
+            m.Load(Component("text_encoder"), ops, options.DType);
+            return m;
+        }, timings);
+        var prompts = guidance ? new[] { r.NegativePrompt, r.Prompt } : new[] { r.Prompt };
+        var ids = prompts.SelectMany(p => Tokenizer.Tokenize(p, notes.Add).Ids).ToArray();
+        int length = Tokenizer.MaxLength;
+        return timings.Measure("text encoder", () =>
+        {
+            using var tokens = Tensor.FromInts(ops.Device, ids, prompts.Length, length);
+            using var hidden = encoder.Forward(ops, tokens);
+            // Each embedding once per image: [uncond × batch, cond × batch], the order the UNet batch uses.
+            var e = hidden.ToFloatArray();
+            int per = e.Length / prompts.Length;
+            var repeated = new float[(long)per * prompts.Length * r.BatchSize];
+            for (int p = 0; p < prompts.Length; p++)
+            for (int b = 0; b < r.BatchSize; b++)
+                Array.Copy(e, (long)p * per, repeated, ((long)p * r.BatchSize + b) * per, per);
+            return Tensor.FromArray(ops.Device, repeated, hidden.DType, prompts.Length * r.BatchSize, length, hidden.Dim(2));
+        });
+    }
+
+    // ---- the UNet ----
+
+    /// <summary>
+    /// ε for latents [batch, h, w, C]: with guidance, one UNet call on [x, x] against [uncond, cond], combined as
+    /// ε_u + g·(ε_c − ε_u); without, one call on x against cond.
+    /// </summary>
+    private float[] PredictNoise(UNet2DConditionModel model, float[] modelInput, double timestep, Tensor context, float? guidanceScale,
+        int batch, int h, int w)
+    {
+        int c = Configs.Unet.InChannels, n = guidanceScale is null ? batch : 2 * batch;
+        var input = guidanceScale is null ? modelInput : [.. modelInput, .. modelInput];
+        using var x = Tensor.FromArray(ops.Device, input, options.DType, n, h, w, c);
+        using var t = Tensor.FromArray(ops.Device, [(float)timestep], DType.F32, 1);
+        using var y = model.Forward(ops, x, t, context);
+        var eps = y.ToFloatArray();
+        if (guidanceScale is not float g) return eps;
+        int half = eps.Length / 2;
+        var guided = new float[half];
+        for (int i = 0; i < half; i++) guided[i] = eps[i] + g * (eps[half + i] - eps[i]);
+        return guided;
+    }
+
+    // ---- the VAE ----
+
+    private AutoencoderKL LoadVae(StageTimings timings) => Load(ref vae, "load vae", () =>
+    {
+        var m = new AutoencoderKL(Configs.Vae);
+        m.Load(Component("vae"), ops, vaeDType);
+        return m;
+    }, timings);
+
+    /// <summary>
+    /// An image [H, W, 3] in [-1, 1] → diffusion latents [1, h, w, C]: a draw from the encoder's distribution with
+    /// noise from <paramref name="random"/>, times the scaling factor (diffusers' retrieve_latents with sample_mode
+    /// "sample", which its img2img and inpaint pipelines use).
+    /// </summary>
+    private float[] EncodeImage(float[] image, int width, int height, TorchRandom random, StageTimings timings)
+    {
+        var model = LoadVae(timings);
+        int z = Configs.Vae.LatentChannels, h = height / VaeScaleFactor, w = width / VaeScaleFactor;
+        return timings.Measure("vae encode", () =>
+        {
+            using var x = Tensor.FromArray(ops.Device, image, vaeDType, 1, height, width, 3);
+            using var moments = model.Encode(ops, x);
+            using var eps = Tensor.FromArray(ops.Device, random.RandnNhwc(1, z, h, w), vaeDType, 1, h, w, z);
+            using var sample = model.Sample(ops, moments, eps);
+            using var scaled = model.ScaleLatents(ops, sample);
+            return scaled.ToFloatArray();
+        });
+    }
+
+    /// <summary>
+    /// Latents → images, one image at a time (the decoder's activations dominate memory). An fp16 VAE that overflows
+    /// (NaN or Inf in its output) is reloaded in fp32 and the image decoded again; the pipeline keeps the fp32 VAE.
+    /// </summary>
+    private RgbImage[] Decode(float[] latents, int batch, int h, int w, StageTimings timings, List<string> notes)
+    {
+        int z = Configs.Vae.LatentChannels, per = h * w * z, f = VaeScaleFactor;
+        var images = new RgbImage[batch];
+        for (int b = 0; b < batch; b++)
+        {
+            var one = latents.AsSpan(b * per, per).ToArray();
+            var pixels = DecodeOne(one, h, w, timings);
+            if (!AllFinite(pixels) && vaeDType == DType.F16)
+            {
+                notes.Add("the fp16 VAE decode produced NaN/Inf values; decoded again in fp32 (the VAE stays fp32)");
+                Release(ref vae);
+                vaeDType = DType.F32;
+                pixels = DecodeOne(one, h, w, timings);
+            }
+            if (!AllFinite(pixels)) notes.Add($"image {b + 1}: the decoded image has NaN/Inf values (written as black)");
+            images[b] = RgbImage.FromTensor(pixels, w * f, h * f);
+        }
+        return images;
+    }
+
+    private float[] DecodeOne(float[] latents, int h, int w, StageTimings timings)
+    {
+        var model = LoadVae(timings);
+        return timings.Measure("vae decode", () =>
+        {
+            using var x = Tensor.FromArray(ops.Device, latents, DType.F32, 1, h, w, Configs.Vae.LatentChannels);
+            using var image = model.Decode(ops, x);
+            return image.ToFloatArray();
+        });
+    }
+
+    private static bool AllFinite(float[] x)
+    {
+        foreach (var v in x)
+            if (!float.IsFinite(v)) return false;
+        return true;
+    }
+
+    // ---- host-side latent arithmetic (a 512² image has 16,384 latent values per channel-set) ----
+
+    private static float[] Scale(float[] x, float s)
+    {
+        var y = new float[x.Length];
+        for (int i = 0; i < y.Length; i++) y[i] = x[i] * s;
+        return y;
+    }
+
+    private static float[] Repeat(float[] x, int times)
+    {
+        var y = new float[(long)x.Length * times];
+        for (int i = 0; i < times; i++) x.CopyTo(y, (long)i * x.Length);
+        return y;
+    }
+
+    /// <summary>(1 − m)·proper + m·latents per pixel, m broadcast over the channels (diffusers' order of operations).</summary>
+    private static float[] Blend(float[] proper, float[] latents, float[] mask, int channels)
+    {
+        var y = new float[latents.Length];
+        for (int i = 0; i < y.Length; i++)
+        {
+            float m = mask[i / channels];
+            y[i] = (1f - m) * proper[i] + m * latents[i];
+        }
+        return y;
+    }
+
+    /// <summary>Channels-last concatenation of three tensors with the same pixels: [.., a | b | c].</summary>
+    private static float[] ConcatChannels(float[] a, int ca, float[] b, int cb, float[] c, int cc)
+    {
+        int pixels = a.Length / ca, total = ca + cb + cc;
+        var y = new float[(long)pixels * total];
+        for (int p = 0; p < pixels; p++)
+        {
+            Array.Copy(a, (long)p * ca, y, (long)p * total, ca);
+            Array.Copy(b, (long)p * cb, y, (long)p * total + ca, cb);
+            Array.Copy(c, (long)p * cc, y, (long)p * total + ca + cb, cc);
+        }
+        return y;
+    }
+
+    /// <summary>torch.nn.functional.interpolate(mode="nearest") of a [H, W] mask to [h, w]: source index ⌊i · H / h⌋.</summary>
+    private static float[] Nearest(float[] mask, int width, int height, int w, int h)
+    {
+        var y = new float[w * h];
+        float sy = (float)height / h, sx = (float)width / w;
+        for (int i = 0; i < h; i++)
+        for (int j = 0; j < w; j++)
+            y[i * w + j] = mask[Math.Min((int)MathF.Floor(i * sy), height - 1) * width + Math.Min((int)MathF.Floor(j * sx), width - 1)];
+        return y;
+    }
+
+    /// <summary>The inpainting UNet's masked image: the init image with the area to repaint set to 0 (mid grey).</summary>
+    private static float[] MaskOut(float[] image, float[] mask)
+    {
+        var y = new float[image.Length];
+        for (int i = 0; i < y.Length; i++) y[i] = mask[i / 3] < 0.5f ? image[i] : 0f;
+        return y;
+    }
+
+    // ---- model lifetime ----
+
+    // Not source.Require: that refuses families it does not recognise, while a diffusers folder's configs describe its
+    // models whatever their widths (ModelConfigs.For has already refused SDXL and unknown single files).
+    private ComponentWeights Component(string name) =>
+        source.Component(name) ?? throw new WeightsException($"{source.Path}: has no {name} weights");
+
+    private static T Load<T>(ref T? model, string stage, Func<T> load, StageTimings timings) where T : class =>
+        model ??= timings.Measure(stage, load);
+
+    private static void Release<T>(ref T? model) where T : Models.Module
+    {
+        model?.Dispose();
+        model = null;
+    }
+
+    public void Dispose()
+    {
+        Release(ref textEncoder);
+        Release(ref unet);
+        Release(ref vae);
+    }
+}

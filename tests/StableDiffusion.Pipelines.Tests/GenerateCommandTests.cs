@@ -1,0 +1,159 @@
+using StableDiffusion.Cli;
+using StableDiffusion.Pipelines.Images;
+using StableDiffusion.Pipelines.Tests.Support;
+using StableDiffusion.TestSupport;
+using Xunit.Abstractions;
+
+namespace StableDiffusion.Pipelines.Tests;
+
+/// <summary>
+/// <c>sd generate</c> through the real command-line entry (Cli.Run) on the ILGPU CPU accelerator with the tiny model:
+/// the PNG, its metadata, reproducibility by seed, the summary, and the usage errors (exit 2, one line, nothing
+/// written). Each run opens its own device and compiles its kernels, as the command does, so the runs are few and
+/// take one step.
+/// </summary>
+[Collection(TinyModelCollection.Name)]
+public class GenerateCommandTests : IDisposable
+{
+    private readonly TinyModels models;
+    private readonly ITestOutputHelper output;
+    private readonly TempFolder temp = new("sd-generate-tests");
+
+    public GenerateCommandTests(TinyModels models, ITestOutputHelper output)
+    {
+        this.models = models;
+        this.output = output;
+        GenerateCommand.Samplers = TestEuler.Create; // the test double, until the real samplers land
+    }
+
+    public void Dispose() => temp.Dispose();
+
+    private (int Code, string Out, string Err) Sd(params string[] args)
+    {
+        var o = new StringWriter();
+        var e = new StringWriter();
+        int code = Cli.Cli.Run(args, o, e);
+        output.WriteLine($"sd {string.Join(" ", args)}\n→ {code}\n{o}{e}");
+        return (code, o.ToString(), e.ToString());
+    }
+
+    private string Out(string name) => Path.Combine(temp.Path, name);
+
+    private string[] Generate(string output, string seed = "42", params string[] more) =>
+    [
+        "generate", "--model", models.Base.Path, "--prompt", "a red fox in the snow", "--negative-prompt", "blurry",
+        "--steps", "1", "--cfg", "7.5", "--sampler", "euler", "--seed", seed, "--width", "64", "--height", "32",
+        "--device", "cpu", "--output", output, .. more,
+    ];
+
+    [SkippableFact]
+    public void Generate_writes_a_png_of_the_asked_size_with_its_parameters_and_the_seed_reproduces_it()
+    {
+        var (code, stdout, stderr) = Sd(Generate(Out("a.png")));
+        Assert.Equal(0, code);
+        Assert.Equal(Out("a.png"), stdout.Trim());
+        var image = ImageFiles.Read(Out("a.png"));
+        Assert.Equal((64, 32), (image.Width, image.Height));
+        var parameters = ImageFiles.ReadPngText(Out("a.png"))[ImageFiles.ParametersKeyword];
+        Assert.StartsWith("a red fox in the snow\nNegative prompt: blurry\nSteps: 1, Sampler: Euler, CFG scale: 7.5, Seed: 42, Size: 64x32, Model hash: ", parameters);
+        Assert.Matches(@"Model hash: [0-9a-f]{10}, Model: sd-tiny-", parameters);
+        foreach (var part in new[] { "step 1/1 [####################]", "where the time went", "text encoder", "unet", "vae decode", "write png", "total", "peak device memory" })
+            Assert.Contains(part, stderr);
+
+        Assert.Equal(0, Sd(Generate(Out("b.png"))).Code);
+        Assert.Equal(File.ReadAllBytes(Out("a.png")), File.ReadAllBytes(Out("b.png")));
+        Assert.Equal(0, Sd(Generate(Out("c.png"), seed: "43")).Code);
+        Assert.NotEqual(image.Pixels, ImageFiles.Read(Out("c.png")).Pixels);
+
+        // The same file again is refused unless --overwrite is given.
+        var (again, _, err) = Sd(Generate(Out("a.png")));
+        Assert.Equal(2, again);
+        Assert.Contains("exists; pass --overwrite", err);
+    }
+
+    [SkippableFact]
+    public void Inpainting_takes_the_init_images_size_rounded_to_the_model_and_records_the_strength()
+    {
+        // 70x40 rounds down to 64x32, the tiny model's multiple of 16; the mask repaints the left half.
+        var init = new RgbImage(70, 40, Enumerable.Range(0, 70 * 40 * 3).Select(i => (byte)(i * 13 % 256)).ToArray());
+        var mask = new RgbImage(70, 40, Enumerable.Range(0, 70 * 40 * 3).Select(i => (byte)(i / 3 % 70 < 35 ? 255 : 0)).ToArray());
+        ImageFiles.SavePng(init, Out("init.png"), null, false);
+        ImageFiles.SavePng(mask, Out("mask.png"), null, false);
+        var args = Generate(Out("inpaint.png")).ToList();
+        args.RemoveRange(args.IndexOf("--width"), 4); // --width 64 --height 32
+        var (code, _, stderr) = Sd([.. args, "--init-image", Out("init.png"), "--mask", Out("mask.png")]);
+        Assert.Equal(0, code);
+        Assert.Contains("inpainting 64x32", stderr);
+        Assert.Contains("vae encode", stderr);
+        var image = ImageFiles.Read(Out("inpaint.png"));
+        Assert.Equal((64, 32), (image.Width, image.Height));
+        Assert.Contains("Size: 64x32, Model hash: ", ImageFiles.ReadPngText(Out("inpaint.png"))[ImageFiles.ParametersKeyword]);
+        Assert.Contains("Denoising strength: 1", ImageFiles.ReadPngText(Out("inpaint.png"))[ImageFiles.ParametersKeyword]);
+    }
+
+    /// <summary>The arguments with <paramref name="option"/>'s value replaced, or the option added.</summary>
+    private static string[] With(string[] args, params string[] option)
+    {
+        int i = Array.IndexOf(args, option[0]);
+        if (i < 0) return [.. args, .. option];
+        var copy = args.ToArray();
+        if (option.Length > 1) copy[i + 1] = option[1];
+        return copy;
+    }
+
+    public static TheoryData<string[], string> UsageErrors() => new()
+    {
+        { ["--width", "65"], "--width '65': must be a multiple of 8" },
+        { ["--height", "0"], "--height '0': must be a multiple of 8" },
+        { ["--width", "72"], "width 72: this model needs a multiple of 16" },
+        { ["--steps", "0"], "--steps '0': must be an integer from 1 to 1000" },
+        { ["--cfg", "lots"], "--cfg 'lots': must be a number" },
+        { ["--sampler", "nope"], "--sampler 'nope'" },
+        { ["--schedule", "sideways"], "--schedule 'sideways'" },
+        { ["--strength", "0.5"], "--strength needs --init-image" },
+        { ["--mask", "m.png"], "--mask needs --init-image" },
+        { ["--precision", "fp64"], "--precision 'fp64'" },
+        { ["--seed", "lucky"], "--seed 'lucky'" },
+        { ["--device", "tpu"], "--device 'tpu' is not a device" },
+        { ["--frobnicate"], "unexpected argument '--frobnicate'" },
+    };
+
+    [SkippableTheory]
+    [MemberData(nameof(UsageErrors))]
+    public void Usage_errors_exit_2_with_one_line_and_write_nothing(string[] extra, string message)
+    {
+        var (code, stdout, stderr) = Sd(With(Generate(Out("x.png")), extra));
+        Assert.Equal(2, code);
+        Assert.Equal("", stdout);
+        Assert.Contains(message, stderr);
+        Assert.Single(stderr.Trim().Split('\n'), l => l.StartsWith("sd: error: ", StringComparison.Ordinal));
+        Assert.False(File.Exists(Out("x.png")));
+    }
+
+    [SkippableFact]
+    public void Missing_inputs_are_one_line_errors()
+    {
+        Assert.Contains("needs --prompt", Sd("generate", "--model", models.Base.Path).Err);
+        Assert.Contains("needs --model", Sd("generate", "--prompt", "x").Err);
+        Assert.Contains("sd writes PNG files", Sd(Generate(Out("x.jpg"))).Err);
+
+        var (code, _, err) = Sd([.. Generate(Out("x.png"), "42", "--init-image", Out("missing.png"))]);
+        Assert.Equal(1, code);
+        Assert.Contains("no such image file", err);
+
+        // A folder without tokenizer/: the error says what to pass.
+        var copy = Out("no-tokenizer");
+        foreach (var f in Directory.EnumerateFiles(models.Base.Path, "*", SearchOption.AllDirectories).Where(f => !f.Contains("/tokenizer/")))
+        {
+            var to = Path.Combine(copy, Path.GetRelativePath(models.Base.Path, f));
+            Directory.CreateDirectory(Path.GetDirectoryName(to)!);
+            File.Copy(f, to);
+        }
+        var noTokenizer = Generate(Out("x.png"));
+        noTokenizer[2] = copy;
+        (code, _, err) = Sd(noTokenizer);
+        Assert.Equal(2, code);
+        Assert.Contains("pass --tokenizer", err);
+        Assert.Contains("--steps 'abc'", Sd(With(With(noTokenizer, "--tokenizer", Path.Combine(models.Base.Path, "tokenizer")), "--steps", "abc")).Err);
+    }
+}
