@@ -70,7 +70,7 @@ public static class KernelBench
     private static IReadOnlyDictionary<string, int> Dict(params (string, int)[] kv) => kv.ToDictionary(x => x.Item1, x => x.Item2);
 
     /// <summary>Runs every case; <paramref name="minSeconds"/> bounds the measuring time per case.</summary>
-    public static IEnumerable<BenchResult> Run(IlgpuOps ops, IEnumerable<BenchCase> cases, double minSeconds = 0.3,
+    public static IEnumerable<BenchResult> Run(IOps ops, IEnumerable<BenchCase> cases, double minSeconds = 0.3,
         int minIterations = 5, int maxIterations = 200)
     {
         foreach (var c in cases)
@@ -86,7 +86,7 @@ public static class KernelBench
                 while (times.Count < minIterations || (budget.Elapsed.TotalSeconds < minSeconds && times.Count < maxIterations))
                     times.Add(TimeOne(ops, launch));
                 times.Sort();
-                yield return new BenchResult(c, times.Count, times[times.Count / 2], times[0], ops.Runtime.LastFamily ?? "");
+                yield return new BenchResult(c, times.Count, times[times.Count / 2], times[0], Family(ops));
             }
             finally
             {
@@ -99,14 +99,15 @@ public static class KernelBench
     /// Measures the device's fp32 FMA throughput (a register-only FMA chain on every thread) and its memory
     /// bandwidth (a large device-to-device copy, counted as read + write).
     /// </summary>
-    public static DeviceCeilings MeasureCeilings(IlgpuOps ops, bool quick)
+    public static DeviceCeilings MeasureCeilings(IOps ops, bool quick)
     {
+        if (ops is not IlgpuOps ilgpu) return Cpu.CpuCeilings.Measure(ops.Device.Name, quick);
         var acc = ops.Device.Accelerator;
         int groups = quick ? 4 : acc.NumMultiprocessors * 8, threads = quick ? 32 : 256, iters = quick ? 64 : 4096;
         using var sink = Tensor.Empty(ops.Device, DType.F32, groups * threads);
         var cfg = new ILGPU.KernelConfig(groups, threads);
         var args = new FmaArgs { Out = sink.F32, Iterations = iters };
-        void Fma() => ops.Runtime.Launch("ceiling_fma", CeilingKernels.FmaChain, cfg, args);
+        void Fma() => ilgpu.Runtime.Launch("ceiling_fma", CeilingKernels.FmaChain, cfg, args);
         Fma();
         double fmaMs = Median(ops, Fma, quick ? 3 : 20);
         double flops = 2.0 * 8 * iters * groups * threads; // 8 independent chains, 2 FLOP per FMA
@@ -122,7 +123,10 @@ public static class KernelBench
         return new DeviceCeilings(ops.Device.Name, flops / (fmaMs * 1e6), 2.0 * src.ByteLength / (copyMs * 1e6));
     }
 
-    private static double Median(IlgpuOps ops, Action launch, int runs)
+    /// <summary>The kernel family the last op ran (the CPU backend has one of each).</summary>
+    public static string Family(IOps ops) => ops is IlgpuOps i ? i.Runtime.LastFamily ?? "" : "cpu";
+
+    private static double Median(IOps ops, Action launch, int runs)
     {
         var t = new List<double>();
         for (int i = 0; i < runs; i++) t.Add(TimeOne(ops, launch));
@@ -130,10 +134,10 @@ public static class KernelBench
         return t[t.Count / 2];
     }
 
-    private static double TimeOne(IlgpuOps ops, Action launch)
+    private static double TimeOne(IOps ops, Action launch)
     {
         var acc = ops.Device.Accelerator;
-        if (ComputeDevice.EnableProfiling)
+        if (ComputeDevice.EnableProfiling && ops is IlgpuOps)
         {
             using var start = acc.DefaultStream.AddProfilingMarker();
             launch();
@@ -149,7 +153,7 @@ public static class KernelBench
     }
 
     /// <summary>Uploads random inputs for <paramref name="c"/> and returns the launch (one op, output disposed) and the inputs.</summary>
-    public static (Action Launch, List<Tensor> Inputs) Prepare(IlgpuOps ops, BenchCase c)
+    public static (Action Launch, List<Tensor> Inputs) Prepare(IOps ops, BenchCase c)
     {
         var rng = new Random(7);
         var inputs = new List<Tensor>();

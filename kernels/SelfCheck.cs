@@ -18,10 +18,10 @@ public static class SelfCheck
     public const double F32Tolerance = 1e-5;
     public const double F16Tolerance = 2e-3;
 
-    public static IReadOnlyList<SelfCheckResult> Run(IlgpuOps ops, Action<SelfCheckResult>? onResult = null,
+    public static IReadOnlyList<SelfCheckResult> Run(IOps ops, Action<SelfCheckResult>? onResult = null,
         Action<string>? onSkip = null)
     {
-        bool small = ops.Runtime.Profile == KernelProfile.Test;
+        bool small = ops is IlgpuOps { Runtime.Profile: var profile } && profile == KernelProfile.Test;
         bool poison = ops.Device.Pool.PoisonOnRent;
         ops.Device.Pool.PoisonOnRent = true;
         var results = new List<SelfCheckResult>();
@@ -45,7 +45,7 @@ public static class SelfCheck
         return results;
     }
 
-    private sealed class Checker(IlgpuOps ops, DType dt, List<SelfCheckResult> results, Action<SelfCheckResult>? onResult, int seed)
+    private sealed class Checker(IOps ops, DType dt, List<SelfCheckResult> results, Action<SelfCheckResult>? onResult, int seed)
     {
         private readonly Random rng = new(seed);
         private double Tol => dt == DType.F32 ? F32Tolerance : F16Tolerance;
@@ -61,7 +61,7 @@ public static class SelfCheck
 
         private void Report(string op, string shape, Tensor output, float[] expected)
         {
-            var kernel = ops.Runtime.LastFamily ?? "";
+            var kernel = KernelBench.Family(ops);
             var got = output.ToFloatArray();
             output.Dispose();
             var r = new SelfCheckResult(op, dt.Name(), shape, Reference.RelativeError(got, expected), Tol, kernel);

@@ -7,7 +7,7 @@ namespace StableDiffusion.Bench;
 /// <summary>The device and suite a run uses (BenchmarkDotNet runs in process, so a static is shared).</summary>
 public static class Suite
 {
-    public static IlgpuOps? Ops { get; set; }
+    public static IOps? Ops { get; set; }
     public static bool Quick { get; set; }
     public static DeviceCeilings? Ceilings { get; set; }
 
@@ -33,7 +33,7 @@ public class KernelBenchmarks
         (launch, inputs) = KernelBench.Prepare(ops, Case);
         launch(); // compile
         ops.Device.Synchronize();
-        Suite.Kernels[Case.Describe()] = ops.Runtime.LastFamily ?? "";
+        Suite.Kernels[Case.Describe()] = KernelBench.Family(ops);
     }
 
     [Benchmark]

@@ -37,7 +37,7 @@ try
         Console.WriteLine("note: the ILGPU CPU accelerator cannot run the full-size suite in useful time; running --quick");
         quick = true;
     }
-    Suite.Ops = new IlgpuOps(dev);
+    Suite.Ops = Backends.For(dev);
     Suite.Quick = quick;
     Suite.Ceilings = KernelBench.MeasureCeilings(Suite.Ops, quick);
     Console.WriteLine($"ceilings on {dev.Name}: fp32 FMA {Suite.Ceilings.Fp32GFlops:F1} GFLOP/s, copy {Suite.Ceilings.BandwidthGBps:F1} GB/s");

@@ -35,7 +35,7 @@ internal static class BenchCommand
             stdout.WriteLine("note: the ILGPU CPU accelerator cannot run the full-size suite in useful time; running --quick");
             quick = true;
         }
-        var ops = new IlgpuOps(device);
+        var ops = Backends.For(device);
         var cases = Filter(KernelBench.Suite(quick), only);
         var ceilings = KernelBench.MeasureCeilings(ops, quick);
         stdout.WriteLine($"measured ceilings: fp32 FMA {ceilings.Fp32GFlops:F1} GFLOP/s, device copy {ceilings.BandwidthGBps:F1} GB/s");

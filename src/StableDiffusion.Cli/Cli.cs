@@ -25,6 +25,7 @@ public static class Cli
                 [--list]
           random-model --config C --out PATH     random weights in a real layout: C is sd15, sd21, sd15-tiny or sd21-tiny;
                 [--format F] [--dtype D] [--seed N]   F diffusers (a folder, default) or single-file (LDM .safetensors), D fp16 (default) or fp32
+                [--tokenizer DIR]                copy CLIP's vocab.json and merges.txt from DIR into the folder's tokenizer/
           tokenize (--tokenizer DIR | --model DIR) [--vocab DIR|bpe.txt.gz] "<text>"   CLIP token ids as JSON (start/end, no padding)
           schedule (--model M | --config F) --sampler S --steps N [--schedule karras|exponential|default] [--spacing leading|linspace|trailing]   a sampler's timesteps and sigmas as JSON
           generate --model M --prompt "..."      text-to-image into a PNG with A1111's parameters chunk; M is a diffusers
@@ -37,12 +38,13 @@ public static class Cli
                    [--init-image F]              image-to-image from F (PNG, JPEG, BMP or WebP, at most 4096x4096)
                    [--strength 0.75]             how far to noise it (1: all the way); inpainting defaults to 1
                    [--mask F]                    inpaint: white is repainted, black kept (needs --init-image)
-                   [--precision fp16|fp32]       default fp16 on GPUs, fp32 on the CPU accelerator
+                   [--precision fp16|fp32]       default fp16 on GPUs, fp32 on the CPU
                    [--tokenizer DIR]             a tokenizer/ folder (single-file checkpoints carry none)
                    [--output out.png] [--overwrite]   never replaces a file without --overwrite
 
         options:
-          --device D     auto (default: CUDA, then OpenCL, then the ILGPU CPU accelerator), cuda[:N], opencl[:N], cpu
+          --device D     auto (default: CUDA, then OpenCL, then the C# CPU backend), cuda[:N], opencl[:N], cpu,
+                         ilgpu-cpu (ILGPU's CPU accelerator: runs the GPU kernels slowly, for testing them)
           --verbose      print stack traces of errors
           --help         this text
           --version      the version
@@ -144,7 +146,7 @@ public static class Cli
         }
         var auto = devices.FirstOrDefault(d => d.Usable && d.Kind == DeviceKind.Cuda)
                    ?? devices.FirstOrDefault(d => d.Usable && d.Kind == DeviceKind.OpenCL)
-                   ?? devices.First(d => d.Kind == DeviceKind.IlgpuCpu);
+                   ?? devices.First(d => d.Kind == DeviceKind.Cpu);
         stdout.WriteLine();
         stdout.WriteLine($"--device auto would choose {auto.Id} ({auto.Name})");
         return 0;
@@ -155,8 +157,8 @@ public static class Cli
         var deviceName = a.Value("--device") ?? "auto";
         a.CheckDone();
         using var device = ComputeDevice.Open(deviceName, stdout);
-        var ops = new IlgpuOps(device);
-        stdout.WriteLine($"kernel profile: {ops.Runtime.Profile}; tolerance fp32 {SelfCheck.F32Tolerance:g}, fp16 {SelfCheck.F16Tolerance:g} (relative L2 vs host reference)");
+        var ops = Backends.For(device);
+        stdout.WriteLine($"{(ops is IlgpuOps i ? $"kernel profile: {i.Runtime.Profile}" : "the C# CPU backend")}; tolerance fp32 {SelfCheck.F32Tolerance:g}, fp16 {SelfCheck.F16Tolerance:g} (relative L2 vs host reference)");
         stdout.WriteLine($"{"op",-20} {"dtype",-12} {"shape",-44} {"rel. error",10}  result  kernel");
         var results = SelfCheck.Run(ops, r =>
         {

@@ -63,6 +63,7 @@ public static class DebugCommand
             stdout.WriteLine($"wrote {dump}");
         }
         device.Pool.PoisonOnRent = true;
+        if (device.Kind == DeviceKind.Cpu) throw new UsageException("sd debug inspects the ILGPU kernels; use --device cuda or ilgpu-cpu");
         var ops = new IlgpuOps(device);
         foreach (var (m, n, k) in new[] { (128, 128, 32), (128, 128, 64), (130, 70, 40) })
         {

@@ -17,14 +17,14 @@ internal static class GenerateCommand
 {
     /// <summary>
     /// The samplers <c>sd generate</c> offers: (name, scheduler_config.json text, schedule, spacing) → sampler, a
-    /// <see cref="UsageException"/> for a name or schedule it does not know. Until src/StableDiffusion.Schedulers has
-    /// its factory this knows none; when it lands, this initialiser becomes <c>Samplers.Create</c> (one line).
-    /// Tests put their own sampler here.
+    /// <see cref="UsageException"/> for a name or schedule it does not know. Tests may put their own sampler here.
     /// </summary>
-    internal static Func<string, string, string?, string?, IScheduler> Samplers { get; set; } = NoSamplersYet;
+    internal static Func<string, string, string?, string?, IScheduler> Samplers { get; set; } = CreateSampler;
 
-    private static IScheduler NoSamplersYet(string name, string config, string? schedule, string? spacing) =>
-        throw new UsageException($"--sampler '{name}': no samplers are built in yet (they come with issue 5's schedulers)");
+    private static IScheduler CreateSampler(string name, string config, string? schedule, string? spacing) =>
+        global::StableDiffusion.Schedulers.Samplers.Create(name, SchedulerConfig.Parse(config, "the model's scheduler config"),
+            schedule is null ? null : global::StableDiffusion.Schedulers.Samplers.ParseSchedule(schedule),
+            spacing is null ? null : global::StableDiffusion.Schedulers.Samplers.ParseSpacing(spacing));
 
     public const string DefaultSampler = "euler_a";
 
@@ -69,8 +69,9 @@ internal static class GenerateCommand
         var path = ModelArgument.Resolve(o.Model, revision: null, variant: null, stderr);
         using var source = ModelSource.Open(path);
         using var device = ComputeDevice.Open(o.Device, stderr);
-        var ops = new IlgpuOps(device);
-        var dtype = o.Precision ?? (device.Kind == DeviceKind.IlgpuCpu || !device.SupportsFp16 ? DType.F32 : DType.F16);
+        var ops = Backends.For(device);
+        // fp16 only where it is native: the CPU backends compute in fp32 and would only round more.
+        var dtype = o.Precision ?? (device.Kind is DeviceKind.IlgpuCpu or DeviceKind.Cpu || !device.SupportsFp16 ? DType.F32 : DType.F16);
         using var pipeline = StableDiffusionPipeline.Open(source, ops, new PipelineOptions
         {
             DType = dtype,
@@ -143,6 +144,8 @@ internal static class GenerateCommand
         int steps = Int(a, "--steps", 20, 1, 1000);
         float cfg = Float(a, "--cfg", 7.5f, 0f, 100f);
         var sampler = Text("--sampler") ?? DefaultSampler;
+        if (global::StableDiffusion.Schedulers.Samplers.Canonical(sampler) is null)
+            throw new UsageException($"--sampler '{sampler}' is unknown; valid: {string.Join(", ", global::StableDiffusion.Schedulers.Samplers.Names)} (or a diffusers class name)");
         var schedule = Text("--schedule");
         if (schedule is not (null or "default" or "karras" or "exponential"))
             throw new UsageException($"--schedule '{schedule}': use default, karras or exponential");

@@ -18,6 +18,7 @@ internal static class RandomModelCommand
         var dtypeName = a.Value("--dtype") ?? "fp16";
         var seedText = a.Value("--seed") ?? "0";
         var outPath = a.Value("--out");
+        var tokenizer = a.Value("--tokenizer");
         a.CheckDone();
 
         var names = string.Join(", ", Presets.All.Select(p => p.Name));
@@ -38,14 +39,24 @@ internal static class RandomModelCommand
         if (!ulong.TryParse(seedText, NumberStyles.None, CultureInfo.InvariantCulture, out var seed))
             throw new UsageException($"--seed '{seedText}' is not a whole number from 0 to {ulong.MaxValue}");
         if (outPath is null || outPath.Length == 0) throw new UsageException("'sd random-model' needs --out (a folder for diffusers, a .safetensors file for single-file)");
+        // The vocabulary is CLIP's, not random: copy it in so the folder is a complete model.
+        string[] vocabFiles = ["vocab.json", "merges.txt"];
+        if (tokenizer is not null)
+        {
+            if (format != RandomModelFormat.Diffusers) throw new UsageException("--tokenizer goes with --format diffusers (single files carry no tokenizer)");
+            foreach (var f in vocabFiles)
+                if (!File.Exists(Path.Combine(tokenizer, f))) throw new UsageException($"--tokenizer {tokenizer}: no {f} there");
+        }
 
         var clock = Stopwatch.StartNew();
         var progress = new StderrProgress(stderr, clock);
         long bytes = RandomModel.Write(preset, format, dtype, seed, outPath, progress);
         stdout.WriteLine(string.Create(CultureInfo.InvariantCulture,
             $"wrote {preset.Name} ({formatName}, {dtypeName}, seed {seed}) to {outPath}: {bytes / 1048576.0:F1} MiB in {clock.Elapsed.TotalSeconds:F1} s"));
-        if (format == RandomModelFormat.Diffusers)
-            stdout.WriteLine("note: tokenizer/ holds its json files only: copy CLIP's vocab.json and merges.txt into it, or give a tokenizer folder with --tokenizer (or the vocabulary with --vocab)");
+        if (tokenizer is not null)
+            foreach (var f in vocabFiles) File.Copy(Path.Combine(tokenizer, f), Path.Combine(outPath, "tokenizer", f), overwrite: true);
+        else if (format == RandomModelFormat.Diffusers)
+            stdout.WriteLine("note: tokenizer/ holds its json files only: copy CLIP's vocab.json and merges.txt into it, or pass --tokenizer DIR (a folder holding them) here or to sd generate");
         return 0;
     }
 

@@ -176,8 +176,7 @@ public sealed class StableDiffusionPipeline : IDisposable
     public static int StartIndex(IScheduler scheduler, int steps, float strength)
     {
         int initSteps = Math.Min((int)(steps * strength), steps);
-        int order = scheduler.Name == "heun" ? 2 : 1; // IScheduler has no order; Heun is the only second-order one we name
-        return Math.Max(steps - initSteps, 0) * order;
+        return Math.Max(steps - initSteps, 0) * scheduler.Order;
     }
 
     // ---- the text encoder ----

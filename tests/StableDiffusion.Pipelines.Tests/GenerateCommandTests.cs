@@ -23,7 +23,6 @@ public class GenerateCommandTests : IDisposable
     {
         this.models = models;
         this.output = output;
-        GenerateCommand.Samplers = TestEuler.Create; // the test double, until the real samplers land
     }
 
     public void Dispose() => temp.Dispose();

@@ -29,7 +29,7 @@ public class PipelineTests(TinyModels models, ITestOutputHelper output)
     /// <summary>The cheapest run: one step, no guidance (one prompt, batch 1 through the UNet).</summary>
     private static GenerationRequest Quick(string prompt = "a red fox in the snow") => Request(prompt) with { Steps = 1, GuidanceScale = 1f };
 
-    private static IScheduler Euler(StableDiffusionPipeline p) => TestEuler.Create("euler", p.SchedulerConfigJson, null, null);
+    private static IScheduler Euler(StableDiffusionPipeline p) => Samplers.Create("euler", SchedulerConfig.Parse(p.SchedulerConfigJson));
 
     private static TorchTensor Nchw(float[] nhwc, int n, int h, int w, int c) =>
         Oracle.T(nhwc, n, h, w, c).permute(0, 3, 1, 2);

@@ -1,4 +1,5 @@
 using StableDiffusion.Kernels;
+using StableDiffusion.Kernels.Cpu;
 using StableDiffusion.Runtime;
 
 namespace StableDiffusion.TestSupport;
@@ -19,6 +20,7 @@ public static class Devices
 
     private static readonly Lazy<IlgpuOps> TestOps = new(() => new IlgpuOps(Cpu.Value, KernelProfile.Test));
     private static readonly Lazy<IlgpuOps> CudaOps = new(() => new IlgpuOps(Cpu.Value, KernelProfile.Cuda));
+    private static readonly Lazy<CpuOps> CSharpOps = new(() => new CpuOps(Cpu.Value));
 
     public static ComputeDevice Device => Cpu.Value;
 
@@ -29,6 +31,12 @@ public static class Devices
         "cuda" => CudaOps.Value,
         _ => throw new ArgumentOutOfRangeException(nameof(profile), profile, "expected test or cuda"),
     };
+
+    /// <summary>
+    /// A backend by name: "test" and "cuda" are the ILGPU kernels at those tile profiles on the CPU accelerator,
+    /// "cpu" the C# CPU backend on the same (NaN-poisoning) device memory.
+    /// </summary>
+    public static IOps Backend(string name) => name == "cpu" ? CSharpOps.Value : Ops(name);
 
     public static DType DType(string name) => name switch
     {

@@ -14,12 +14,14 @@ public enum DeviceKind
     OpenCL,
     /// <summary>ILGPU's CPU accelerator: a GPU simulator for correctness tests at small shapes.</summary>
     IlgpuCpu,
+    /// <summary>The vectorized C# CPU backend (host memory held in an ILGPU CPU buffer; no kernels are simulated).</summary>
+    Cpu,
 }
 
-/// <summary>A parsed <c>--device</c> value: <c>auto</c>, <c>cuda[:N]</c>, <c>opencl[:N]</c>, <c>cpu</c>.</summary>
+/// <summary>A parsed <c>--device</c> value: <c>auto</c>, <c>cuda[:N]</c>, <c>opencl[:N]</c>, <c>cpu</c>, <c>ilgpu-cpu</c>.</summary>
 public readonly record struct DeviceRequest(DeviceKind? Kind, int? Index)
 {
-    public static readonly string Accepted = "auto, cuda, cuda:N, opencl, opencl:N, cpu (ILGPU CPU accelerator; alias ilgpu-cpu)";
+    public static readonly string Accepted = "auto, cuda, cuda:N, opencl, opencl:N, cpu (the C# CPU backend), ilgpu-cpu (ILGPU's CPU accelerator, for testing GPU kernels)";
 
     public static DeviceRequest Parse(string text)
     {
@@ -38,7 +40,8 @@ public readonly record struct DeviceRequest(DeviceKind? Kind, int? Index)
             "auto" => null,
             "cuda" or "gpu" => DeviceKind.Cuda,
             "opencl" or "cl" => DeviceKind.OpenCL,
-            "cpu" or "ilgpu-cpu" => DeviceKind.IlgpuCpu,
+            "cpu" => DeviceKind.Cpu,
+            "ilgpu-cpu" => DeviceKind.IlgpuCpu,
             _ => throw new UsageException($"--device '{text}' is not a device; use one of: {Accepted}"),
         };
         if (kind is null && index is not null) throw new UsageException($"--device '{text}': 'auto' takes no index");
@@ -46,7 +49,7 @@ public readonly record struct DeviceRequest(DeviceKind? Kind, int? Index)
     }
 
     public override string ToString() =>
-        (Kind switch { null => "auto", DeviceKind.Cuda => "cuda", DeviceKind.OpenCL => "opencl", _ => "cpu" }) +
+        (Kind switch { null => "auto", DeviceKind.Cuda => "cuda", DeviceKind.OpenCL => "opencl", DeviceKind.IlgpuCpu => "ilgpu-cpu", _ => "cpu" }) +
         (Index is int i ? ":" + i : "");
 }
 
@@ -75,18 +78,45 @@ public sealed class ComputeDevice : IDisposable
     public int MaxSharedMemoryPerGroup => Accelerator.MaxSharedMemoryPerGroup;
     public int WarpSize => Accelerator.WarpSize;
 
-    /// <summary>Whether kernels may store fp16: OpenCL devices need cl_khr_fp16; CUDA and the CPU accelerator always can.</summary>
+    /// <summary>Whether kernels may store fp16: OpenCL devices need cl_khr_fp16; CUDA and the CPU backends always can.</summary>
     public bool SupportsFp16 => Accelerator.Capabilities is not CLCapabilityContext cl || cl.Float16;
 
     /// <summary>One line for logs: kind, name, memory.</summary>
     public string Describe() =>
-        $"{KindName(Kind)} device '{Name}' ({(Kind == DeviceKind.IlgpuCpu ? GC.GetGCMemoryInfo().TotalAvailableMemoryBytes : MemoryBytes) / (1024.0 * 1024 * 1024):F1} GiB, " +
-        $"{Accelerator.NumMultiprocessors} multiprocessors, warp {WarpSize}, max group {MaxGroupSize})";
+        Kind == DeviceKind.Cpu
+            ? $"{KindName(Kind)} '{HostName}' ({HostMemory / (1024.0 * 1024 * 1024):F1} GiB, {Environment.ProcessorCount} threads, {HostVectors})"
+            : $"{KindName(Kind)} device '{Name}' ({(Kind == DeviceKind.IlgpuCpu ? HostMemory : MemoryBytes) / (1024.0 * 1024 * 1024):F1} GiB, " +
+              $"{Accelerator.NumMultiprocessors} multiprocessors, warp {WarpSize}, max group {MaxGroupSize})";
+
+    internal static long HostMemory => GC.GetGCMemoryInfo().TotalAvailableMemoryBytes;
+
+    /// <summary>The host CPU's model name (from /proc/cpuinfo where there is one).</summary>
+    public static string HostName { get; } = ReadHostName();
+
+    /// <summary>The widest SIMD the C# backend uses here.</summary>
+    public static string HostVectors =>
+        System.Runtime.Intrinsics.Vector512.IsHardwareAccelerated ? "AVX-512" :
+        System.Runtime.Intrinsics.Vector256.IsHardwareAccelerated ? "AVX2" :
+        System.Runtime.Intrinsics.Vector128.IsHardwareAccelerated ? "128-bit SIMD" : "no SIMD";
+
+    private static string ReadHostName()
+    {
+        try
+        {
+            foreach (var line in File.ReadLines("/proc/cpuinfo"))
+                if (line.StartsWith("model name", StringComparison.Ordinal) && line.IndexOf(':') is int i and >= 0)
+                    return line[(i + 1)..].Trim();
+        }
+        catch (IOException) { }
+        catch (UnauthorizedAccessException) { }
+        return System.Runtime.InteropServices.RuntimeInformation.ProcessArchitecture + " CPU";
+    }
 
     public static string KindName(DeviceKind k) => k switch
     {
         DeviceKind.Cuda => "CUDA",
         DeviceKind.OpenCL => "OpenCL",
+        DeviceKind.Cpu => "CPU",
         _ => "ILGPU CPU accelerator",
     };
 
@@ -102,8 +132,8 @@ public sealed class ComputeDevice : IDisposable
     }
 
     /// <summary>
-    /// Opens the device named by <paramref name="request"/>. <c>auto</c> takes CUDA, then OpenCL, then the ILGPU CPU
-    /// accelerator, and writes which device it chose to <paramref name="log"/>. A named backend that is absent is a
+    /// Opens the device named by <paramref name="request"/>. <c>auto</c> takes CUDA, then OpenCL, then the C# CPU
+    /// backend (never the ILGPU CPU accelerator, which only tests kernels), and writes which device it chose to <paramref name="log"/>. A named backend that is absent is a
     /// <see cref="DeviceException"/> that says what was found instead; nothing falls back silently.
     /// </summary>
     public static ComputeDevice Open(string request = "auto", TextWriter? log = null) =>
@@ -121,15 +151,13 @@ public sealed class ComputeDevice : IDisposable
             return dev;
         }
         var reasons = new List<string>();
-        foreach (var k in new[] { DeviceKind.Cuda, DeviceKind.OpenCL, DeviceKind.IlgpuCpu })
+        foreach (var k in new[] { DeviceKind.Cuda, DeviceKind.OpenCL, DeviceKind.Cpu })
         {
             var dev = TryOpen(k, 0, out var why);
             if (dev is not null)
             {
                 log?.WriteLine($"device: auto chose {dev.Describe()}" +
                                (reasons.Count > 0 ? $" ({string.Join("; ", reasons)})" : ""));
-                if (k == DeviceKind.IlgpuCpu)
-                    log?.WriteLine("warning: the ILGPU CPU accelerator simulates a GPU and is very slow; it is meant for tests");
                 return dev;
             }
             reasons.Add($"no {KindName(k)}: {why}");
@@ -146,6 +174,18 @@ public sealed class ComputeDevice : IDisposable
         if (multiprocessors <= 0) multiprocessors = Math.Max(1, Environment.ProcessorCount);
         var ctx = Context.Create(b => Configure(b.CPU(new CPUDevice(32, warpsPerGroup, multiprocessors))));
         return new ComputeDevice(ctx, ctx.CreateCPUAccelerator(0), DeviceKind.IlgpuCpu);
+    }
+
+    /// <summary>
+    /// The C# CPU backend's device: an ILGPU CPU accelerator used only to hold host memory (its buffers are plain
+    /// native memory the C# kernels address directly), the smallest one ILGPU allows, so it starts no thread pool
+    /// of simulated GPU threads worth speaking of.
+    /// </summary>
+    public static ComputeDevice OpenCpu()
+    {
+        NativeLibraries.Install();
+        var ctx = Context.Create(b => Configure(b.CPU(new CPUDevice(1, 1, 1))));
+        return new ComputeDevice(ctx, ctx.CreateCPUAccelerator(0), DeviceKind.Cpu);
     }
 
     private static ComputeDevice? TryOpen(DeviceKind kind, int index, out string why)
@@ -209,10 +249,10 @@ public sealed class ComputeDevice : IDisposable
                 default:
                     if (index != 0)
                     {
-                        why = "there is only one CPU accelerator (cpu:0)";
+                        why = $"there is only one {KindName(kind)} ({(kind == DeviceKind.Cpu ? "cpu" : "ilgpu-cpu")}:0)";
                         return null;
                     }
-                    return OpenIlgpuCpu();
+                    return kind == DeviceKind.Cpu ? OpenCpu() : OpenIlgpuCpu();
             }
         }
         catch (Exception e) when (e is not SdException)

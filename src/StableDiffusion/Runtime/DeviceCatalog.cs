@@ -25,6 +25,7 @@ public sealed record DeviceInfo(
     {
         DeviceKind.Cuda => $"cuda:{Index}",
         DeviceKind.OpenCL => $"opencl:{Index}",
+        DeviceKind.IlgpuCpu => "ilgpu-cpu",
         _ => "cpu",
     };
 }
@@ -104,7 +105,9 @@ public static class DeviceCatalog
         }
 
         int cores = Math.Max(1, Environment.ProcessorCount);
-        list.Add(new DeviceInfo(DeviceKind.IlgpuCpu, 0, "ILGPU CPU accelerator", GC.GetGCMemoryInfo().TotalAvailableMemoryBytes,
+        list.Add(new DeviceInfo(DeviceKind.Cpu, 0, ComputeDevice.HostName, ComputeDevice.HostMemory, 1, 1, cores,
+            $"the C# backend: {ComputeDevice.HostVectors}, {cores} thread(s), fp32 compute (fp16 tensors widened on the fly)", null));
+        list.Add(new DeviceInfo(DeviceKind.IlgpuCpu, 0, "ILGPU CPU accelerator", ComputeDevice.HostMemory,
             32 * 32, 32, cores, $"simulates {cores} multiprocessor(s) with 32-thread warps on the host; for tests only", null));
         notes = n;
         return list;

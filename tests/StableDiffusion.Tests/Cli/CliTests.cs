@@ -44,11 +44,12 @@ public class CliTests
     }
 
     [Fact]
-    public void Devices_lists_the_cpu_accelerator_and_the_auto_choice()
+    public void Devices_lists_both_cpu_backends_and_the_auto_choice()
     {
         var (code, stdout, _) = Sd("devices");
         Assert.Equal(0, code);
         Assert.Contains("ILGPU CPU accelerator", stdout);
+        Assert.Contains("the C# backend", stdout);
         Assert.Contains("--device auto would choose", stdout);
         var (code2, json, _) = Sd("devices", "--json");
         Assert.Equal(0, code2);
@@ -67,10 +68,12 @@ public class CliTests
         Assert.Single(stderr.TrimEnd().Split('\n'));
     }
 
-    [Fact]
-    public void Selfcheck_passes_on_the_cpu_accelerator()
+    [Theory]
+    [InlineData("ilgpu-cpu")]
+    [InlineData("cpu")]
+    public void Selfcheck_passes_on_both_cpu_backends(string device)
     {
-        var (code, stdout, stderr) = Sd("selfcheck", "--device", "cpu");
+        var (code, stdout, stderr) = Sd("selfcheck", "--device", device);
         Assert.True(code == 0, stdout + stderr);
         Assert.Contains(" 0 failed", stdout);
         foreach (var op in new[] { "gemm", "conv2d", "group_norm", "layer_norm", "softmax", "attention", "silu", "gelu",

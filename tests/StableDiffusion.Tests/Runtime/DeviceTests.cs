@@ -9,7 +9,7 @@ public class DeviceTests
     [InlineData("cuda", DeviceKind.Cuda, null)]
     [InlineData("CUDA:1", DeviceKind.Cuda, 1)]
     [InlineData("opencl:0", DeviceKind.OpenCL, 0)]
-    [InlineData("cpu", DeviceKind.IlgpuCpu, null)]
+    [InlineData("cpu", DeviceKind.Cpu, null)]
     [InlineData("ilgpu-cpu", DeviceKind.IlgpuCpu, null)]
     public void Device_requests_parse(string text, DeviceKind? kind, int? index)
     {
@@ -39,6 +39,7 @@ public class DeviceTests
         Assert.Contains("CUDA was requested but is not available", e.Message);
         Assert.Contains("libcuda.so.1", e.Message);
         Assert.Contains("Found: cpu", e.Message);
+        Assert.Contains("ilgpu-cpu", e.Message);
         Assert.DoesNotContain('\n', e.Message);
     }
 
@@ -57,16 +58,17 @@ public class DeviceTests
         Skip.If(NativeLibraries.Probe("cuda") is not null, "this machine has a CUDA driver");
         var log = new StringWriter();
         using var d = ComputeDevice.Open("auto", log);
-        Assert.Equal(DeviceKind.IlgpuCpu, d.Kind);
-        Assert.Contains("auto chose ILGPU CPU accelerator", log.ToString());
+        Assert.Equal(DeviceKind.Cpu, d.Kind);
+        Assert.Contains("auto chose CPU", log.ToString());
         Assert.Contains("no CUDA", log.ToString());
     }
 
     [Fact]
-    public void Catalog_lists_the_cpu_accelerator_and_notes_about_missing_drivers()
+    public void Catalog_lists_both_cpu_backends_and_notes_about_missing_drivers()
     {
         var all = DeviceCatalog.Enumerate(out var notes);
-        Assert.Contains(all, d => d.Kind == DeviceKind.IlgpuCpu && d.Usable);
+        Assert.Contains(all, d => d.Kind == DeviceKind.IlgpuCpu && d.Usable && d.Id == "ilgpu-cpu");
+        Assert.Contains(all, d => d.Kind == DeviceKind.Cpu && d.Usable && d.Id == "cpu");
         Assert.Contains(notes, n => n.StartsWith("CUDA:"));
         Assert.Contains(notes, n => n.StartsWith("OpenCL:"));
         Assert.All(all.Where(d => !d.Usable), d => Assert.False(string.IsNullOrWhiteSpace(d.Refusal)));
