@@ -1,0 +1,748 @@
+using System.Collections.Concurrent;
+using System.Runtime.CompilerServices;
+using System.Runtime.InteropServices;
+using System.Runtime.Intrinsics;
+using System.Runtime.Intrinsics.X86;
+using StableDiffusion.Runtime;
+
+namespace StableDiffusion.Kernels.Cpu;
+
+/// <summary>Arguments of <see cref="CpuGemm.Run(in CpuGemmArgs)"/>: C = Alpha·op(A)·op(B) + bias + residual.</summary>
+public unsafe struct CpuGemmArgs
+{
+    public int M, N, K, Batch;          // Batch >= 1
+    public bool TransA, TransB;         // A stored [K, M] when TransA else [M, K]; B stored [N, K] when TransB else [K, N]
+    public float Alpha;
+    public void* A; public DType AType; public long StrideA;   // elements between batch items; 0 = shared
+    public void* B; public DType BType; public long StrideB;
+    public void* Bias; public DType BiasType;                 // [N] or null
+    public void* Residual; public DType ResidualType;         // [Batch, M, N] or null
+    public void* C; public DType CType;                       // [Batch, M, N]
+}
+
+/// <summary>
+/// A constant B operand (weights) packed once into the micro-kernel's panel layout, fp32: panel j holds columns
+/// [j·NR, j·NR+NR) of op(B) as K rows of NR floats (zero-padded past N). Run with it skips B packing entirely.
+/// </summary>
+public sealed unsafe class CpuPackedB : IDisposable
+{
+    private float* data;
+
+    internal CpuPackedB(float* data, int n, int k, int nr)
+    {
+        this.data = data;
+        N = n;
+        K = k;
+        Nr = nr;
+    }
+
+    public int N { get; }
+    public int K { get; }
+    internal int Nr { get; }
+    public long Bytes => (long)(N + Nr - 1) / Nr * Nr * K * sizeof(float);
+
+    internal float* Data => data != null ? data : throw new ObjectDisposedException(nameof(CpuPackedB));
+
+    public void Dispose()
+    {
+        Free();
+        GC.SuppressFinalize(this);
+    }
+
+    ~CpuPackedB() => Free();
+
+    private void Free()
+    {
+        var d = data;
+        data = null;
+        if (d != null) NativeMemory.AlignedFree(d);
+    }
+}
+
+/// <summary>
+/// fp32 GEMM for the CPU backend, GotoBLAS style: B is packed into NR-wide panels (whole K), A into MR-row panels per
+/// KC slice, and a register-tiled micro-kernel (6×32 on AVX-512, 6×16 on AVX2+FMA, scalar otherwise) accumulates a
+/// task's MC×NC tile in an fp32 scratch tile; alpha, bias, residual and the fp16 rounding happen once, in the store.
+/// </summary>
+public static unsafe class CpuGemm
+{
+    internal const int MR = 6;
+    internal const int KC = 256;   // A micro-panel 6·256·4 = 6 KiB stays in L1; the KC×NC B block stays in L2
+    internal const int MCMax = 96;
+    internal const int NCMax = 512;
+    internal static readonly int NR = Vector512.IsHardwareAccelerated ? 32 : 16;
+
+    private const long PackedBGroupBytes = 256L << 20;
+
+    public static void Run(in CpuGemmArgs p)
+    {
+        Validate(p, needB: true);
+        var a = ASource.Dense(p);
+        Execute(ref a, p, null);
+    }
+
+    /// <summary>Run with a B operand packed by <see cref="PackB"/>; p.B, BType, StrideB and TransB are ignored.</summary>
+    public static void Run(in CpuGemmArgs p, CpuPackedB packedB)
+    {
+        ArgumentNullException.ThrowIfNull(packedB);
+        Validate(p, needB: false);
+        if (packedB.N != p.N || packedB.K != p.K)
+            throw new KernelArgumentException($"cpu gemm: packed B is {packedB.K}x{packedB.N} (KxN), the call needs {p.K}x{p.N}");
+        var a = ASource.Dense(p);
+        Execute(ref a, p, packedB);
+    }
+
+    /// <summary>Packs op(B) (stored [N, K] when transB else [K, N]) for repeated use as a constant operand.</summary>
+    public static CpuPackedB PackB(void* b, DType t, int n, int k, bool transB)
+    {
+        if (b == null) throw new KernelArgumentException("cpu gemm: PackB needs a B pointer");
+        CheckFloat(t, "B");
+        if (n < 1 || k < 1) throw new KernelArgumentException($"cpu gemm: PackB needs n, k >= 1 (got n={n}, k={k})");
+        int nr = NR;
+        long panels = (n + nr - 1) / nr;
+        var data = (float*)NativeMemory.AlignedAlloc((nuint)(panels * nr * k * sizeof(float)), 64);
+        PackBInto(b, t, transB, n, k, 1, 0, data);
+        return new CpuPackedB(data, n, k, nr);
+    }
+
+    /// <summary>Scalar reference: double accumulation, no blocking. For tests.</summary>
+    public static void Reference(in CpuGemmArgs p)
+    {
+        Validate(p, needB: true);
+        for (int bt = 0; bt < p.Batch; bt++)
+            for (int i = 0; i < p.M; i++)
+                for (int j = 0; j < p.N; j++)
+                {
+                    double s = 0;
+                    for (int k = 0; k < p.K; k++)
+                    {
+                        long ai = bt * p.StrideA + (p.TransA ? (long)k * p.M + i : (long)i * p.K + k);
+                        long bi = bt * p.StrideB + (p.TransB ? (long)j * p.K + k : (long)k * p.N + j);
+                        s += (double)Half16.Read(p.A, p.AType, ai) * Half16.Read(p.B, p.BType, bi);
+                    }
+                    long ci = ((long)bt * p.M + i) * p.N + j;
+                    double v = p.Alpha * s;
+                    if (p.Bias != null) v += Half16.Read(p.Bias, p.BiasType, j);
+                    if (p.Residual != null) v += Half16.Read(p.Residual, p.ResidualType, ci);
+                    Half16.Write(p.C, p.CType, ci, (float)v);
+                }
+    }
+
+    internal static void CheckFloat(DType t, string what)
+    {
+        if (t is not (DType.F32 or DType.F16))
+            throw new KernelArgumentException($"cpu gemm: {what} must be fp32 or fp16, got {t.Name()}");
+    }
+
+    private static void Validate(in CpuGemmArgs p, bool needB)
+    {
+        if (p.M < 1 || p.N < 1 || p.K < 1 || p.Batch < 1)
+            throw new KernelArgumentException($"cpu gemm: M, N, K, Batch must be >= 1 (got M={p.M} N={p.N} K={p.K} Batch={p.Batch})");
+        if (p.A == null || p.C == null || (needB && p.B == null))
+            throw new KernelArgumentException("cpu gemm: A, B and C must not be null");
+        if (p.StrideA < 0 || p.StrideB < 0)
+            throw new KernelArgumentException($"cpu gemm: batch strides must be >= 0 (got {p.StrideA}, {p.StrideB})");
+        if (!float.IsFinite(p.Alpha))
+            throw new KernelArgumentException($"cpu gemm: alpha must be finite (got {p.Alpha})");
+        CheckFloat(p.AType, "A");
+        if (needB) CheckFloat(p.BType, "B");
+        CheckFloat(p.CType, "C");
+        if (p.Bias != null) CheckFloat(p.BiasType, "bias");
+        if (p.Residual != null) CheckFloat(p.ResidualType, "residual");
+        if ((long)p.Batch * p.M * p.N > long.MaxValue / 8)
+            throw new KernelArgumentException("cpu gemm: output too large");
+    }
+
+    // ---- driver ------------------------------------------------------------------------------------------------
+
+    internal static void Execute(ref ASource a, in CpuGemmArgs p, CpuPackedB? packed)
+    {
+        int nr = packed?.Nr ?? NR;
+        long panels = (p.N + nr - 1) / nr;
+        long itemFloats = panels * nr * p.K;
+        var job = new Job
+        {
+            A = a, M = p.M, N = p.N, K = p.K, Nr = nr, Alpha = p.Alpha,
+            Bias = p.Bias, BiasType = p.BiasType, Residual = p.Residual, ResidualType = p.ResidualType,
+            C = p.C, CType = p.CType,
+        };
+        if (packed != null)
+        {
+            job.BPacked = packed.Data;
+            job.BItemStride = 0;
+            job.Plan(0, p.Batch);
+            job.RunTasks();
+            GC.KeepAlive(packed);
+            return;
+        }
+        bool shared = p.StrideB == 0 || p.Batch == 1;
+        int group = shared ? p.Batch : (int)Math.Clamp(PackedBGroupBytes / (itemFloats * sizeof(float)), 1, p.Batch);
+        long bufFloats = (shared ? 1 : group) * itemFloats;
+        var buf = ScratchBuffer.Rent(bufFloats);
+        try
+        {
+            job.BPacked = buf.Ptr;
+            job.BItemStride = shared ? 0 : itemFloats;
+            for (int b0 = 0; b0 < p.Batch; b0 += group)
+            {
+                int count = Math.Min(group, p.Batch - b0);
+                if (shared)
+                {
+                    if (b0 == 0) PackBInto(p.B, p.BType, p.TransB, p.N, p.K, 1, 0, buf.Ptr);
+                }
+                else
+                {
+                    void* src = (byte*)p.B + b0 * p.StrideB * (p.BType == DType.F16 ? 2 : 4);
+                    PackBInto(src, p.BType, p.TransB, p.N, p.K, count, p.StrideB, buf.Ptr);
+                }
+                job.Plan(b0, count);
+                job.RunTasks();
+            }
+        }
+        finally
+        {
+            ScratchBuffer.Return(buf);
+        }
+    }
+
+    /// <summary>One call's work: tasks are (batch item, MC row block, NC column block) tiles pulled by the workers.</summary>
+    private sealed class Job
+    {
+        public ASource A;
+        public int M, N, K, Nr;
+        public float Alpha;
+        public float* BPacked;
+        public long BItemStride;
+        public void* Bias, Residual, C;
+        public DType BiasType, ResidualType, CType;
+
+        private int batch0, batchCount, mc, nc, mBlocks, nBlocks, taskCount, next;
+
+        public void Plan(int b0, int count)
+        {
+            batch0 = b0;
+            batchCount = count;
+            int want = 4 * CpuParallel.Threads;
+            int npad = (N + Nr - 1) / Nr * Nr;
+            nc = Math.Min(npad, NCMax);
+            mc = Math.Min((M + MR - 1) / MR * MR, MCMax);
+            Count();
+            while (taskCount < want && nc > Nr) { nc = (nc / 2 + Nr - 1) / Nr * Nr; Count(); }
+            while (taskCount < want && mc > MR) { mc = (mc / 2 + MR - 1) / MR * MR; Count(); }
+            next = 0;
+        }
+
+        private void Count()
+        {
+            mBlocks = (M + mc - 1) / mc;
+            nBlocks = (N + nc - 1) / nc;
+            taskCount = batchCount * mBlocks * nBlocks;
+        }
+
+        public void RunTasks()
+        {
+            int workers = Math.Min(CpuParallel.Threads, taskCount);
+            CpuParallel.For(workers, _ =>
+            {
+                var ws = Workspace.Rent();
+                try
+                {
+                    int t;
+                    while ((t = Interlocked.Increment(ref next) - 1) < taskCount) RunTask(t, ws);
+                }
+                finally
+                {
+                    Workspace.Return(ws);
+                }
+            });
+        }
+
+        private void RunTask(int t, Workspace ws)
+        {
+            int per = mBlocks * nBlocks;
+            int bi = t / per, r = t % per;
+            int mb = r / nBlocks, nb = r % nBlocks;
+            int b = batch0 + bi;
+            int m0 = mb * mc, rows = Math.Min(mc, M - m0);
+            int n0 = nb * nc, cols = Math.Min(nc, N - n0);
+            int nr = Nr;
+            int mPanels = (rows + MR - 1) / MR;
+            int nPanels = (cols + nr - 1) / nr;
+            int ldt = nPanels * nr;
+            float* tile = ws.Tile;
+            float* bItem = BPacked + (BItemStride == 0 ? 0 : bi * BItemStride);
+            int jp0 = n0 / nr;
+            for (int pc = 0; pc < K; pc += KC)
+            {
+                int kc = Math.Min(KC, K - pc);
+                A.Pack(b, m0, rows, pc, kc, ws);
+                bool acc = pc > 0;
+                for (int ip = 0; ip < mPanels; ip++)
+                {
+                    float* ap = ws.APack + (long)ip * MR * kc;
+                    float* ct = tile + (long)ip * MR * ldt;
+                    for (int jp = 0; jp < nPanels; jp++)
+                    {
+                        float* bp = bItem + ((long)(jp0 + jp) * K + pc) * nr;
+                        MicroKernel(ap, bp, kc, ct + jp * nr, ldt, acc);
+                    }
+                }
+            }
+            Epilogue.Store(tile, ldt, rows, cols, b, m0, n0, M, N, Alpha, Bias, BiasType, Residual, ResidualType, C, CType);
+        }
+    }
+
+    // ---- B packing ---------------------------------------------------------------------------------------------
+
+    /// <summary>Packs `count` batch items of op(B) into NR-wide, whole-K panels at dst (item stride panels·NR·K).</summary>
+    internal static void PackBInto(void* b, DType t, bool transB, int n, int k, int count, long strideB, float* dst)
+    {
+        int nr = NR;
+        int panels = (n + nr - 1) / nr;
+        long itemFloats = (long)panels * nr * k;
+        int es = t == DType.F16 ? 2 : 4;
+        int tasks = count * panels;
+        CpuParallel.For(Math.Min(CpuParallel.Threads, tasks), w =>
+        {
+            var ws = Workspace.Rent();
+            try
+            {
+                int workers = Math.Min(CpuParallel.Threads, tasks);
+                for (int task = w; task < tasks; task += workers)
+                {
+                    int item = task / panels, jp = task % panels;
+                    byte* src = (byte*)b + item * strideB * es;
+                    float* d = dst + item * itemFloats + (long)jp * k * nr;
+                    int c0 = jp * nr, cols = Math.Min(nr, n - c0);
+                    if (!transB)
+                    {
+                        for (int kk = 0; kk < k; kk++)
+                        {
+                            float* row = d + (long)kk * nr;
+                            Half16.Load(src + ((long)kk * n + c0) * es, t, row, cols);
+                            for (int c = cols; c < nr; c++) row[c] = 0;
+                        }
+                    }
+                    else
+                    {
+                        float* tmp = ws.RowTmp;
+                        for (int kb = 0; kb < k; kb += KC)
+                        {
+                            int kl = Math.Min(KC, k - kb);
+                            for (int c = 0; c < nr; c++)
+                            {
+                                float* o = d + (long)kb * nr + c;
+                                if (c >= cols)
+                                {
+                                    for (int kk = 0; kk < kl; kk++) o[(long)kk * nr] = 0;
+                                    continue;
+                                }
+                                float* s = Half16.View(src + ((long)(c0 + c) * k + kb) * es, t, tmp, kl);
+                                for (int kk = 0; kk < kl; kk++) o[(long)kk * nr] = s[kk];
+                            }
+                        }
+                    }
+                }
+            }
+            finally
+            {
+                Workspace.Return(ws);
+            }
+        });
+    }
+
+    // ---- micro-kernels -----------------------------------------------------------------------------------------
+
+    /// <summary>c[MR×NR] (=|+=) a-panel[kc×MR]ᵀ · b-panel[kc×NR]; full tiles only (panels are zero-padded).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    internal static void MicroKernel(float* a, float* b, int kc, float* c, long ldc, bool acc)
+    {
+        if (Vector512.IsHardwareAccelerated) Kernel6x32(a, b, kc, c, ldc, acc);
+        else if (Vector256.IsHardwareAccelerated && Fma.IsSupported) Kernel6x16(a, b, kc, c, ldc, acc);
+        else KernelScalar(a, b, kc, c, ldc, acc);
+    }
+
+    private static void Kernel6x32(float* a, float* b, int kc, float* c, long ldc, bool acc)
+    {
+        Vector512<float> c00 = default, c01 = default, c10 = default, c11 = default, c20 = default, c21 = default;
+        Vector512<float> c30 = default, c31 = default, c40 = default, c41 = default, c50 = default, c51 = default;
+        for (int k = 0; k < kc; k++)
+        {
+            var b0 = Vector512.Load(b);
+            var b1 = Vector512.Load(b + 16);
+            var av = Vector512.Create(a[0]);
+            c00 = Vector512.FusedMultiplyAdd(av, b0, c00);
+            c01 = Vector512.FusedMultiplyAdd(av, b1, c01);
+            av = Vector512.Create(a[1]);
+            c10 = Vector512.FusedMultiplyAdd(av, b0, c10);
+            c11 = Vector512.FusedMultiplyAdd(av, b1, c11);
+            av = Vector512.Create(a[2]);
+            c20 = Vector512.FusedMultiplyAdd(av, b0, c20);
+            c21 = Vector512.FusedMultiplyAdd(av, b1, c21);
+            av = Vector512.Create(a[3]);
+            c30 = Vector512.FusedMultiplyAdd(av, b0, c30);
+            c31 = Vector512.FusedMultiplyAdd(av, b1, c31);
+            av = Vector512.Create(a[4]);
+            c40 = Vector512.FusedMultiplyAdd(av, b0, c40);
+            c41 = Vector512.FusedMultiplyAdd(av, b1, c41);
+            av = Vector512.Create(a[5]);
+            c50 = Vector512.FusedMultiplyAdd(av, b0, c50);
+            c51 = Vector512.FusedMultiplyAdd(av, b1, c51);
+            a += MR;
+            b += 32;
+        }
+        if (acc)
+        {
+            c00 += Vector512.Load(c); c01 += Vector512.Load(c + 16); c += ldc;
+            c10 += Vector512.Load(c); c11 += Vector512.Load(c + 16); c += ldc;
+            c20 += Vector512.Load(c); c21 += Vector512.Load(c + 16); c += ldc;
+            c30 += Vector512.Load(c); c31 += Vector512.Load(c + 16); c += ldc;
+            c40 += Vector512.Load(c); c41 += Vector512.Load(c + 16); c += ldc;
+            c50 += Vector512.Load(c); c51 += Vector512.Load(c + 16);
+            c -= 5 * ldc;
+        }
+        c00.Store(c); c01.Store(c + 16); c += ldc;
+        c10.Store(c); c11.Store(c + 16); c += ldc;
+        c20.Store(c); c21.Store(c + 16); c += ldc;
+        c30.Store(c); c31.Store(c + 16); c += ldc;
+        c40.Store(c); c41.Store(c + 16); c += ldc;
+        c50.Store(c); c51.Store(c + 16);
+    }
+
+    private static void Kernel6x16(float* a, float* b, int kc, float* c, long ldc, bool acc)
+    {
+        Vector256<float> c00 = default, c01 = default, c10 = default, c11 = default, c20 = default, c21 = default;
+        Vector256<float> c30 = default, c31 = default, c40 = default, c41 = default, c50 = default, c51 = default;
+        for (int k = 0; k < kc; k++)
+        {
+            var b0 = Vector256.Load(b);
+            var b1 = Vector256.Load(b + 8);
+            var av = Vector256.Create(a[0]);
+            c00 = Fma.MultiplyAdd(av, b0, c00);
+            c01 = Fma.MultiplyAdd(av, b1, c01);
+            av = Vector256.Create(a[1]);
+            c10 = Fma.MultiplyAdd(av, b0, c10);
+            c11 = Fma.MultiplyAdd(av, b1, c11);
+            av = Vector256.Create(a[2]);
+            c20 = Fma.MultiplyAdd(av, b0, c20);
+            c21 = Fma.MultiplyAdd(av, b1, c21);
+            av = Vector256.Create(a[3]);
+            c30 = Fma.MultiplyAdd(av, b0, c30);
+            c31 = Fma.MultiplyAdd(av, b1, c31);
+            av = Vector256.Create(a[4]);
+            c40 = Fma.MultiplyAdd(av, b0, c40);
+            c41 = Fma.MultiplyAdd(av, b1, c41);
+            av = Vector256.Create(a[5]);
+            c50 = Fma.MultiplyAdd(av, b0, c50);
+            c51 = Fma.MultiplyAdd(av, b1, c51);
+            a += MR;
+            b += 16;
+        }
+        if (acc)
+        {
+            c00 += Vector256.Load(c); c01 += Vector256.Load(c + 8); c += ldc;
+            c10 += Vector256.Load(c); c11 += Vector256.Load(c + 8); c += ldc;
+            c20 += Vector256.Load(c); c21 += Vector256.Load(c + 8); c += ldc;
+            c30 += Vector256.Load(c); c31 += Vector256.Load(c + 8); c += ldc;
+            c40 += Vector256.Load(c); c41 += Vector256.Load(c + 8); c += ldc;
+            c50 += Vector256.Load(c); c51 += Vector256.Load(c + 8);
+            c -= 5 * ldc;
+        }
+        c00.Store(c); c01.Store(c + 8); c += ldc;
+        c10.Store(c); c11.Store(c + 8); c += ldc;
+        c20.Store(c); c21.Store(c + 8); c += ldc;
+        c30.Store(c); c31.Store(c + 8); c += ldc;
+        c40.Store(c); c41.Store(c + 8); c += ldc;
+        c50.Store(c); c51.Store(c + 8);
+    }
+
+    private static void KernelScalar(float* a, float* b, int kc, float* c, long ldc, bool acc)
+    {
+        const int nr = 16; // NR when Vector512 is not accelerated
+        float* t = stackalloc float[MR * nr];
+        for (int i = 0; i < MR * nr; i++) t[i] = 0;
+        for (int k = 0; k < kc; k++, a += MR, b += nr)
+            for (int i = 0; i < MR; i++)
+            {
+                float av = a[i];
+                float* ti = t + i * nr;
+                for (int j = 0; j < nr; j++) ti[j] += av * b[j];
+            }
+        for (int i = 0; i < MR; i++)
+            for (int j = 0; j < nr; j++)
+                c[i * ldc + j] = acc ? c[i * ldc + j] + t[i * nr + j] : t[i * nr + j];
+    }
+}
+
+/// <summary>Where A's rows come from: a dense (optionally transposed) matrix, or the virtual im2col matrix of a conv.</summary>
+internal unsafe struct ASource
+{
+    public const int DenseKind = 0, TransKind = 1, ConvKind = 2;
+    public int Kind;
+    public void* Ptr;
+    public DType Type;
+    public long Stride;   // elements between batch items
+    public int M, K;
+    // conv (Kind == ConvKind); rows are (n, oh, ow), columns (kh, kw, ci)
+    public int H, W, Cin, KW, ConvStride, PadTop, PadLeft, Hout, Wout;
+
+    public static ASource Dense(in CpuGemmArgs p) => new()
+    {
+        Kind = p.TransA ? TransKind : DenseKind, Ptr = p.A, Type = p.AType, Stride = p.StrideA, M = p.M, K = p.K,
+    };
+
+    /// <summary>Packs rows [m0, m0+rows) × columns [pc, pc+kc) of batch item b into MR-row panels (zero-padded).</summary>
+    public void Pack(int b, int m0, int rows, int pc, int kc, Workspace ws)
+    {
+        const int mr = CpuGemm.MR;
+        int es = Type == DType.F16 ? 2 : 4;
+        byte* baseP = (byte*)Ptr + b * Stride * es;
+        float* dst = ws.APack;
+        int mPanels = (rows + mr - 1) / mr;
+        if (Kind == TransKind)
+        {
+            float* tmp = ws.RowTmp;
+            for (int k = 0; k < kc; k++)
+            {
+                float* s = Half16.View(baseP + ((long)(pc + k) * M + m0) * es, Type, tmp, rows);
+                for (int ip = 0; ip < mPanels; ip++)
+                {
+                    float* d = dst + ((long)ip * kc + k) * mr;
+                    int r0 = ip * mr, n = Math.Min(mr, rows - r0);
+                    for (int r = 0; r < n; r++) d[r] = s[r0 + r];
+                    for (int r = n; r < mr; r++) d[r] = 0;
+                }
+            }
+            return;
+        }
+        float** rp = stackalloc float*[mr];
+        for (int ip = 0; ip < mPanels; ip++)
+        {
+            int r0 = ip * mr;
+            for (int r = 0; r < mr; r++)
+            {
+                float* tmp = ws.RowTmp + (long)r * CpuGemm.KC;
+                if (r0 + r >= rows) rp[r] = ws.Zero;
+                else if (Kind == DenseKind) rp[r] = Half16.View(baseP + ((long)(m0 + r0 + r) * K + pc) * es, Type, tmp, kc);
+                else
+                {
+                    ConvRow(baseP, m0 + r0 + r, pc, kc, es, tmp);
+                    rp[r] = tmp;
+                }
+            }
+            float* d = dst + (long)ip * kc * mr;
+            float* p0 = rp[0], p1 = rp[1], p2 = rp[2], p3 = rp[3], p4 = rp[4], p5 = rp[5];
+            for (int k = 0; k < kc; k++, d += mr)
+            {
+                d[0] = p0[k]; d[1] = p1[k]; d[2] = p2[k]; d[3] = p3[k]; d[4] = p4[k]; d[5] = p5[k];
+            }
+        }
+    }
+
+    /// <summary>Row m of the virtual im2col matrix, columns [pc, pc+kc), into dst (fp32).</summary>
+    private readonly void ConvRow(byte* x, int m, int pc, int kc, int es, float* dst)
+    {
+        int ow = m % Wout, t = m / Wout;
+        int oh = t % Hout, n = t / Hout;
+        int ih0 = oh * ConvStride - PadTop, iw0 = ow * ConvStride - PadLeft;
+        int k = pc, end = pc + kc;
+        while (k < end)
+        {
+            int tap = k / Cin, ci = k - tap * Cin;
+            int kh = tap / KW, kw = tap - kh * KW;
+            int len = Math.Min(Cin - ci, end - k);
+            int ih = ih0 + kh, iw = iw0 + kw;
+            float* d = dst + (k - pc);
+            if ((uint)ih < (uint)H && (uint)iw < (uint)W)
+                Half16.Load(x + ((((long)n * H + ih) * W + iw) * Cin + ci) * es, Type, d, len);
+            else
+                for (int i = 0; i < len; i++) d[i] = 0;
+            k += len;
+        }
+    }
+}
+
+/// <summary>Per-worker scratch: packed A block, fp32 accumulation tile, row staging, a zero row. Pooled.</summary>
+internal sealed unsafe class Workspace
+{
+    private static readonly ConcurrentBag<Workspace> Pool = [];
+    private readonly float* block;
+
+    public readonly float* APack, Tile, RowTmp, Zero;
+
+    private Workspace()
+    {
+        long aFloats = (long)CpuGemm.MCMax * CpuGemm.KC;
+        long tileFloats = (long)CpuGemm.MCMax * (CpuGemm.NCMax + 32);
+        long rowFloats = Math.Max((long)CpuGemm.MR * CpuGemm.KC, CpuGemm.MCMax + 64);
+        long total = aFloats + tileFloats + rowFloats + CpuGemm.KC;
+        block = (float*)NativeMemory.AlignedAlloc((nuint)(total * sizeof(float)), 64);
+        APack = block;
+        Tile = APack + aFloats;
+        RowTmp = Tile + tileFloats;
+        Zero = RowTmp + rowFloats;
+        for (int i = 0; i < CpuGemm.KC; i++) Zero[i] = 0;
+    }
+
+    ~Workspace() => NativeMemory.AlignedFree(block);
+
+    public static Workspace Rent() => Pool.TryTake(out var w) ? w : new Workspace();
+
+    public static void Return(Workspace w) => Pool.Add(w);
+}
+
+/// <summary>A reusable 64-byte-aligned fp32 buffer for packed B (one cached, bigger ones replace it).</summary>
+internal sealed unsafe class ScratchBuffer
+{
+    private static ScratchBuffer? cached;
+    public readonly float* Ptr;
+    public readonly long Floats;
+
+    private ScratchBuffer(long floats)
+    {
+        Floats = floats;
+        Ptr = (float*)NativeMemory.AlignedAlloc((nuint)(floats * sizeof(float)), 64);
+    }
+
+    ~ScratchBuffer() => NativeMemory.AlignedFree(Ptr);
+
+    public static ScratchBuffer Rent(long floats)
+    {
+        var b = Interlocked.Exchange(ref cached, null);
+        if (b != null && b.Floats >= floats) return b;
+        if (b != null) GC.SuppressFinalize(b.Release());
+        return new ScratchBuffer(floats);
+    }
+
+    public static void Return(ScratchBuffer b)
+    {
+        var old = Interlocked.Exchange(ref cached, b);
+        if (old != null && old != b) GC.SuppressFinalize(old.Release());
+    }
+
+    private ScratchBuffer Release()
+    {
+        NativeMemory.AlignedFree(Ptr);
+        return this;
+    }
+}
+
+/// <summary>Epilogue: C = alpha·tile + bias + residual, rounded to C's dtype; vectorized over columns.</summary>
+internal static unsafe class Epilogue
+{
+    public static void Store(float* tile, int ldt, int rows, int cols, int b, int m0, int n0, int m, int n, float alpha,
+        void* bias, DType biasType, void* res, DType resType, void* c, DType cType)
+    {
+        int bs = biasType == DType.F16 ? 2 : 4, rs = resType == DType.F16 ? 2 : 4, cs = cType == DType.F16 ? 2 : 4;
+        for (int i = 0; i < rows; i++)
+        {
+            float* t = tile + (long)i * ldt;
+            long o = ((long)b * m + m0 + i) * n + n0;
+            int j = 0;
+            if (Vector256.IsHardwareAccelerated)
+            {
+                var va = Vector256.Create(alpha);
+                for (; j + 8 <= cols; j += 8)
+                {
+                    var v = Vector256.Load(t + j) * va;
+                    if (bias != null) v += Half16.Load8((byte*)bias + (long)(n0 + j) * bs, biasType);
+                    if (res != null) v += Half16.Load8((byte*)res + (o + j) * rs, resType);
+                    Half16.Store8((byte*)c + (o + j) * cs, cType, v);
+                }
+            }
+            for (; j < cols; j++)
+            {
+                float v = alpha * t[j];
+                if (bias != null) v += Half16.Read(bias, biasType, n0 + j);
+                if (res != null) v += Half16.Read(res, resType, o + j);
+                Half16.Write(c, cType, o + j, v);
+            }
+        }
+    }
+}
+
+/// <summary>fp16 ↔ fp32 conversion (IEEE binary16 bits), vectorized with integer bit operations.</summary>
+internal static unsafe class Half16
+{
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static float Read(void* p, DType t, long i) =>
+        t == DType.F16 ? (float)BitConverter.UInt16BitsToHalf(((ushort*)p)[i]) : ((float*)p)[i];
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static void Write(void* p, DType t, long i, float v)
+    {
+        if (t == DType.F16) ((ushort*)p)[i] = BitConverter.HalfToUInt16Bits((Half)v);
+        else ((float*)p)[i] = v;
+    }
+
+    /// <summary>src as fp32: the source itself when fp32, else widened into tmp.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static float* View(void* src, DType t, float* tmp, int n)
+    {
+        if (t == DType.F32) return (float*)src;
+        Widen((ushort*)src, tmp, n);
+        return tmp;
+    }
+
+    public static void Load(void* src, DType t, float* dst, int n)
+    {
+        if (t == DType.F16) Widen((ushort*)src, dst, n);
+        else Buffer.MemoryCopy(src, dst, (long)n * 4, (long)n * 4);
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static Vector256<float> Load8(void* p, DType t) =>
+        t == DType.F16 ? ToSingle(Vector128.Load((ushort*)p)) : Vector256.Load((float*)p);
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static void Store8(void* p, DType t, Vector256<float> v)
+    {
+        if (t == DType.F16) ToHalf(v).Store((ushort*)p);
+        else v.Store((float*)p);
+    }
+
+    public static void Widen(ushort* src, float* dst, int n)
+    {
+        int i = 0;
+        if (Vector256.IsHardwareAccelerated)
+            for (; i + 8 <= n; i += 8) ToSingle(Vector128.Load(src + i)).Store(dst + i);
+        for (; i < n; i++) dst[i] = (float)BitConverter.UInt16BitsToHalf(src[i]);
+    }
+
+    public static void Narrow(float* src, ushort* dst, int n)
+    {
+        int i = 0;
+        if (Vector256.IsHardwareAccelerated)
+            for (; i + 8 <= n; i += 8) ToHalf(Vector256.Load(src + i)).Store(dst + i);
+        for (; i < n; i++) dst[i] = BitConverter.HalfToUInt16Bits((Half)src[i]);
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static Vector256<float> ToSingle(Vector128<ushort> h)
+    {
+        var u = Vector256.WidenLower(h.ToVector256Unsafe());
+        var sign = (u & Vector256.Create(0x8000u)) << 16;
+        var em = u & Vector256.Create(0x7FFFu);
+        // exponent rebias by multiplying with 2^112 also normalizes subnormals exactly
+        var f = (em << 13).AsSingle() * Vector256.Create(BitConverter.Int32BitsToSingle(0x77800000));
+        var special = Vector256.GreaterThanOrEqual(em, Vector256.Create(0x7C00u));
+        var bits = Vector256.ConditionalSelect(special, (em << 13) | Vector256.Create(0x7F800000u), f.AsUInt32());
+        return (bits | sign).AsSingle();
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static Vector128<ushort> ToHalf(Vector256<float> v)
+    {
+        var u = v.AsUInt32();
+        var sign = u & Vector256.Create(0x80000000u);
+        var a = u ^ sign;
+        // normal range: rebias the exponent, round to nearest even on the 13 dropped bits; overflow clamps to inf
+        var odd = (a >> 13) & Vector256.Create(1u);
+        var nrm = Vector256.Min((a + Vector256.Create(0xC8000FFFu) + odd) >> 13, Vector256.Create(0x7C00u));
+        nrm = Vector256.ConditionalSelect(Vector256.GreaterThan(a, Vector256.Create(0x7F800000u)), Vector256.Create(0x7E00u), nrm);
+        // subnormal range: adding 0.5 lets the FPU round the mantissa into place
+        var sub = (a.AsSingle() + Vector256.Create(0.5f)).AsUInt32() - Vector256.Create(0x3F000000u);
+        var r = Vector256.ConditionalSelect(Vector256.LessThan(a, Vector256.Create(0x38800000u)), sub, nrm) | (sign >> 16);
+        return Vector128.Narrow(r.GetLower(), r.GetUpper());
+    }
+}
