@@ -1,5 +1,6 @@
 using System.Runtime.CompilerServices;
 using ILGPU;
+using ILGPU.Runtime;
 using ILGPU.Runtime.CPU;
 using StableDiffusion.Runtime;
 
@@ -227,7 +228,7 @@ public sealed unsafe class CpuOps : IOps
         {
             args.Y = Ptr(y);
             args.YType = y.DType;
-            CpuConv.Run(in args);
+            CpuConv.Run(in args, PackedWeight(weight, weight.Dim(0), weight.Dim(1) * weight.Dim(2) * weight.Dim(3)));
             return y;
         }
         catch

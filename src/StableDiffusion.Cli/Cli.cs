@@ -41,6 +41,7 @@ public static class Cli
                    [--precision fp16|fp32]       default fp16 on GPUs, fp32 on the CPU
                    [--tokenizer DIR]             a tokenizer/ folder (single-file checkpoints carry none)
                    [--output out.png] [--overwrite]   never replaces a file without --overwrite
+                   [--profile]                   time every op (synchronised): per op family, in all and per UNet step
 
         options:
           --device D     auto (default: CUDA, then OpenCL, then the C# CPU backend), cuda[:N], opencl[:N], cpu,

@@ -31,7 +31,7 @@ internal static class GenerateCommand
     private sealed record Options(
         string Model, string Prompt, string NegativePrompt, int Steps, float Cfg, string Sampler, string? Schedule,
         ulong Seed, int? Width, int? Height, int Batch, string? InitImage, float? Strength, string? Mask, string Device,
-        DType? Precision, string Output, bool Overwrite, string? Tokenizer);
+        DType? Precision, string Output, bool Overwrite, string? Tokenizer, bool Profile);
 
     public static int Run(Args a, TextWriter stdout, TextWriter stderr)
     {
@@ -69,7 +69,9 @@ internal static class GenerateCommand
         var path = ModelArgument.Resolve(o.Model, revision: null, variant: null, stderr);
         using var source = ModelSource.Open(path);
         using var device = ComputeDevice.Open(o.Device, stderr);
-        var ops = Backends.For(device);
+        var backend = Backends.For(device);
+        var profiler = o.Profile ? new ProfilingOps(backend) : null;
+        IOps ops = profiler ?? backend;
         // fp16 only where it is native: the CPU backends compute in fp32 and would only round more.
         var dtype = o.Precision ?? (device.Kind is DeviceKind.IlgpuCpu or DeviceKind.Cpu || !device.SupportsFp16 ? DType.F32 : DType.F16);
         using var pipeline = StableDiffusionPipeline.Open(source, ops, new PipelineOptions
@@ -102,7 +104,19 @@ internal static class GenerateCommand
 
         stderr.WriteLine($"sd: {ModeName(pipeline.ModeOf(request))} {request.Width}x{request.Height}, {o.Steps} step{(o.Steps == 1 ? "" : "s")} of {o.Sampler}, " +
                          $"cfg {Num(o.Cfg)}, seed {o.Seed}, {dtype.Name()} on {device.Name}");
-        var result = pipeline.Generate(request, scheduler, new ProgressBar(stderr), cancel);
+        // The per-op profile of the UNet steps leaves out the first step (kernel compilation, first weight packing).
+        IReadOnlyList<(string Op, int Calls, TimeSpan Time)>? afterFirst = null, afterLast = null;
+        int stepsRun = 0;
+        var bar = new ProgressBar(stderr);
+        var progress = new StepHook(p =>
+        {
+            bar.Report(p);
+            stepsRun = p.Step;
+            if (profiler is null) return;
+            if (p.Step == 1) afterFirst = profiler.Entries;
+            if (p.Step == p.Steps) afterLast = profiler.Entries;
+        });
+        var result = pipeline.Generate(request, scheduler, progress, cancel);
         foreach (var note in result.Notes) stderr.WriteLine($"sd: note: {note}");
 
         var write = Stopwatch.StartNew();
@@ -130,7 +144,40 @@ internal static class GenerateCommand
         }
         var stages = hash.Stages.Concat(result.Timings.Stages).Append(("write png", write.Elapsed)).ToList();
         Summary(stages, clock.Elapsed, device.Pool.PeakBytesInUse, stderr);
+        if (profiler is not null) Profile(profiler.Entries, afterFirst, afterLast, stepsRun, stderr);
         return 0;
+    }
+
+    private sealed class StepHook(Action<StepProgress> report) : IProgress<StepProgress>
+    {
+        public void Report(StepProgress value) => report(value);
+    }
+
+    /// <summary>
+    /// <c>--profile</c>: time per op family over the whole run, and per UNet step (steps 2..N, so compilation and
+    /// first-use costs stay out), each op synchronised.
+    /// </summary>
+    private static void Profile(IReadOnlyList<(string Op, int Calls, TimeSpan Time)> all,
+        IReadOnlyList<(string Op, int Calls, TimeSpan Time)>? afterFirst, IReadOnlyList<(string Op, int Calls, TimeSpan Time)>? afterLast,
+        int steps, TextWriter stderr)
+    {
+        double total = all.Sum(e => e.Time.TotalSeconds);
+        bool perStep = afterFirst is not null && afterLast is not null && steps > 1;
+        stderr.WriteLine($"sd: per-op profile (each op synchronised){(perStep ? $"; per UNet step: the mean of steps 2..{steps}" : "")}:");
+        stderr.WriteLine($"  {"op",-24} {"calls",7} {"total s",9} {"share",7}{(perStep ? $" {"calls/step",11} {"ms/step",9}" : "")}");
+        foreach (var (op, calls, time) in all)
+        {
+            var line = $"  {op,-24} {calls,7} {time.TotalSeconds,9:F3} {100 * time.TotalSeconds / Math.Max(total, 1e-12),6:F1}%";
+            if (perStep)
+            {
+                var a = afterFirst!.FirstOrDefault(e => e.Op == op);
+                var b = afterLast!.FirstOrDefault(e => e.Op == op);
+                int n = steps - 1;
+                line += $" {(double)(b.Calls - a.Calls) / n,11:F1} {(b.Time - a.Time).TotalMilliseconds / n,9:F2}";
+            }
+            stderr.WriteLine(line);
+        }
+        stderr.WriteLine($"  {"all ops",-24} {all.Sum(e => e.Calls),7} {total,9:F3}");
     }
 
     // ---- options ----
@@ -171,9 +218,10 @@ internal static class GenerateCommand
         if (!output.EndsWith(".png", StringComparison.OrdinalIgnoreCase)) throw new UsageException($"--output '{output}': sd writes PNG files; use a name ending in .png");
         bool overwrite = a.Flag("--overwrite");
         var tokenizer = Text("--tokenizer");
+        bool profile = a.Flag("--profile");
         a.CheckDone();
         return new Options(model, prompt, negative, steps, cfg, sampler, schedule, seed, width, height, batch, initImage, strength, mask,
-            device, precision, output, overwrite, tokenizer);
+            device, precision, output, overwrite, tokenizer, profile);
     }
 
     private static int Int(Args a, string name, int fallback, int min, int max)

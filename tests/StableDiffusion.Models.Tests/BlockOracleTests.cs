@@ -21,14 +21,17 @@ public class BlockOracleTests(ITestOutputHelper output)
     private static TorchTensor Nhwc(TorchTensor nchw) => nchw.permute(0, 2, 3, 1);
 
     [Theory]
-    // dtype, in, out, temb, groups, eps, output scale
     [InlineData("fp32", 8, 8, 12, 4, 1e-5f, 1f)]
     [InlineData("fp32", 8, 16, 12, 4, 1e-5f, 1f)]
     [InlineData("fp32", 16, 8, 0, 8, 1e-6f, 2f)]
     [InlineData("fp16", 8, 16, 12, 4, 1e-5f, 1f)]
-    public void ResnetBlock2D_matches_libtorch(string dtype, int cin, int cout, int temb, int groups, float eps, float scale)
+    [InlineData("fp32", 8, 8, 12, 4, 1e-5f, 1f, "cpu")]
+    [InlineData("fp32", 8, 16, 12, 4, 1e-5f, 1f, "cpu")]
+    [InlineData("fp32", 16, 8, 0, 8, 1e-6f, 2f, "cpu")]
+    [InlineData("fp16", 8, 16, 12, 4, 1e-5f, 1f, "cpu")]
+    public void ResnetBlock2D_matches_libtorch(string dtype, int cin, int cout, int temb, int groups, float eps, float scale, string backend = "test")
     {
-        var ops = Devices.Ops("test");
+        var ops = Devices.Backend(backend);
         var dt = Devices.DType(dtype);
         using var scope = torch.NewDisposeScope();
         using var block = new ResnetBlock2D(cin, cout, temb, groups, eps, scale);
@@ -57,9 +60,12 @@ public class BlockOracleTests(ITestOutputHelper output)
     [InlineData("fp32", 8, false)]
     [InlineData("fp32", 8, true)]
     [InlineData("fp16", 8, true)]
-    public void Downsample_and_upsample_match_libtorch(string dtype, int c, bool vaeStyle)
+    [InlineData("fp32", 8, false, "cpu")]
+    [InlineData("fp32", 8, true, "cpu")]
+    [InlineData("fp16", 8, true, "cpu")]
+    public void Downsample_and_upsample_match_libtorch(string dtype, int c, bool vaeStyle, string backend = "test")
     {
-        var ops = Devices.Ops("test");
+        var ops = Devices.Backend(backend);
         var dt = Devices.DType(dtype);
         using var scope = torch.NewDisposeScope();
         using var down = new Downsample2D(c, vaeStyle ? 0 : 1);
@@ -85,9 +91,12 @@ public class BlockOracleTests(ITestOutputHelper output)
     [InlineData("fp32", 16, 12, 2, 8)]
     [InlineData("fp32", 16, null, 2, 8)]
     [InlineData("fp16", 16, 12, 2, 8)]
-    public void Attention_matches_libtorch(string dtype, int dim, int? ctxDim, int heads, int dimHead)
+    [InlineData("fp32", 16, 12, 2, 8, "cpu")]
+    [InlineData("fp32", 16, null, 2, 8, "cpu")]
+    [InlineData("fp16", 16, 12, 2, 8, "cpu")]
+    public void Attention_matches_libtorch(string dtype, int dim, int? ctxDim, int heads, int dimHead, string backend = "test")
     {
-        var ops = Devices.Ops("test");
+        var ops = Devices.Backend(backend);
         var dt = Devices.DType(dtype);
         using var scope = torch.NewDisposeScope();
         using var attn = new Attention(dim, ctxDim, heads, dimHead);

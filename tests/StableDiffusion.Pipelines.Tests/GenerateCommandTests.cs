@@ -70,6 +70,35 @@ public class GenerateCommandTests : IDisposable
         Assert.Contains("exists; pass --overwrite", err);
     }
 
+    /// <summary>
+    /// The whole user path on the C# CPU backend: <c>sd random-model</c> writes the tiny SD1.5 layout (with CLIP's
+    /// vocabulary), <c>sd generate</c> runs 4 steps of Euler a with guidance on it.
+    /// </summary>
+    [SkippableFact]
+    public void A_model_from_sd_random_model_generates_through_the_cli()
+    {
+        var tokenizer = SharedReference.Require("configs", "sd15", "tokenizer");
+        var model = Out("sd15-tiny");
+        Assert.Equal(0, Sd("random-model", "--config", "sd15-tiny", "--out", model, "--tokenizer", tokenizer).Code);
+        string[] Run(string output, string seed) =>
+        [
+            "generate", "--model", model, "--prompt", "a lighthouse at dusk", "--steps", "4", "--sampler", "euler_a",
+            "--seed", seed, "--width", "64", "--height", "48", "--device", "cpu", "--output", output,
+        ];
+        var (code, stdout, stderr) = Sd(Run(Out("r1.png"), "7"));
+        Assert.True(code == 0, stderr);
+        Assert.Equal(Out("r1.png"), stdout.Trim());
+        Assert.Contains("device: CPU", stderr);
+        var image = ImageFiles.Read(Out("r1.png"));
+        Assert.Equal((64, 48), (image.Width, image.Height));
+        var parameters = ImageFiles.ReadPngText(Out("r1.png"))[ImageFiles.ParametersKeyword];
+        Assert.StartsWith("a lighthouse at dusk\nSteps: 4, Sampler: Euler a, CFG scale: 7.5, Seed: 7, Size: 64x48, Model hash: ", parameters);
+        Assert.Equal(0, Sd(Run(Out("r2.png"), "7")).Code);
+        Assert.Equal(File.ReadAllBytes(Out("r1.png")), File.ReadAllBytes(Out("r2.png")));
+        Assert.Equal(0, Sd(Run(Out("r3.png"), "8")).Code);
+        Assert.NotEqual(image.Pixels, ImageFiles.Read(Out("r3.png")).Pixels);
+    }
+
     [SkippableFact]
     public void Inpainting_takes_the_init_images_size_rounded_to_the_model_and_records_the_strength()
     {

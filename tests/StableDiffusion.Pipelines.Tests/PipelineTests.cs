@@ -57,10 +57,12 @@ public class PipelineTests(TinyModels models, ITestOutputHelper output)
         return new RgbImage(w, h, p);
     }
 
-    [SkippableFact]
-    public void Text_to_image_matches_libtorch_on_the_final_latents()
+    [SkippableTheory]
+    [InlineData("test")]
+    [InlineData("cpu")]
+    public void Text_to_image_matches_libtorch_on_the_final_latents(string backend)
     {
-        var pipe = models.Pipeline(models.Base);
+        var pipe = models.Pipeline(models.Base, backend: backend);
         var r = Request();
         var euler = Euler(pipe);
         var steps = new List<StepProgress>();

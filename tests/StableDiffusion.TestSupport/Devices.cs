@@ -36,7 +36,11 @@ public static class Devices
     /// A backend by name: "test" and "cuda" are the ILGPU kernels at those tile profiles on the CPU accelerator,
     /// "cpu" the C# CPU backend on the same (NaN-poisoning) device memory.
     /// </summary>
-    public static IOps Backend(string name) => name == "cpu" ? CSharpOps.Value : Ops(name);
+    public static IOps Backend(string name)
+    {
+        Oracle.CurrentBackend.Value = name;
+        return name == "cpu" ? CSharpOps.Value : Ops(name);
+    }
 
     public static DType DType(string name) => name switch
     {

@@ -52,8 +52,12 @@ public sealed class Oracle(ITestOutputHelper output)
         return err;
     }
 
+    /// <summary>The backend the running test asked <see cref="Devices.Backend"/> for; tags its records (cpu: the C# backend).</summary>
+    public static readonly AsyncLocal<string?> CurrentBackend = new();
+
     public void Record(string kernel, string caseName, DType dt, double err, double tolerance)
     {
+        if (CurrentBackend.Value == "cpu") kernel = "cpu:" + kernel;
         var line = $"{kernel}\t{dt.Name()}\t{caseName}\t{err:0.00e+00}\t{tolerance:0.0e+00}";
         output.WriteLine(line);
         var log = Environment.GetEnvironmentVariable("SD_ORACLE_LOG");

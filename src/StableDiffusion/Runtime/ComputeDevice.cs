@@ -72,7 +72,7 @@ public sealed class ComputeDevice : IDisposable
     public Accelerator Accelerator { get; }
     public DeviceKind Kind { get; }
     public MemoryPool Pool { get; }
-    public string Name => Accelerator.Name;
+    public string Name => Kind == DeviceKind.Cpu ? HostName : Accelerator.Name;
     public long MemoryBytes => Accelerator.MemorySize;
     public int MaxGroupSize => Accelerator.MaxNumThreadsPerGroup;
     public int MaxSharedMemoryPerGroup => Accelerator.MaxSharedMemoryPerGroup;
@@ -184,7 +184,7 @@ public sealed class ComputeDevice : IDisposable
     public static ComputeDevice OpenCpu()
     {
         NativeLibraries.Install();
-        var ctx = Context.Create(b => Configure(b.CPU(new CPUDevice(1, 1, 1))));
+        var ctx = Context.Create(b => Configure(b.CPU(new CPUDevice(2, 1, 1))));
         return new ComputeDevice(ctx, ctx.CreateCPUAccelerator(0), DeviceKind.Cpu);
     }
 

@@ -38,9 +38,12 @@ public class ClipTextModelTests(ITestOutputHelper output)
     [InlineData("fp32", "quick_gelu", 2)]
     [InlineData("fp32", "gelu", 1)]
     [InlineData("fp16", "quick_gelu", 1)]
-    public void Encoder_layer_matches_libtorch(string dtype, string act, int b)
+    [InlineData("fp32", "quick_gelu", 2, "cpu")]
+    [InlineData("fp32", "gelu", 1, "cpu")]
+    [InlineData("fp16", "quick_gelu", 1, "cpu")]
+    public void Encoder_layer_matches_libtorch(string dtype, string act, int b, string backend = "test")
     {
-        var ops = Devices.Ops("test");
+        var ops = Devices.Backend(backend);
         var dt = Devices.DType(dtype);
         using var scope = torch.NewDisposeScope();
         var c = Tiny(Act(act));
@@ -58,9 +61,12 @@ public class ClipTextModelTests(ITestOutputHelper output)
     [InlineData("fp32", 77)]
     [InlineData("fp32", 9)]
     [InlineData("fp16", 77)]
-    public void Embeddings_match_libtorch(string dtype, int length)
+    [InlineData("fp32", 77, "cpu")]
+    [InlineData("fp32", 9, "cpu")]
+    [InlineData("fp16", 77, "cpu")]
+    public void Embeddings_match_libtorch(string dtype, int length, string backend = "test")
     {
-        var ops = Devices.Ops("test");
+        var ops = Devices.Backend(backend);
         var dt = Devices.DType(dtype);
         using var scope = torch.NewDisposeScope();
         var c = Tiny(Activation.QuickGelu);
@@ -79,9 +85,11 @@ public class ClipTextModelTests(ITestOutputHelper output)
     [Theory]
     [InlineData("fp32", "quick_gelu", 2)]
     [InlineData("fp16", "gelu", 1)]
-    public void Text_model_matches_libtorch_with_clip_skip_1_and_2(string dtype, string act, int b)
+    [InlineData("fp32", "quick_gelu", 2, "cpu")]
+    [InlineData("fp16", "gelu", 1, "cpu")]
+    public void Text_model_matches_libtorch_with_clip_skip_1_and_2(string dtype, string act, int b, string backend = "test")
     {
-        var ops = Devices.Ops("test");
+        var ops = Devices.Backend(backend);
         var dt = Devices.DType(dtype);
         using var scope = torch.NewDisposeScope();
         var c = Tiny(Act(act));

@@ -31,10 +31,16 @@ public class UNetOracleTests(TinyUNets models, ITestOutputHelper output) : IClas
     [InlineData("sd2", "fp16")]
     [InlineData("sd1-inpaint", "fp32")]
     [InlineData("sd1-inpaint", "fp16")]
-    public void UNet_matches_libtorch(string name, string dtype)
+    [InlineData("sd1", "fp32", "cpu")]
+    [InlineData("sd1", "fp16", "cpu")]
+    [InlineData("sd2", "fp32", "cpu")]
+    [InlineData("sd2", "fp16", "cpu")]
+    [InlineData("sd1-inpaint", "fp32", "cpu")]
+    [InlineData("sd1-inpaint", "fp16", "cpu")]
+    public void UNet_matches_libtorch(string name, string dtype, string backend = "test")
     {
         var spec = TinyUNets.Spec(name);
-        var ops = Devices.Ops("test");
+        var ops = Devices.Backend(backend);
         var dt = Devices.DType(dtype);
         using var scope = torch.NewDisposeScope();
         var (unet, w) = models.Get(name, dt);
@@ -57,9 +63,11 @@ public class UNetOracleTests(TinyUNets models, ITestOutputHelper output) : IClas
     [Theory]
     [InlineData("fp32")]
     [InlineData("fp16")]
-    public void BasicTransformerBlock_matches_libtorch(string dtype)
+    [InlineData("fp32", "cpu")]
+    [InlineData("fp16", "cpu")]
+    public void BasicTransformerBlock_matches_libtorch(string dtype, string backend = "test")
     {
-        var ops = Devices.Ops("test");
+        var ops = Devices.Backend(backend);
         var dt = Devices.DType(dtype);
         using var scope = torch.NewDisposeScope();
         int dim = 32, heads = 2, ctxDim = 24, b = 2, l = 12, lc = 7;
@@ -80,9 +88,12 @@ public class UNetOracleTests(TinyUNets models, ITestOutputHelper output) : IClas
     [InlineData("fp32", false)]
     [InlineData("fp32", true)]
     [InlineData("fp16", true)]
-    public void Transformer2DModel_matches_libtorch(string dtype, bool linear)
+    [InlineData("fp32", false, "cpu")]
+    [InlineData("fp32", true, "cpu")]
+    [InlineData("fp16", true, "cpu")]
+    public void Transformer2DModel_matches_libtorch(string dtype, bool linear, string backend = "test")
     {
-        var ops = Devices.Ops("test");
+        var ops = Devices.Backend(backend);
         var dt = Devices.DType(dtype);
         using var scope = torch.NewDisposeScope();
         int c = 32, heads = 2, ctxDim = 24, n = 2, h = 4, wd = 5, lc = 7;

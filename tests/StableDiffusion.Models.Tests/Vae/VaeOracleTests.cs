@@ -29,9 +29,11 @@ public class VaeOracleTests(ITestOutputHelper output)
     [Theory]
     [InlineData("fp32")]
     [InlineData("fp16")]
-    public void Encoder_decoder_and_round_trip_match_libtorch(string dtype)
+    [InlineData("fp32", "cpu")]
+    [InlineData("fp16", "cpu")]
+    public void Encoder_decoder_and_round_trip_match_libtorch(string dtype, string backend = "test")
     {
-        var ops = Devices.Ops("test");
+        var ops = Devices.Backend(backend);
         var dt = Devices.DType(dtype);
         using var scope = torch.NewDisposeScope();
         using var vae = new AutoencoderKL(Tiny.Config());

@@ -27,15 +27,18 @@ public sealed class TinyModels : IDisposable
     public TinyModel Inpainting => Get("inpaint", () => TinyModel.Write(inpainting: true));
     public TinyModel Fp16VaeOverflow => Get("vae-overflow", () => TinyModel.Write(vaeOverflowsInFp16: true));
 
-    /// <summary>An fp32 pipeline on the shared test device, kept loaded across tests (models load once).</summary>
-    public StableDiffusionPipeline Pipeline(TinyModel model, PipelineOptions? options = null)
+    /// <summary>
+    /// An fp32 pipeline on the shared test device, kept loaded across tests (models load once); backend "test" is the
+    /// ILGPU kernels on the CPU accelerator, "cpu" the C# CPU backend.
+    /// </summary>
+    public StableDiffusionPipeline Pipeline(TinyModel model, PipelineOptions? options = null, string backend = "test")
     {
-        var key = model.Path + "|" + (options?.ToString() ?? "");
+        var key = model.Path + "|" + (options?.ToString() ?? "") + "|" + backend;
         lock (pipelines)
         {
             if (pipelines.TryGetValue(key, out var p)) return p.Pipeline;
             var source = ModelSource.Open(model.Path);
-            var pipeline = StableDiffusionPipeline.Open(source, TestSupport.Devices.Ops("test"), options ?? new PipelineOptions());
+            var pipeline = StableDiffusionPipeline.Open(source, TestSupport.Devices.Backend(backend), options ?? new PipelineOptions());
             pipelines[key] = (source, pipeline);
             return pipeline;
         }

@@ -82,8 +82,8 @@ public sealed class TorchUNet(UNetSpec spec, Func<string, TorchTensor> w)
         {
             for (int j = 0; j < spec.LayersPerBlock; j++)
             {
-                h = Resnet($"down_blocks.{i}.resnets.{j}", h, temb);
-                if (spec.CrossAttn[i]) h = Transformer($"down_blocks.{i}.attentions.{j}", h, context, spec.HeadsAt(i));
+                h = Scoped.Run(() => Resnet($"down_blocks.{i}.resnets.{j}", h, temb));
+                if (spec.CrossAttn[i]) h = Scoped.Run(() => Transformer($"down_blocks.{i}.attentions.{j}", h, context, spec.HeadsAt(i)));
                 skips.Add(h);
             }
             if (i < n - 1)
@@ -93,9 +93,9 @@ public sealed class TorchUNet(UNetSpec spec, Func<string, TorchTensor> w)
             }
         }
 
-        h = Resnet("mid_block.resnets.0", h, temb);
-        h = Transformer("mid_block.attentions.0", h, context, spec.HeadsAt(n - 1));
-        h = Resnet("mid_block.resnets.1", h, temb);
+        h = Scoped.Run(() => Resnet("mid_block.resnets.0", h, temb));
+        h = Scoped.Run(() => Transformer("mid_block.attentions.0", h, context, spec.HeadsAt(n - 1)));
+        h = Scoped.Run(() => Resnet("mid_block.resnets.1", h, temb));
 
         for (int i = 0; i < n; i++)
         {
@@ -104,8 +104,8 @@ public sealed class TorchUNet(UNetSpec spec, Func<string, TorchTensor> w)
             {
                 var skip = skips[^1];
                 skips.RemoveAt(skips.Count - 1);
-                h = Resnet($"up_blocks.{i}.resnets.{j}", torch.cat([h, skip], 1), temb);
-                if (spec.CrossAttn[level]) h = Transformer($"up_blocks.{i}.attentions.{j}", h, context, spec.HeadsAt(level));
+                h = Scoped.Run(() => Resnet($"up_blocks.{i}.resnets.{j}", torch.cat([h, skip], 1), temb));
+                if (spec.CrossAttn[level]) h = Scoped.Run(() => Transformer($"up_blocks.{i}.attentions.{j}", h, context, spec.HeadsAt(level)));
             }
             if (i < n - 1)
                 h = Conv($"up_blocks.{i}.upsamplers.0.conv",

@@ -56,11 +56,11 @@ public sealed class TorchVae(Func<string, TorchTensor> w, int[] widths, int laye
         var h = Conv(x, "encoder.conv_in.", padding: 1);
         for (int i = 0; i < widths.Length; i++)
         {
-            for (int j = 0; j < layersPerBlock; j++) h = Resnet(h, $"encoder.down_blocks.{i}.resnets.{j}.");
+            for (int j = 0; j < layersPerBlock; j++) h = Scoped.Run(() => Resnet(h, $"encoder.down_blocks.{i}.resnets.{j}."));
             if (i < widths.Length - 1) // pad right and bottom by one, then an unpadded stride-2 convolution
                 h = Conv(F.pad(h, [0, 1, 0, 1]), $"encoder.down_blocks.{i}.downsamplers.0.conv.", stride: 2);
         }
-        h = Mid(h, "encoder.mid_block.");
+        h = Scoped.Run(() => Mid(h, "encoder.mid_block."));
         return Conv(NormSilu(h, "encoder.conv_norm_out."), "encoder.conv_out.", padding: 1);
     }
 
@@ -68,12 +68,12 @@ public sealed class TorchVae(Func<string, TorchTensor> w, int[] widths, int laye
     public TorchTensor Decoder(TorchTensor z)
     {
         var h = Conv(z, "decoder.conv_in.", padding: 1);
-        h = Mid(h, "decoder.mid_block.");
+        h = Scoped.Run(() => Mid(h, "decoder.mid_block."));
         for (int i = 0; i < widths.Length; i++)
         {
-            for (int j = 0; j < layersPerBlock + 1; j++) h = Resnet(h, $"decoder.up_blocks.{i}.resnets.{j}.");
+            for (int j = 0; j < layersPerBlock + 1; j++) h = Scoped.Run(() => Resnet(h, $"decoder.up_blocks.{i}.resnets.{j}."));
             if (i < widths.Length - 1)
-                h = Conv(F.interpolate(h, scale_factor: [2.0, 2.0], mode: InterpolationMode.Nearest), $"decoder.up_blocks.{i}.upsamplers.0.conv.", padding: 1);
+                h = Scoped.Run(() => Conv(F.interpolate(h, scale_factor: [2.0, 2.0], mode: InterpolationMode.Nearest), $"decoder.up_blocks.{i}.upsamplers.0.conv.", padding: 1));
         }
         return Conv(NormSilu(h, "decoder.conv_norm_out."), "decoder.conv_out.", padding: 1);
     }

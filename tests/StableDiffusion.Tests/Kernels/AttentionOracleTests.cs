@@ -15,14 +15,23 @@ public class AttentionOracleTests(ITestOutputHelper output)
     [Theory]
     // profile, dtype, B, heads, Lq, Lk, D, causal
     [InlineData("test", "fp32", 1, 2, 9, 11, 8, false)]
+    [InlineData("cpu", "fp32", 1, 2, 9, 11, 8, false)]
     [InlineData("test", "fp32", 2, 1, 6, 6, 16, true)]
+    [InlineData("cpu", "fp32", 2, 1, 6, 6, 16, true)]
     [InlineData("test", "fp32", 1, 1, 5, 77, 40, false)]
+    [InlineData("cpu", "fp32", 1, 1, 5, 77, 40, false)]
     [InlineData("test", "fp32", 1, 2, 7, 7, 64, false)]
+    [InlineData("cpu", "fp32", 1, 2, 7, 7, 64, false)]
     [InlineData("test", "fp32", 1, 1, 3, 5, 80, true)]
+    [InlineData("cpu", "fp32", 1, 1, 3, 5, 80, true)]
     [InlineData("test", "fp32", 1, 1, 3, 6, 160, false)]
+    [InlineData("cpu", "fp32", 1, 1, 3, 6, 160, false)]
     [InlineData("test", "fp32", 1, 1, 2, 3, 512, false)]
+    [InlineData("cpu", "fp32", 1, 1, 2, 3, 512, false)]
     [InlineData("test", "fp16", 1, 2, 9, 11, 40, false)]
+    [InlineData("cpu", "fp16", 1, 2, 9, 11, 40, false)]
     [InlineData("test", "fp16", 1, 1, 4, 5, 160, true)]
+    [InlineData("cpu", "fp16", 1, 1, 4, 5, 160, true)]
     [InlineData("cuda", "fp32", 1, 2, 40, 77, 40, false)]
     [InlineData("cuda", "fp32", 2, 1, 33, 33, 64, true)]
     [InlineData("cuda", "fp32", 1, 1, 20, 40, 80, false)]
@@ -32,7 +41,7 @@ public class AttentionOracleTests(ITestOutputHelper output)
     [InlineData("cuda", "fp16", 1, 1, 17, 23, 160, true)]
     public void Attention_matches_libtorch_sdpa(string profile, string dtype, int b, int heads, int lq, int lk, int d, bool causal)
     {
-        var ops = Devices.Ops(profile);
+        var ops = Devices.Backend(profile);
         var dt = Devices.DType(dtype);
         using var scope = torch.NewDisposeScope();
         int hd = heads * d;

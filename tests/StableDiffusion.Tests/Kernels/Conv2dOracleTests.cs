@@ -14,14 +14,23 @@ public class Conv2dOracleTests(ITestOutputHelper output)
     [Theory]
     // profile, dtype, N, H, W, Cin, Cout, kernel, stride, pad, bias, residual
     [InlineData("test", "fp32", 1, 6, 7, 5, 6, 3, 1, 1, true, true)]
+    [InlineData("cpu", "fp32", 1, 6, 7, 5, 6, 3, 1, 1, true, true)]
     [InlineData("test", "fp32", 2, 7, 5, 3, 4, 3, 2, 1, true, false)]
+    [InlineData("cpu", "fp32", 2, 7, 5, 3, 4, 3, 2, 1, true, false)]
     [InlineData("test", "fp32", 1, 5, 5, 4, 3, 3, 1, 0, false, false)]
+    [InlineData("cpu", "fp32", 1, 5, 5, 4, 3, 3, 1, 0, false, false)]
     [InlineData("test", "fp32", 2, 4, 5, 6, 7, 1, 1, 0, true, true)]
+    [InlineData("cpu", "fp32", 2, 4, 5, 6, 7, 1, 1, 0, true, true)]
     [InlineData("test", "fp32", 1, 8, 8, 3, 5, 1, 2, 0, true, false)]
+    [InlineData("cpu", "fp32", 1, 8, 8, 3, 5, 1, 2, 0, true, false)]
     [InlineData("test", "fp32", 1, 6, 6, 4, 4, 3, 2, 0, true, false)]
+    [InlineData("cpu", "fp32", 1, 6, 6, 4, 4, 3, 2, 0, true, false)]
     [InlineData("test", "fp16", 1, 6, 7, 5, 6, 3, 1, 1, true, true)]
+    [InlineData("cpu", "fp16", 1, 6, 7, 5, 6, 3, 1, 1, true, true)]
     [InlineData("test", "fp16", 2, 7, 5, 3, 4, 3, 2, 1, true, false)]
+    [InlineData("cpu", "fp16", 2, 7, 5, 3, 4, 3, 2, 1, true, false)]
     [InlineData("test", "fp16", 2, 4, 5, 6, 7, 1, 1, 0, true, true)]
+    [InlineData("cpu", "fp16", 2, 4, 5, 6, 7, 1, 1, 0, true, true)]
     [InlineData("cuda", "fp32", 1, 9, 10, 16, 20, 3, 1, 1, true, true)]
     [InlineData("cuda", "fp32", 2, 9, 9, 8, 12, 3, 2, 1, true, false)]
     [InlineData("cuda", "fp32", 1, 12, 12, 20, 24, 1, 1, 0, true, true)]
@@ -30,7 +39,7 @@ public class Conv2dOracleTests(ITestOutputHelper output)
     public void Conv2d_matches_libtorch(string profile, string dtype, int n, int h, int w, int cin, int cout, int ks,
         int stride, int pad, bool withBias, bool withResidual)
     {
-        var ops = Devices.Ops(profile);
+        var ops = Devices.Backend(profile);
         var dt = Devices.DType(dtype);
         using var scope = torch.NewDisposeScope();
         int ho = (h + 2 * pad - ks) / stride + 1, wo = (w + 2 * pad - ks) / stride + 1;
@@ -56,11 +65,12 @@ public class Conv2dOracleTests(ITestOutputHelper output)
 
     [Theory]
     [InlineData("test", "fp32")]
+    [InlineData("cpu", "fp32")]
     [InlineData("cuda", "fp16")]
     public void Conv2d_with_bottom_right_padding_matches_libtorch_pad_then_conv(string profile, string dtype)
     {
         // diffusers' VAE encoder downsampling: F.pad(x, (0, 1, 0, 1)) then a 3x3 stride-2 convolution.
-        var ops = Devices.Ops(profile);
+        var ops = Devices.Backend(profile);
         var dt = Devices.DType(dtype);
         using var scope = torch.NewDisposeScope();
         int n = 1, h = 8, w = 7, cin = 4, cout = 5;

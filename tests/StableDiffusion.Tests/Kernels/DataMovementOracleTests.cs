@@ -13,11 +13,13 @@ public class DataMovementOracleTests(ITestOutputHelper output)
 
     [Theory]
     [InlineData("test", "fp32")]
+    [InlineData("cpu", "fp32")]
     [InlineData("test", "fp16")]
+    [InlineData("cpu", "fp16")]
     [InlineData("cuda", "fp32")]
     public void Upsample2x_matches_libtorch_nearest(string profile, string dtype)
     {
-        var ops = Devices.Ops(profile);
+        var ops = Devices.Backend(profile);
         var dt = Devices.DType(dtype);
         using var scope = torch.NewDisposeScope();
         var x = oracle.Random(2 * 5 * 3 * 7, dt);
@@ -30,10 +32,12 @@ public class DataMovementOracleTests(ITestOutputHelper output)
 
     [Theory]
     [InlineData("test", "fp32")]
+    [InlineData("cpu", "fp32")]
     [InlineData("test", "fp16")]
+    [InlineData("cpu", "fp16")]
     public void Concat_matches_libtorch_cat(string profile, string dtype)
     {
-        var ops = Devices.Ops(profile);
+        var ops = Devices.Backend(profile);
         var dt = Devices.DType(dtype);
         using var scope = torch.NewDisposeScope();
         var a = oracle.Random(2 * 4 * 4 * 5, dt);
@@ -63,12 +67,14 @@ public class DataMovementOracleTests(ITestOutputHelper output)
 
     [Theory]
     [InlineData("test", "fp32", 3, 5, 21)]
+    [InlineData("cpu", "fp32", 3, 5, 21)]
     [InlineData("test", "fp16", 2, 9, 4)]
+    [InlineData("cpu", "fp16", 2, 9, 4)]
     [InlineData("cuda", "fp32", 2, 33, 70)]
     [InlineData("cuda", "fp16", 1, 64, 40)]
     public void Transpose_matches_libtorch(string profile, string dtype, int batch, int r, int c)
     {
-        var ops = Devices.Ops(profile);
+        var ops = Devices.Backend(profile);
         var dt = Devices.DType(dtype);
         using var scope = torch.NewDisposeScope();
         var x = oracle.Random((long)batch * r * c, dt);

@@ -15,12 +15,19 @@ public class GemmOracleTests(ITestOutputHelper output)
     [Theory]
     // profile, dtype, batch, M, N, K, transA, transB, batchB (B has its own batch), bias, residual, alpha
     [InlineData("test", "fp32", 1, 37, 29, 23, false, true, false, true, false, 1f)]
+    [InlineData("cpu", "fp32", 1, 37, 29, 23, false, true, false, true, false, 1f)]
     [InlineData("test", "fp32", 1, 77, 40, 32, false, false, false, false, true, 1f)]
+    [InlineData("cpu", "fp32", 1, 77, 40, 32, false, false, false, false, true, 1f)]
     [InlineData("test", "fp32", 3, 17, 21, 9, true, false, false, true, true, 0.5f)]
+    [InlineData("cpu", "fp32", 3, 17, 21, 9, true, false, false, true, true, 0.5f)]
     [InlineData("test", "fp32", 2, 16, 16, 16, true, true, true, false, false, 2f)]
+    [InlineData("cpu", "fp32", 2, 16, 16, 16, true, true, true, false, false, 2f)]
     [InlineData("test", "fp32", 1, 1, 1, 1, false, false, false, true, true, 1f)]
+    [InlineData("cpu", "fp32", 1, 1, 1, 1, false, false, false, true, true, 1f)]
     [InlineData("test", "fp16", 1, 37, 29, 23, false, true, false, true, true, 1f)]
+    [InlineData("cpu", "fp16", 1, 37, 29, 23, false, true, false, true, true, 1f)]
     [InlineData("test", "fp16", 2, 19, 33, 41, true, false, true, false, false, 0.125f)]
+    [InlineData("cpu", "fp16", 2, 19, 33, 41, true, false, true, false, false, 0.125f)]
     [InlineData("cuda", "fp32", 1, 130, 70, 37, false, true, false, true, true, 1f)]
     [InlineData("cuda", "fp32", 2, 77, 129, 20, false, false, true, true, false, 1f)]
     [InlineData("cuda", "fp32", 1, 65, 64, 33, true, true, false, false, true, 0.5f)]
@@ -29,7 +36,7 @@ public class GemmOracleTests(ITestOutputHelper output)
     public void Gemm_matches_libtorch(string profile, string dtype, int batch, int m, int n, int k, bool transA, bool transB,
         bool batchB, bool withBias, bool withResidual, float alpha)
     {
-        var ops = Devices.Ops(profile);
+        var ops = Devices.Backend(profile);
         var dt = Devices.DType(dtype);
         using var scope = torch.NewDisposeScope();
         var a = oracle.Random((long)batch * m * k, dt);
@@ -59,10 +66,11 @@ public class GemmOracleTests(ITestOutputHelper output)
 
     [Theory]
     [InlineData("test", "fp32")]
+    [InlineData("cpu", "fp32")]
     [InlineData("cuda", "fp16")]
     public void Linear_matches_libtorch(string profile, string dtype)
     {
-        var ops = Devices.Ops(profile);
+        var ops = Devices.Backend(profile);
         var dt = Devices.DType(dtype);
         using var scope = torch.NewDisposeScope();
         var x = oracle.Random(2 * 9 * 24, dt);

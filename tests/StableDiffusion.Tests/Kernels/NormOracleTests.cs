@@ -14,17 +14,22 @@ public class NormOracleTests(ITestOutputHelper output)
     [Theory]
     // profile, dtype, N, spatial, C, groups, eps, affine, silu, offset (a large mean tests the shifted sums)
     [InlineData("test", "fp32", 2, 5, 8, 4, 1e-5f, true, false, 0f)]
+    [InlineData("cpu", "fp32", 2, 5, 8, 4, 1e-5f, true, false, 0f)]
     [InlineData("test", "fp32", 1, 7, 6, 2, 1e-6f, true, true, 3f)]
+    [InlineData("cpu", "fp32", 1, 7, 6, 2, 1e-6f, true, true, 3f)]
     [InlineData("test", "fp32", 2, 1, 12, 3, 1e-5f, false, false, 0f)]
+    [InlineData("cpu", "fp32", 2, 1, 12, 3, 1e-5f, false, false, 0f)]
     [InlineData("test", "fp32", 9, 2, 64, 32, 1e-5f, true, false, 0f)]
+    [InlineData("cpu", "fp32", 9, 2, 64, 32, 1e-5f, true, false, 0f)]
     [InlineData("test", "fp16", 2, 5, 8, 4, 1e-5f, true, true, 0.5f)]
+    [InlineData("cpu", "fp16", 2, 5, 8, 4, 1e-5f, true, true, 0.5f)]
     [InlineData("cuda", "fp32", 2, 64, 64, 32, 1e-5f, true, true, 0f)]
     [InlineData("cuda", "fp32", 1, 300, 64, 32, 1e-6f, true, false, 10f)]
     [InlineData("cuda", "fp16", 2, 64, 64, 32, 1e-6f, true, true, 1f)]
     public void GroupNorm_matches_libtorch(string profile, string dtype, int n, int s, int c, int g, float eps, bool affine,
         bool silu, float offset)
     {
-        var ops = Devices.Ops(profile);
+        var ops = Devices.Backend(profile);
         var dt = Devices.DType(dtype);
         using var scope = torch.NewDisposeScope();
         var x = oracle.Random((long)n * s * c, dt, 2f, offset);
@@ -61,14 +66,17 @@ public class NormOracleTests(ITestOutputHelper output)
 
     [Theory]
     [InlineData("test", "fp32", 7, 12, true)]
+    [InlineData("cpu", "fp32", 7, 12, true)]
     [InlineData("test", "fp32", 3, 33, false)]
+    [InlineData("cpu", "fp32", 3, 33, false)]
     [InlineData("test", "fp16", 7, 12, true)]
+    [InlineData("cpu", "fp16", 7, 12, true)]
     [InlineData("cuda", "fp32", 77, 320, true)]
     [InlineData("cuda", "fp32", 9, 1280, true)]
     [InlineData("cuda", "fp16", 77, 320, true)]
     public void LayerNorm_matches_libtorch(string profile, string dtype, int rows, int c, bool affine)
     {
-        var ops = Devices.Ops(profile);
+        var ops = Devices.Backend(profile);
         var dt = Devices.DType(dtype);
         using var scope = torch.NewDisposeScope();
         var x = oracle.Random((long)rows * c, dt, 3f, 1f);
@@ -85,13 +93,15 @@ public class NormOracleTests(ITestOutputHelper output)
 
     [Theory]
     [InlineData("test", "fp32", 5, 13, 1f)]
+    [InlineData("cpu", "fp32", 5, 13, 1f)]
     [InlineData("test", "fp16", 5, 13, 1f)]
+    [InlineData("cpu", "fp16", 5, 13, 1f)]
     [InlineData("cuda", "fp32", 9, 77, 0.125f)]
     [InlineData("cuda", "fp32", 3, 4096, 1f)]
     [InlineData("cuda", "fp16", 9, 77, 1f)]
     public void Softmax_matches_libtorch(string profile, string dtype, int rows, int c, float scale)
     {
-        var ops = Devices.Ops(profile);
+        var ops = Devices.Backend(profile);
         var dt = Devices.DType(dtype);
         using var scope = torch.NewDisposeScope();
         var x = oracle.Random((long)rows * c, dt, 8f);

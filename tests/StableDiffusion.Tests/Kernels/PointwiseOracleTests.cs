@@ -22,19 +22,29 @@ public class PointwiseOracleTests(ITestOutputHelper output)
 
     [Theory]
     [InlineData("test", "fp32", Activation.Silu)]
+    [InlineData("cpu", "fp32", Activation.Silu)]
     [InlineData("test", "fp32", Activation.Gelu)]
+    [InlineData("cpu", "fp32", Activation.Gelu)]
     [InlineData("test", "fp32", Activation.GeluTanh)]
+    [InlineData("cpu", "fp32", Activation.GeluTanh)]
     [InlineData("test", "fp32", Activation.QuickGelu)]
+    [InlineData("cpu", "fp32", Activation.QuickGelu)]
     [InlineData("test", "fp16", Activation.Silu)]
+    [InlineData("cpu", "fp16", Activation.Silu)]
     [InlineData("test", "fp16", Activation.Gelu)]
+    [InlineData("cpu", "fp16", Activation.Gelu)]
     [InlineData("test", "fp16", Activation.GeluTanh)]
+    [InlineData("cpu", "fp16", Activation.GeluTanh)]
     [InlineData("test", "fp16", Activation.QuickGelu)]
+    [InlineData("cpu", "fp16", Activation.QuickGelu)]
     [InlineData("test", "fp32", Activation.Exp)]
+    [InlineData("cpu", "fp32", Activation.Exp)]
     [InlineData("test", "fp16", Activation.Exp)]
+    [InlineData("cpu", "fp16", Activation.Exp)]
     [InlineData("cuda", "fp32", Activation.Gelu)]
     public void Activation_matches_libtorch(string profile, string dtype, Activation kind)
     {
-        var ops = Devices.Ops(profile);
+        var ops = Devices.Backend(profile);
         var dt = Devices.DType(dtype);
         using var scope = torch.NewDisposeScope();
         var x = oracle.Random(3000, dt, 8f);
@@ -60,12 +70,15 @@ public class PointwiseOracleTests(ITestOutputHelper output)
 
     [Theory]
     [InlineData("test", "fp32", false)]
+    [InlineData("cpu", "fp32", false)]
     [InlineData("test", "fp32", true)]
+    [InlineData("cpu", "fp32", true)]
     [InlineData("test", "fp16", false)]
+    [InlineData("cpu", "fp16", false)]
     [InlineData("cuda", "fp32", false)]
     public void Geglu_matches_libtorch(string profile, string dtype, bool approximate)
     {
-        var ops = Devices.Ops(profile);
+        var ops = Devices.Backend(profile);
         var dt = Devices.DType(dtype);
         using var scope = torch.NewDisposeScope();
         var x = oracle.Random(2 * 7 * 2 * 40, dt, 4f);
