@@ -70,6 +70,15 @@ public sealed record UNetSpec
 /// </summary>
 public sealed class TorchUNet(UNetSpec spec, Func<string, TorchTensor> w)
 {
+    /// <summary>
+    /// Float32 weights with <see cref="ScalarType.Float32"/> here and <see cref="UseSdpa"/> make this the eager
+    /// libtorch UNet the CPU benchmarks time ours against; the tests keep float64 and the explicit softmax.
+    /// </summary>
+    public ScalarType DType { get; init; } = ScalarType.Float64;
+
+    /// <summary>Attention through libtorch's fused scaled_dot_product_attention instead of softmax(q kᵀ) v.</summary>
+    public bool UseSdpa { get; init; }
+
     /// <summary>x NCHW, timesteps [N], context [N, L, D] → NCHW.</summary>
     public TorchTensor Forward(TorchTensor x, float[] timesteps, TorchTensor context)
     {
@@ -123,7 +132,7 @@ public sealed class TorchUNet(UNetSpec spec, Func<string, TorchTensor> w)
         int half = spec.Channels[0] / 2;
         var exponent = -Math.Log(10000) * torch.arange(0, half, dtype: ScalarType.Float32) / (half - spec.FreqShift);
         var args = torch.tensor(timesteps)[.., TensorIndex.None] * torch.exp(exponent)[TensorIndex.None, ..];
-        args = args.to_type(ScalarType.Float64);
+        args = args.to_type(DType);
         var emb = torch.cat([torch.sin(args), torch.cos(args)], -1);
         return spec.FlipSinToCos ? torch.cat([emb[.., half..], emb[.., ..half]], -1) : emb;
     }
@@ -176,8 +185,9 @@ public sealed class TorchUNet(UNetSpec spec, Func<string, TorchTensor> w)
         var q = Split(F.linear(x, w($"{p}.to_q.weight")));
         var k = Split(F.linear(ctx, w($"{p}.to_k.weight")));
         var v = Split(F.linear(ctx, w($"{p}.to_v.weight")));
-        var scores = torch.matmul(q, k.transpose(-1, -2)) / Math.Sqrt(d);
-        var o = torch.matmul(scores.softmax(-1), v).transpose(1, 2).reshape(b, -1, inner);
+        var o = UseSdpa
+            ? F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, -1, inner)
+            : torch.matmul((torch.matmul(q, k.transpose(-1, -2)) / Math.Sqrt(d)).softmax(-1), v).transpose(1, 2).reshape(b, -1, inner);
         return Linear($"{p}.to_out.0", o);
     }
 

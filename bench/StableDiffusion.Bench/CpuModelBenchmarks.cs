@@ -1,0 +1,177 @@
+using BenchmarkDotNet.Attributes;
+using StableDiffusion.IO;
+using StableDiffusion.Kernels.Cpu;
+using StableDiffusion.Models;
+using StableDiffusion.Models.Unet;
+using StableDiffusion.Pipelines;
+using StableDiffusion.Runtime;
+using StableDiffusion.Schedulers;
+using StableDiffusion.TestSupport.Torch;
+using TorchSharp;
+using static TorchSharp.torch;
+using DeviceTensor = StableDiffusion.Runtime.Tensor;
+using TorchTensor = TorchSharp.torch.Tensor;
+
+namespace StableDiffusion.Bench;
+
+/// <summary>
+/// SD1.5 at full size, random fp32 weights, on the C# CPU backend against the same graph in libtorch (TorchSharp:
+/// the reference UNet/CLIP/VAE of the tests run in float32 with fused SDPA attention, NCHW as diffusers runs it), same
+/// thread count on both sides: one UNet step (batch 2: guidance, 64×64 latent, 77 tokens) and whole 20-step Euler
+/// generations with guidance (text encoder, 20 UNet steps, VAE decode). The model is written once with
+/// <see cref="RandomModel"/> (CLIP's vocabulary from ../shared/reference), and both sides keep their weights loaded
+/// (ours packed) across iterations, as a server would.
+/// </summary>
+public abstract class CpuSd15Benchmarks
+{
+    public static int Threads { get; set; } = Environment.ProcessorCount;
+
+    protected const int Steps = 20;
+    protected const float Guidance = 7.5f;
+    private string dir = "";
+    private ComputeDevice? device;
+    protected CpuOps? ops;
+    private ModelSource? source;
+    protected StableDiffusionPipeline? pipeline;
+    protected UNet2DConditionModel? unet;
+    protected DeviceTensor? x, t, ctx;
+    private Dictionary<string, TorchTensor> unetW = [], vaeW = [], clipW = [];
+    protected TorchUNet? torchUnet;
+    protected TorchVae? torchVae;
+    protected TorchClip? torchClip;
+    protected TorchTensor? tx, tctx;
+    protected IScheduler? euler;
+
+    private static readonly UNetSpec Sd15 = new()
+    {
+        Channels = [320, 640, 1280, 1280], CrossAttn = [true, true, true, false], Heads = [8], CrossAttentionDim = 768,
+        Groups = 32, LayersPerBlock = 2,
+    };
+
+    [GlobalSetup]
+    public void Setup()
+    {
+        CpuParallel.Threads = Threads;
+        torch.set_num_threads(Threads);
+        dir = Path.Combine(Path.GetTempPath(), $"sd-bench-sd15-{Environment.ProcessId}");
+        if (Directory.Exists(dir)) Directory.Delete(dir, recursive: true);
+        RandomModel.Write(Presets.Sd15, RandomModelFormat.Diffusers, WeightDType.F32, 1, dir);
+        var vocab = Path.Combine(RepoRoot(), "..", "shared", "reference", "configs", "sd15", "tokenizer");
+        foreach (var f in new[] { "vocab.json", "merges.txt" })
+        {
+            var from = Path.Combine(vocab, f);
+            if (!File.Exists(from)) throw new FileNotFoundException($"the model benchmarks need CLIP's {f} from ../shared/reference", from);
+            File.Copy(from, Path.Combine(dir, "tokenizer", f));
+        }
+
+        device = ComputeDevice.OpenCpu();
+        ops = new CpuOps(device);
+        source = ModelSource.Open(dir);
+        pipeline = StableDiffusionPipeline.Open(source, ops, new PipelineOptions { DType = DType.F32, ReleaseModelsAfterUse = false });
+        euler = Samplers.Create("euler", SchedulerConfig.Parse(pipeline.SchedulerConfigJson));
+        unet = new UNet2DConditionModel(Presets.Sd15.Unet());
+        unet.Load(source.Require("unet"), ops, DType.F32);
+        var rng = new Random(3);
+        float[] R(long n) => Enumerable.Range(0, (int)n).Select(_ => (float)(rng.NextDouble() * 2 - 1)).ToArray();
+        var xs = R(2 * 64 * 64 * 4);
+        var cs = R(2 * 77 * 768);
+        x = DeviceTensor.FromArray(device, xs, DType.F32, 2, 64, 64, 4);
+        t = DeviceTensor.FromArray(device, [801f, 801f], DType.F32, 2);
+        ctx = DeviceTensor.FromArray(device, cs, DType.F32, 2, 77, 768);
+
+        unetW = Load(source.Require("unet"));
+        vaeW = Load(source.Require("vae"));
+        clipW = Load(source.Require("text_encoder"));
+        torchUnet = new TorchUNet(Sd15, n => unetW[n]) { DType = ScalarType.Float32, UseSdpa = true };
+        torchVae = new TorchVae(n => vaeW[n], [128, 256, 512, 512], 2, 32, 0.18215);
+        torchClip = new TorchClip(Presets.Sd15.TextEncoder(), n => clipW[n]);
+        tx = torch.tensor(xs, [2, 64, 64, 4]).permute(0, 3, 1, 2).contiguous();
+        tctx = torch.tensor(cs, [2, 77, 768]);
+
+        // First use packs our weights and warms libtorch's allocator: keep that out of the measurements.
+        unet.Forward(ops, x, t, ctx).Dispose();
+    }
+
+    private static string RepoRoot()
+    {
+        for (var d = new DirectoryInfo(AppContext.BaseDirectory); d is not null; d = d.Parent)
+            if (File.Exists(Path.Combine(d.FullName, "StableDiffusion.Kernels.sln"))) return d.FullName;
+        return Directory.GetCurrentDirectory();
+    }
+
+    private static Dictionary<string, TorchTensor> Load(ComponentWeights c) =>
+        c.Tensors.ToDictionary(w => w.Name, w => torch.tensor(w.ReadFloat32(), w.Shape));
+
+    [GlobalCleanup]
+    public void Cleanup()
+    {
+        foreach (var d in new[] { unetW, vaeW, clipW }) foreach (var w in d.Values) w.Dispose();
+        x?.Dispose();
+        t?.Dispose();
+        ctx?.Dispose();
+        unet?.Dispose();
+        pipeline?.Dispose();
+        source?.Dispose();
+        device?.Dispose();
+        try
+        {
+            Directory.Delete(dir, recursive: true);
+        }
+        catch (IOException) { }
+    }
+
+}
+
+/// <summary>One SD1.5 UNet step (batch 2, 64×64 latent): ours against libtorch.</summary>
+public class CpuUnetStepBenchmarks : CpuSd15Benchmarks
+{
+    [Benchmark(Description = "SD1.5 UNet step, batch 2, 64x64 latent: ours")]
+    public void UnetStepOurs() => unet!.Forward(ops!, x!, t!, ctx!).Dispose();
+
+    [Benchmark(Baseline = true, Description = "SD1.5 UNet step, batch 2, 64x64 latent: libtorch")]
+    public void UnetStepLibtorch()
+    {
+        using var scope = torch.NewDisposeScope();
+        using var _ = torch.no_grad();
+        torchUnet!.Forward(tx!, [801f, 801f], tctx!);
+    }
+
+}
+
+/// <summary>Whole 20-step generations at 256² and 512²: ours against libtorch.</summary>
+public class CpuGenerationBenchmarks : CpuSd15Benchmarks
+{
+    [Params(256, 512)]
+    public int Size { get; set; }
+
+    [Benchmark(Description = "SD1.5 20-step Euler generation, guidance 7.5: ours")]
+    public void GenerateOurs() => pipeline!.Generate(new GenerationRequest
+    {
+        Prompt = "a red fox in the snow", Steps = Steps, GuidanceScale = Guidance, Seed = 1, Width = Size, Height = Size,
+    }, euler!);
+
+    /// <summary>The same generation in libtorch: CLIP on [uncond, cond], 20 Euler steps with guidance, VAE decode.</summary>
+    [Benchmark(Baseline = true, Description = "SD1.5 20-step Euler generation, guidance 7.5: libtorch")]
+    public void GenerateLibtorch()
+    {
+        using var scope = torch.NewDisposeScope();
+        using var _ = torch.no_grad();
+        var tok = pipeline!.Tokenizer;
+        int[] ids = [.. tok.Tokenize("").Ids, .. tok.Tokenize("a red fox in the snow").Ids];
+        var context = torchClip!.Forward(ids, 2, ids.Length / 2);
+        euler!.SetTimesteps(Steps);
+        var sigmas = euler.Sigmas;
+        using var g = new torch.Generator(1);
+        var latents = torch.randn([1, 4, Size / 8, Size / 8], generator: g) * euler.InitNoiseSigma;
+        for (int i = 0; i < euler.Timesteps.Count; i++)
+        {
+            using var step = torch.NewDisposeScope();
+            double sigma = sigmas[i];
+            var input = latents / Math.Sqrt(sigma * sigma + 1);
+            float ts = (float)euler.Timesteps[i];
+            var eps = torchUnet!.Forward(torch.cat([input, input], 0), [ts, ts], context).chunk(2, 0);
+            latents = step.MoveToOuter(latents + (eps[0] + Guidance * (eps[1] - eps[0])) * (sigmas[i + 1] - sigma));
+        }
+        torchVae!.Decode(latents);
+    }
+}
