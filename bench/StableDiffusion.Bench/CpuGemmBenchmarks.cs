@@ -214,23 +214,28 @@ public static class CpuBench
         Console.WriteLine($"wrote results.md and results.json in {outDir}");
     }
 
-    /// <summary>Quick Stopwatch timing of every case (best of a few), for tuning without BenchmarkDotNet.</summary>
+    /// <summary>Quick Stopwatch timing of every case, ours and libtorch interleaved, best of N (the box may be shared).</summary>
     private static int Probe()
     {
+        int reps = int.TryParse(Environment.GetEnvironmentVariable("SD_PROBE_REPS"), out int r0) ? r0 : 10;
         foreach (var c in CaseList)
         {
             var b = new CpuGemmBenchmarks { Case = c };
             b.Setup();
-            double Best(Action a)
-            {
-                a(); a(); a();
-                double best = double.MaxValue;
-                var sw = new Stopwatch();
-                for (int r = 0; r < 8; r++) { sw.Restart(); a(); best = Math.Min(best, sw.Elapsed.TotalMilliseconds); }
-                return c.Flops / (best * 1e6);
-            }
-            double o = Best(b.Ours), p = Best(b.OursPrepacked), t = Best(b.Libtorch);
-            Console.WriteLine($"{c.Name,-28} ours {o,7:F1}  prepacked {p,7:F1}  libtorch {t,7:F1} GFLOP/s  ratio {o / t:F2} / {p / t:F2}");
+            Action[] fs = [b.Ours, b.OursPrepacked, b.Libtorch];
+            var best = new double[fs.Length];
+            Array.Fill(best, double.MaxValue);
+            foreach (var f in fs) { f(); f(); }
+            var sw = new Stopwatch();
+            for (int r = 0; r < reps; r++)
+                for (int i = 0; i < fs.Length; i++)
+                {
+                    sw.Restart();
+                    fs[i]();
+                    best[i] = Math.Min(best[i], sw.Elapsed.TotalMilliseconds);
+                }
+            var g = best.Select(ms => c.Flops / (ms * 1e6)).ToArray();
+            Console.WriteLine($"{c.Name,-28} ours {g[0],7:F1}  prepacked {g[1],7:F1}  libtorch {g[2],7:F1} GFLOP/s  ratio {g[0] / g[2]:F2} / {g[1] / g[2]:F2}");
             b.Cleanup();
         }
         return 0;

@@ -251,7 +251,9 @@ public static unsafe class CpuGemm
 
         public void RunTasks()
         {
-            int workers = Math.Min(CpuParallel.Threads, taskCount);
+            // a worker per ~4 MFLOP at least: waking threads costs more than small products gain
+            long flops = 2L * batchCount * M * N * K;
+            int workers = (int)Math.Clamp(flops >> 22, 1, Math.Min(CpuParallel.Threads, taskCount));
             CpuParallel.For(workers, _ =>
             {
                 var ws = Workspace.Rent();
@@ -331,12 +333,12 @@ public static unsafe class CpuGemm
         long itemFloats = (long)panels * nr * k;
         int es = t == DType.F16 ? 2 : 4;
         int tasks = count * panels;
-        CpuParallel.For(Math.Min(CpuParallel.Threads, tasks), w =>
+        int workers = (int)Math.Clamp(itemFloats * count >> 17, 1, Math.Min(CpuParallel.Threads, tasks));
+        CpuParallel.For(workers, w =>
         {
             var ws = Workspace.Rent();
             try
             {
-                int workers = Math.Min(CpuParallel.Threads, tasks);
                 for (int task = w; task < tasks; task += workers)
                 {
                     int item = task / panels, jp = task % panels;
