@@ -337,6 +337,7 @@ public static unsafe class CpuGemm
         CpuParallel.For(workers, w =>
         {
             var ws = Workspace.Rent();
+            float** rp = stackalloc float*[8];
             try
             {
                 for (int task = w; task < tasks; task += workers)
@@ -360,16 +361,18 @@ public static unsafe class CpuGemm
                         for (int kb = 0; kb < k; kb += KC)
                         {
                             int kl = Math.Min(KC, k - kb);
-                            for (int c = 0; c < nr; c++)
+                            for (int cg = 0; cg < nr; cg += 8)
                             {
-                                float* o = d + (long)kb * nr + c;
-                                if (c >= cols)
-                                {
-                                    for (int kk = 0; kk < kl; kk++) o[(long)kk * nr] = 0;
-                                    continue;
-                                }
-                                float* s = Half16.View(src + ((long)(c0 + c) * k + kb) * es, t, tmp, kl);
-                                for (int kk = 0; kk < kl; kk++) o[(long)kk * nr] = s[kk];
+                                float* o = d + (long)kb * nr + cg;
+                                for (int i = 0; i < 8; i++)
+                                    rp[i] = cg + i < cols
+                                        ? Half16.View(src + ((long)(c0 + cg + i) * k + kb) * es, t, tmp + (long)i * KC, kl)
+                                        : ws.Zero;
+                                int kk = 0;
+                                if (Avx.IsSupported)
+                                    for (; kk + 8 <= kl; kk += 8) Transpose8x8(rp, kk, o + (long)kk * nr, nr);
+                                for (; kk < kl; kk++)
+                                    for (int i = 0; i < 8; i++) o[(long)kk * nr + i] = rp[i][kk];
                             }
                         }
                     }
@@ -380,6 +383,31 @@ public static unsafe class CpuGemm
                 Workspace.Return(ws);
             }
         });
+    }
+
+    /// <summary>dst[j·ld + i] = rows[i][k0 + j] for an 8×8 block (column j of the rows becomes output row j).</summary>
+    private static void Transpose8x8(float** rows, int k0, float* dst, long ld)
+    {
+        var r0 = Avx.LoadVector256(rows[0] + k0); var r1 = Avx.LoadVector256(rows[1] + k0);
+        var r2 = Avx.LoadVector256(rows[2] + k0); var r3 = Avx.LoadVector256(rows[3] + k0);
+        var r4 = Avx.LoadVector256(rows[4] + k0); var r5 = Avx.LoadVector256(rows[5] + k0);
+        var r6 = Avx.LoadVector256(rows[6] + k0); var r7 = Avx.LoadVector256(rows[7] + k0);
+        var t0 = Avx.UnpackLow(r0, r1); var t1 = Avx.UnpackHigh(r0, r1);
+        var t2 = Avx.UnpackLow(r2, r3); var t3 = Avx.UnpackHigh(r2, r3);
+        var t4 = Avx.UnpackLow(r4, r5); var t5 = Avx.UnpackHigh(r4, r5);
+        var t6 = Avx.UnpackLow(r6, r7); var t7 = Avx.UnpackHigh(r6, r7);
+        var u0 = Avx.Shuffle(t0, t2, 0x44); var u1 = Avx.Shuffle(t0, t2, 0xEE);
+        var u2 = Avx.Shuffle(t1, t3, 0x44); var u3 = Avx.Shuffle(t1, t3, 0xEE);
+        var u4 = Avx.Shuffle(t4, t6, 0x44); var u5 = Avx.Shuffle(t4, t6, 0xEE);
+        var u6 = Avx.Shuffle(t5, t7, 0x44); var u7 = Avx.Shuffle(t5, t7, 0xEE);
+        Avx.Store(dst, Avx.Permute2x128(u0, u4, 0x20));
+        Avx.Store(dst + ld, Avx.Permute2x128(u1, u5, 0x20));
+        Avx.Store(dst + 2 * ld, Avx.Permute2x128(u2, u6, 0x20));
+        Avx.Store(dst + 3 * ld, Avx.Permute2x128(u3, u7, 0x20));
+        Avx.Store(dst + 4 * ld, Avx.Permute2x128(u0, u4, 0x31));
+        Avx.Store(dst + 5 * ld, Avx.Permute2x128(u1, u5, 0x31));
+        Avx.Store(dst + 6 * ld, Avx.Permute2x128(u2, u6, 0x31));
+        Avx.Store(dst + 7 * ld, Avx.Permute2x128(u3, u7, 0x31));
     }
 
     // ---- micro-kernels -----------------------------------------------------------------------------------------
@@ -586,7 +614,7 @@ internal sealed unsafe class Workspace
     {
         long aFloats = (long)CpuGemm.MCMax * CpuGemm.KC + CpuGemm.MCMax + 64;
         long tileFloats = (long)CpuGemm.MCMax * (CpuGemm.NCMax + 32);
-        long rowFloats = Math.Max((long)CpuGemm.MR * CpuGemm.KC, CpuGemm.MCMax + 64);
+        long rowFloats = 8L * CpuGemm.KC;
         long total = aFloats + tileFloats + rowFloats + CpuGemm.KC;
         block = (float*)NativeMemory.AlignedAlloc((nuint)(total * sizeof(float)), 64);
         APack = block;
