@@ -154,16 +154,16 @@ public static class CpuBench
         var rest = args.ToList();
         bool quick = rest.Remove("--quick"), probe = rest.Remove("--probe");
         TorchNchw = rest.Remove("--torch-nchw");
-        string? outDir = null;
-        int i = rest.IndexOf("--out");
-        if (i >= 0 && i + 1 < rest.Count) { outDir = rest[i + 1]; rest.RemoveRange(i, 2); }
+        string? outDir = Option(rest, "--out");
+        if (Option(rest, "--threads") is { } th)
+            CpuParallel.Threads = int.TryParse(th, out int n) && n >= 1 ? n : throw new UsageException($"bad --threads '{th}'");
         if (rest.Count > 0) throw new UsageException($"unexpected argument '{rest[0]}'");
         CaseList = CpuCase.All(quick).ToList();
         string cpu = CpuModel();
         Console.WriteLine($"cpu: {cpu}, {CpuParallel.Threads} threads, Vector512 {System.Runtime.Intrinsics.Vector512.IsHardwareAccelerated}");
         if (probe) return Probe();
 
-        outDir ??= Path.Combine(repoRoot, "bench", "results", "cpu-" + Roofline.Slug(cpu));
+        outDir ??= Path.Combine(repoRoot, "bench", "results", "cpu-" + Roofline.Slug(cpu), $"threads-{CpuParallel.Threads}");
         Directory.CreateDirectory(outDir);
         var job = (quick ? Job.Dry.WithIterationCount(3).WithWarmupCount(1) : Job.Default.WithIterationCount(10).WithWarmupCount(3))
             .WithToolchain(InProcessEmitToolchain.Instance).WithInvocationCount(1).WithUnrollFactor(1);
@@ -239,6 +239,16 @@ public static class CpuBench
             b.Cleanup();
         }
         return 0;
+    }
+
+    private static string? Option(List<string> args, string name)
+    {
+        int i = args.IndexOf(name);
+        if (i < 0) return null;
+        if (i + 1 >= args.Count) throw new UsageException($"option {name} needs a value");
+        var v = args[i + 1];
+        args.RemoveRange(i, 2);
+        return v;
     }
 
     private static string CpuModel()
