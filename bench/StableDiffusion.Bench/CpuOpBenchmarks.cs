@@ -12,9 +12,9 @@ namespace StableDiffusion.Bench;
 /// <summary>
 /// The C# CPU kernels at SD1.5 shapes, timed against libtorch (CPU) on the same thread count in the same process.
 /// The libtorch side is compiled when SD_BENCH_TORCH is defined and the project references TorchSharp and
-/// libtorch-cpu-linux-x64; without it the baseline columns read n/a. Timing is the median of repeated runs after a
-/// warm-up (a plain stopwatch: each case runs 30 ms to 1 s, where BenchmarkDotNet's pilot stages would take minutes
-/// on two cores).
+/// libtorch-cpu-linux-x64; without it the baseline columns read n/a. Timing is the median of at least five runs after
+/// a warm-up, ours and libtorch alternating (a plain stopwatch: cases run 1 ms to 1 s, where BenchmarkDotNet's pilot
+/// stages would take minutes on two cores).
 /// </summary>
 public static unsafe class CpuOpBenchmarks
 {
@@ -51,14 +51,14 @@ public static unsafe class CpuOpBenchmarks
         var rows = new List<Row>();
         foreach (var c in Cases(quick))
         {
-            double ours, torchMs = double.NaN;
-            using (var buffers = new Buffers())
-                ours = Time(Ours(c, buffers), quick);
+            using var buffers = new Buffers();
+            Action? baseline = null;
 #if SD_BENCH_TORCH
-            using (var scope = torch.NewDisposeScope())
-                torchMs = Time(Torch(c), quick);
+            using var scope = torch.NewDisposeScope();
+            baseline = Torch(c);
 #endif
-            var row = new Row(c, ours, double.IsNaN(torchMs) ? null : torchMs);
+            var (ours, torchMs) = Time(Ours(c, buffers), baseline, quick);
+            var row = new Row(c, ours, torchMs);
             rows.Add(row);
             Console.WriteLine(Format(row));
         }
@@ -67,20 +67,32 @@ public static unsafe class CpuOpBenchmarks
         return rows;
     }
 
-    private static double Time(Action run, bool quick)
+    // Ours and the baseline alternate run by run, so load from elsewhere on the machine hits both alike.
+    private static (double Ours, double? Baseline) Time(Action ours, Action? baseline, bool quick)
     {
-        run(); // warm-up: JIT, page faults, libtorch's thread pool
-        var times = new List<double>();
+        ours(); // warm-up: JIT, page faults, thread pools
+        baseline?.Invoke();
+        var a = new List<double>();
+        var b = new List<double>();
         var total = Stopwatch.StartNew();
-        double budget = quick ? 300 : 1500;
-        while (times.Count < 3 || (total.Elapsed.TotalMilliseconds < budget && times.Count < 50))
+        double budget = quick ? 600 : 3000;
+        while (a.Count < 5 || (total.Elapsed.TotalMilliseconds < budget && a.Count < 50))
         {
             var sw = Stopwatch.StartNew();
-            run();
-            times.Add(sw.Elapsed.TotalMilliseconds);
+            ours();
+            a.Add(sw.Elapsed.TotalMilliseconds);
+            if (baseline is null) continue;
+            sw.Restart();
+            baseline();
+            b.Add(sw.Elapsed.TotalMilliseconds);
         }
-        times.Sort();
-        return times[times.Count / 2];
+        return (Median(a), baseline is null ? null : Median(b));
+    }
+
+    private static double Median(List<double> t)
+    {
+        t.Sort();
+        return t[t.Count / 2];
     }
 
     private sealed class Buffers : IDisposable
