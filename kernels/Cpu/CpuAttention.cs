@@ -77,6 +77,7 @@ public static unsafe class CpuAttention
     private static float* Alloc(long floats) => (float*)NativeMemory.AlignedAlloc((nuint)(Math.Max(floats, 1) * sizeof(float)), 64);
 
     // One 64-key block of one (batch, head): K transposed to [d][64] and V rows padded to dp, zeros past lk.
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private static void PackKv(float* k, float* v, float* kt, float* vp, long it, int nKb, int lk, int heads, int d, int dp, int hd)
     {
         long bh = it / nKb;
@@ -105,6 +106,7 @@ public static unsafe class CpuAttention
         }
     }
 
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private static void Block(float* q, float* o, float* kt, float* vp, float* qs, float* sc, float* acc, float* m, float* l,
         long bh, int q0, int nq, int lq, int lk, int heads, int d, int dp, int hd, int nKb, int lkp, float scale, bool causal)
     {

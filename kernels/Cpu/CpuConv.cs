@@ -33,8 +33,7 @@ public static unsafe class CpuConv
             return;
         }
         var a = Source(p);
-        using var packed = CpuGemm.PackB(p.Weight, p.WeightType, p.Cout, p.KH * p.KW * p.Cin, transB: true);
-        CpuGemm.Execute(ref a, g, packed);
+        CpuGemm.Execute(ref a, g, null); // packs the OHWI weight as op(B) = Wᵀ into the pooled buffer
     }
 
     /// <summary>Run with the weight packed once by <see cref="PackWeight"/>; p.Weight and WeightType are ignored.</summary>

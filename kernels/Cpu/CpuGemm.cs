@@ -67,9 +67,12 @@ public sealed unsafe class CpuPackedB : IDisposable
 public static unsafe class CpuGemm
 {
     internal const int MR = 6;
-    internal const int KC = 256;   // A micro-panel 6·256·4 = 6 KiB stays in L1; the KC×NC B block stays in L2
-    internal const int MCMax = 96;
-    internal const int NCMax = 512;
+    internal static readonly int KC = Env("SD_CPU_KC", 384);      // K slice upper bound; slices are balanced
+    internal static readonly int MCMax = Env("SD_CPU_MC", 96) / MR * MR;
+    internal static readonly int NCMax = Env("SD_CPU_NC", 512) / 32 * 32;
+
+    private static int Env(string name, int fallback) =>
+        int.TryParse(Environment.GetEnvironmentVariable(name), out int v) && v > 0 ? v : fallback;
     internal static readonly int NR = Vector512.IsHardwareAccelerated ? 32 : 16;
 
     private const long PackedBGroupBytes = 256L << 20;
@@ -166,6 +169,12 @@ public static unsafe class CpuGemm
             Bias = p.Bias, BiasType = p.BiasType, Residual = p.Residual, ResidualType = p.ResidualType,
             C = p.C, CType = p.CType,
         };
+        if (p.Residual != null)
+        {
+            long cBytes = (long)p.Batch * p.M * p.N * (p.CType == DType.F16 ? 2 : 4);
+            long rBytes = (long)p.Batch * p.M * p.N * (p.ResidualType == DType.F16 ? 2 : 4);
+            job.ResidualOverlapsC = (byte*)p.Residual < (byte*)p.C + cBytes && (byte*)p.C < (byte*)p.Residual + rBytes;
+        }
         if (packed != null)
         {
             job.BPacked = packed.Data;
@@ -216,6 +225,7 @@ public static unsafe class CpuGemm
         public void* Bias, Residual, C;
         public DType BiasType, ResidualType, CType;
 
+        public bool ResidualOverlapsC;
         private int batch0, batchCount, mc, nc, mBlocks, nBlocks, taskCount, next;
 
         public void Plan(int b0, int count)
@@ -241,7 +251,9 @@ public static unsafe class CpuGemm
 
         public void RunTasks()
         {
-            int workers = Math.Min(CpuParallel.Threads, taskCount);
+            // a worker per ~4 MFLOP at least: waking threads costs more than small products gain
+            long flops = 2L * batchCount * M * N * K;
+            int workers = (int)Math.Clamp(flops >> 22, 1, Math.Min(CpuParallel.Threads, taskCount));
             CpuParallel.For(workers, _ =>
             {
                 var ws = Workspace.Rent();
@@ -272,23 +284,42 @@ public static unsafe class CpuGemm
             float* tile = ws.Tile;
             float* bItem = BPacked + (BItemStride == 0 ? 0 : bi * BItemStride);
             int jp0 = n0 / nr;
-            for (int pc = 0; pc < K; pc += KC)
+            int kSlices = (K + KC - 1) / KC;
+            int kcStep = (K + kSlices - 1) / kSlices;
+            // fp32 A [M, K] is read in place; fp32 C is accumulated in place (full tiles) unless the residual aliases it
+            bool directA = A.Kind == ASource.DenseKind && A.Type == DType.F32;
+            bool directC = CType == DType.F32 && !ResidualOverlapsC;
+            int fullRows = directC ? rows / MR * MR : 0, fullCols = directC ? cols / nr * nr : 0;
+            float* aItem = (float*)A.Ptr + b * A.Stride + (long)m0 * K;
+            float* cBlock = (float*)C + ((long)b * M + m0) * N + n0;
+            for (int pc = 0; pc < K; pc += kcStep)
             {
-                int kc = Math.Min(KC, K - pc);
-                A.Pack(b, m0, rows, pc, kc, ws);
+                int kc = Math.Min(kcStep, K - pc);
+                int packedFrom = directA ? rows / MR * MR : 0;
+                if (packedFrom < rows) A.Pack(b, m0 + packedFrom, rows - packedFrom, pc, kc, ws.APack);
                 bool acc = pc > 0;
                 for (int ip = 0; ip < mPanels; ip++)
                 {
-                    float* ap = ws.APack + (long)ip * MR * kc;
-                    float* ct = tile + (long)ip * MR * ldt;
+                    int r0 = ip * MR;
+                    float* ap;
+                    long lda;
+                    if (r0 < packedFrom) { ap = aItem + (long)r0 * K + pc; lda = K; }
+                    else { ap = ws.APack + (long)(r0 - packedFrom) * kc; lda = kc; }
                     for (int jp = 0; jp < nPanels; jp++)
                     {
                         float* bp = bItem + ((long)(jp0 + jp) * K + pc) * nr;
-                        MicroKernel(ap, bp, kc, ct + jp * nr, ldt, acc);
+                        int c0 = jp * nr;
+                        if (r0 < fullRows && c0 < fullCols) MicroKernel(ap, lda, bp, kc, cBlock + (long)r0 * N + c0, N, acc);
+                        else MicroKernel(ap, lda, bp, kc, tile + (long)r0 * ldt + c0, ldt, acc);
                     }
                 }
             }
-            Epilogue.Store(tile, ldt, rows, cols, b, m0, n0, M, N, Alpha, Bias, BiasType, Residual, ResidualType, C, CType);
+            if (fullRows > 0 && fullCols > 0 && (Alpha != 1 || Bias != null || Residual != null))
+                Epilogue.Store(cBlock, N, fullRows, fullCols, b, m0, n0, M, N, Alpha, Bias, BiasType, Residual, ResidualType, C, CType);
+            if (fullCols < cols)
+                Epilogue.Store(tile + fullCols, ldt, fullRows, cols - fullCols, b, m0, n0 + fullCols, M, N, Alpha, Bias, BiasType, Residual, ResidualType, C, CType);
+            if (fullRows < rows)
+                Epilogue.Store(tile + (long)fullRows * ldt, ldt, rows - fullRows, cols, b, m0 + fullRows, n0, M, N, Alpha, Bias, BiasType, Residual, ResidualType, C, CType);
         }
     }
 
@@ -302,12 +333,13 @@ public static unsafe class CpuGemm
         long itemFloats = (long)panels * nr * k;
         int es = t == DType.F16 ? 2 : 4;
         int tasks = count * panels;
-        CpuParallel.For(Math.Min(CpuParallel.Threads, tasks), w =>
+        int workers = (int)Math.Clamp(itemFloats * count >> 17, 1, Math.Min(CpuParallel.Threads, tasks));
+        CpuParallel.For(workers, w =>
         {
             var ws = Workspace.Rent();
+            float** rp = stackalloc float*[8];
             try
             {
-                int workers = Math.Min(CpuParallel.Threads, tasks);
                 for (int task = w; task < tasks; task += workers)
                 {
                     int item = task / panels, jp = task % panels;
@@ -329,16 +361,18 @@ public static unsafe class CpuGemm
                         for (int kb = 0; kb < k; kb += KC)
                         {
                             int kl = Math.Min(KC, k - kb);
-                            for (int c = 0; c < nr; c++)
+                            for (int cg = 0; cg < nr; cg += 8)
                             {
-                                float* o = d + (long)kb * nr + c;
-                                if (c >= cols)
-                                {
-                                    for (int kk = 0; kk < kl; kk++) o[(long)kk * nr] = 0;
-                                    continue;
-                                }
-                                float* s = Half16.View(src + ((long)(c0 + c) * k + kb) * es, t, tmp, kl);
-                                for (int kk = 0; kk < kl; kk++) o[(long)kk * nr] = s[kk];
+                                float* o = d + (long)kb * nr + cg;
+                                for (int i = 0; i < 8; i++)
+                                    rp[i] = cg + i < cols
+                                        ? Half16.View(src + ((long)(c0 + cg + i) * k + kb) * es, t, tmp + (long)i * KC, kl)
+                                        : ws.Zero;
+                                int kk = 0;
+                                if (Avx.IsSupported)
+                                    for (; kk + 8 <= kl; kk += 8) Transpose8x8(rp, kk, o + (long)kk * nr, nr);
+                                for (; kk < kl; kk++)
+                                    for (int i = 0; i < 8; i++) o[(long)kk * nr + i] = rp[i][kk];
                             }
                         }
                     }
@@ -351,44 +385,69 @@ public static unsafe class CpuGemm
         });
     }
 
-    // ---- micro-kernels -----------------------------------------------------------------------------------------
-
-    /// <summary>c[MR×NR] (=|+=) a-panel[kc×MR]ᵀ · b-panel[kc×NR]; full tiles only (panels are zero-padded).</summary>
-    [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    internal static void MicroKernel(float* a, float* b, int kc, float* c, long ldc, bool acc)
+    /// <summary>dst[j·ld + i] = rows[i][k0 + j] for an 8×8 block (column j of the rows becomes output row j).</summary>
+    private static void Transpose8x8(float** rows, int k0, float* dst, long ld)
     {
-        if (Vector512.IsHardwareAccelerated) Kernel6x32(a, b, kc, c, ldc, acc);
-        else if (Vector256.IsHardwareAccelerated && Fma.IsSupported) Kernel6x16(a, b, kc, c, ldc, acc);
-        else KernelScalar(a, b, kc, c, ldc, acc);
+        var r0 = Avx.LoadVector256(rows[0] + k0); var r1 = Avx.LoadVector256(rows[1] + k0);
+        var r2 = Avx.LoadVector256(rows[2] + k0); var r3 = Avx.LoadVector256(rows[3] + k0);
+        var r4 = Avx.LoadVector256(rows[4] + k0); var r5 = Avx.LoadVector256(rows[5] + k0);
+        var r6 = Avx.LoadVector256(rows[6] + k0); var r7 = Avx.LoadVector256(rows[7] + k0);
+        var t0 = Avx.UnpackLow(r0, r1); var t1 = Avx.UnpackHigh(r0, r1);
+        var t2 = Avx.UnpackLow(r2, r3); var t3 = Avx.UnpackHigh(r2, r3);
+        var t4 = Avx.UnpackLow(r4, r5); var t5 = Avx.UnpackHigh(r4, r5);
+        var t6 = Avx.UnpackLow(r6, r7); var t7 = Avx.UnpackHigh(r6, r7);
+        var u0 = Avx.Shuffle(t0, t2, 0x44); var u1 = Avx.Shuffle(t0, t2, 0xEE);
+        var u2 = Avx.Shuffle(t1, t3, 0x44); var u3 = Avx.Shuffle(t1, t3, 0xEE);
+        var u4 = Avx.Shuffle(t4, t6, 0x44); var u5 = Avx.Shuffle(t4, t6, 0xEE);
+        var u6 = Avx.Shuffle(t5, t7, 0x44); var u7 = Avx.Shuffle(t5, t7, 0xEE);
+        Avx.Store(dst, Avx.Permute2x128(u0, u4, 0x20));
+        Avx.Store(dst + ld, Avx.Permute2x128(u1, u5, 0x20));
+        Avx.Store(dst + 2 * ld, Avx.Permute2x128(u2, u6, 0x20));
+        Avx.Store(dst + 3 * ld, Avx.Permute2x128(u3, u7, 0x20));
+        Avx.Store(dst + 4 * ld, Avx.Permute2x128(u0, u4, 0x31));
+        Avx.Store(dst + 5 * ld, Avx.Permute2x128(u1, u5, 0x31));
+        Avx.Store(dst + 6 * ld, Avx.Permute2x128(u2, u6, 0x31));
+        Avx.Store(dst + 7 * ld, Avx.Permute2x128(u3, u7, 0x31));
     }
 
-    private static void Kernel6x32(float* a, float* b, int kc, float* c, long ldc, bool acc)
+    // ---- micro-kernels -----------------------------------------------------------------------------------------
+
+    /// <summary>c[MR×NR] (=|+=) a[MR rows, stride lda]·b-panel[kc×NR]; full tiles only (panels are zero-padded).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    internal static void MicroKernel(float* a, long lda, float* b, int kc, float* c, long ldc, bool acc)
     {
+        if (Vector512.IsHardwareAccelerated) Kernel6x32(a, lda, b, kc, c, ldc, acc);
+        else if (Vector256.IsHardwareAccelerated && Fma.IsSupported) Kernel6x16(a, lda, b, kc, c, ldc, acc);
+        else KernelScalar(a, lda, b, kc, c, ldc, acc);
+    }
+
+    private static void Kernel6x32(float* a, long lda, float* b, int kc, float* c, long ldc, bool acc)
+    {
+        float* a0 = a, a1 = a + lda, a2 = a1 + lda, a3 = a2 + lda, a4 = a3 + lda, a5 = a4 + lda;
         Vector512<float> c00 = default, c01 = default, c10 = default, c11 = default, c20 = default, c21 = default;
         Vector512<float> c30 = default, c31 = default, c40 = default, c41 = default, c50 = default, c51 = default;
         for (int k = 0; k < kc; k++)
         {
             var b0 = Vector512.Load(b);
             var b1 = Vector512.Load(b + 16);
-            var av = Vector512.Create(a[0]);
+            var av = Vector512.Create(a0[k]);
             c00 = Vector512.FusedMultiplyAdd(av, b0, c00);
             c01 = Vector512.FusedMultiplyAdd(av, b1, c01);
-            av = Vector512.Create(a[1]);
+            av = Vector512.Create(a1[k]);
             c10 = Vector512.FusedMultiplyAdd(av, b0, c10);
             c11 = Vector512.FusedMultiplyAdd(av, b1, c11);
-            av = Vector512.Create(a[2]);
+            av = Vector512.Create(a2[k]);
             c20 = Vector512.FusedMultiplyAdd(av, b0, c20);
             c21 = Vector512.FusedMultiplyAdd(av, b1, c21);
-            av = Vector512.Create(a[3]);
+            av = Vector512.Create(a3[k]);
             c30 = Vector512.FusedMultiplyAdd(av, b0, c30);
             c31 = Vector512.FusedMultiplyAdd(av, b1, c31);
-            av = Vector512.Create(a[4]);
+            av = Vector512.Create(a4[k]);
             c40 = Vector512.FusedMultiplyAdd(av, b0, c40);
             c41 = Vector512.FusedMultiplyAdd(av, b1, c41);
-            av = Vector512.Create(a[5]);
+            av = Vector512.Create(a5[k]);
             c50 = Vector512.FusedMultiplyAdd(av, b0, c50);
             c51 = Vector512.FusedMultiplyAdd(av, b1, c51);
-            a += MR;
             b += 32;
         }
         if (acc)
@@ -409,33 +468,33 @@ public static unsafe class CpuGemm
         c50.Store(c); c51.Store(c + 16);
     }
 
-    private static void Kernel6x16(float* a, float* b, int kc, float* c, long ldc, bool acc)
+    private static void Kernel6x16(float* a, long lda, float* b, int kc, float* c, long ldc, bool acc)
     {
+        float* a0 = a, a1 = a + lda, a2 = a1 + lda, a3 = a2 + lda, a4 = a3 + lda, a5 = a4 + lda;
         Vector256<float> c00 = default, c01 = default, c10 = default, c11 = default, c20 = default, c21 = default;
         Vector256<float> c30 = default, c31 = default, c40 = default, c41 = default, c50 = default, c51 = default;
         for (int k = 0; k < kc; k++)
         {
             var b0 = Vector256.Load(b);
             var b1 = Vector256.Load(b + 8);
-            var av = Vector256.Create(a[0]);
+            var av = Vector256.Create(a0[k]);
             c00 = Fma.MultiplyAdd(av, b0, c00);
             c01 = Fma.MultiplyAdd(av, b1, c01);
-            av = Vector256.Create(a[1]);
+            av = Vector256.Create(a1[k]);
             c10 = Fma.MultiplyAdd(av, b0, c10);
             c11 = Fma.MultiplyAdd(av, b1, c11);
-            av = Vector256.Create(a[2]);
+            av = Vector256.Create(a2[k]);
             c20 = Fma.MultiplyAdd(av, b0, c20);
             c21 = Fma.MultiplyAdd(av, b1, c21);
-            av = Vector256.Create(a[3]);
+            av = Vector256.Create(a3[k]);
             c30 = Fma.MultiplyAdd(av, b0, c30);
             c31 = Fma.MultiplyAdd(av, b1, c31);
-            av = Vector256.Create(a[4]);
+            av = Vector256.Create(a4[k]);
             c40 = Fma.MultiplyAdd(av, b0, c40);
             c41 = Fma.MultiplyAdd(av, b1, c41);
-            av = Vector256.Create(a[5]);
+            av = Vector256.Create(a5[k]);
             c50 = Fma.MultiplyAdd(av, b0, c50);
             c51 = Fma.MultiplyAdd(av, b1, c51);
-            a += MR;
             b += 16;
         }
         if (acc)
@@ -456,15 +515,15 @@ public static unsafe class CpuGemm
         c50.Store(c); c51.Store(c + 8);
     }
 
-    private static void KernelScalar(float* a, float* b, int kc, float* c, long ldc, bool acc)
+    private static void KernelScalar(float* a, long lda, float* b, int kc, float* c, long ldc, bool acc)
     {
         const int nr = 16; // NR when Vector512 is not accelerated
         float* t = stackalloc float[MR * nr];
         for (int i = 0; i < MR * nr; i++) t[i] = 0;
-        for (int k = 0; k < kc; k++, a += MR, b += nr)
+        for (int k = 0; k < kc; k++, b += nr)
             for (int i = 0; i < MR; i++)
             {
-                float av = a[i];
+                float av = a[i * lda + k];
                 float* ti = t + i * nr;
                 for (int j = 0; j < nr; j++) ti[j] += av * b[j];
             }
@@ -491,52 +550,33 @@ internal unsafe struct ASource
         Kind = p.TransA ? TransKind : DenseKind, Ptr = p.A, Type = p.AType, Stride = p.StrideA, M = p.M, K = p.K,
     };
 
-    /// <summary>Packs rows [m0, m0+rows) × columns [pc, pc+kc) of batch item b into MR-row panels (zero-padded).</summary>
-    public void Pack(int b, int m0, int rows, int pc, int kc, Workspace ws)
+    /// <summary>
+    /// Rows [m0, m0+rows) × columns [pc, pc+kc) of batch item b as fp32 row-major [rows rounded up to MR, kc] at dst
+    /// (padding rows zero): the micro-kernel reads MR rows at stride kc, so packing is a gather, not an interleave.
+    /// </summary>
+    public readonly void Pack(int b, int m0, int rows, int pc, int kc, float* dst)
     {
         const int mr = CpuGemm.MR;
         int es = Type == DType.F16 ? 2 : 4;
         byte* baseP = (byte*)Ptr + b * Stride * es;
-        float* dst = ws.APack;
-        int mPanels = (rows + mr - 1) / mr;
+        int padded = (rows + mr - 1) / mr * mr;
         if (Kind == TransKind)
         {
-            float* tmp = ws.RowTmp;
+            float* tmp = dst + (long)padded * kc; // staging row past the block (Workspace reserves it)
             for (int k = 0; k < kc; k++)
             {
                 float* s = Half16.View(baseP + ((long)(pc + k) * M + m0) * es, Type, tmp, rows);
-                for (int ip = 0; ip < mPanels; ip++)
-                {
-                    float* d = dst + ((long)ip * kc + k) * mr;
-                    int r0 = ip * mr, n = Math.Min(mr, rows - r0);
-                    for (int r = 0; r < n; r++) d[r] = s[r0 + r];
-                    for (int r = n; r < mr; r++) d[r] = 0;
-                }
-            }
-            return;
-        }
-        float** rp = stackalloc float*[mr];
-        for (int ip = 0; ip < mPanels; ip++)
-        {
-            int r0 = ip * mr;
-            for (int r = 0; r < mr; r++)
-            {
-                float* tmp = ws.RowTmp + (long)r * CpuGemm.KC;
-                if (r0 + r >= rows) rp[r] = ws.Zero;
-                else if (Kind == DenseKind) rp[r] = Half16.View(baseP + ((long)(m0 + r0 + r) * K + pc) * es, Type, tmp, kc);
-                else
-                {
-                    ConvRow(baseP, m0 + r0 + r, pc, kc, es, tmp);
-                    rp[r] = tmp;
-                }
-            }
-            float* d = dst + (long)ip * kc * mr;
-            float* p0 = rp[0], p1 = rp[1], p2 = rp[2], p3 = rp[3], p4 = rp[4], p5 = rp[5];
-            for (int k = 0; k < kc; k++, d += mr)
-            {
-                d[0] = p0[k]; d[1] = p1[k]; d[2] = p2[k]; d[3] = p3[k]; d[4] = p4[k]; d[5] = p5[k];
+                float* d = dst + k;
+                for (int i = 0; i < rows; i++) d[(long)i * kc] = s[i];
             }
         }
+        else
+            for (int i = 0; i < rows; i++)
+            {
+                if (Kind == DenseKind) Half16.Load(baseP + ((long)(m0 + i) * K + pc) * es, Type, dst + (long)i * kc, kc);
+                else ConvRow(baseP, m0 + i, pc, kc, es, dst + (long)i * kc);
+            }
+        new Span<float>(dst + (long)rows * kc, (padded - rows) * kc).Clear();
     }
 
     /// <summary>Row m of the virtual im2col matrix, columns [pc, pc+kc), into dst (fp32).</summary>
@@ -572,9 +612,9 @@ internal sealed unsafe class Workspace
 
     private Workspace()
     {
-        long aFloats = (long)CpuGemm.MCMax * CpuGemm.KC;
+        long aFloats = (long)CpuGemm.MCMax * CpuGemm.KC + CpuGemm.MCMax + 64;
         long tileFloats = (long)CpuGemm.MCMax * (CpuGemm.NCMax + 32);
-        long rowFloats = Math.Max((long)CpuGemm.MR * CpuGemm.KC, CpuGemm.MCMax + 64);
+        long rowFloats = 8L * CpuGemm.KC;
         long total = aFloats + tileFloats + rowFloats + CpuGemm.KC;
         block = (float*)NativeMemory.AlignedAlloc((nuint)(total * sizeof(float)), 64);
         APack = block;

@@ -1,3 +1,4 @@
+using System.Runtime.CompilerServices;
 using System.Runtime.Intrinsics;
 
 namespace StableDiffusion.Kernels.Cpu;
@@ -68,21 +69,25 @@ public static unsafe class CpuLayout
         if (x == null || y == null) throw new KernelArgumentException("cpu transpose: null buffer");
         const int T = 32;
         long tr = (r + T - 1) / T, tc = (c + T - 1) / T, tiles = batch * tr * tc;
-        CpuChunks.For(tiles, Math.Max(1, Grain / (T * T)), (t0, t1) =>
+        CpuChunks.For(tiles, Math.Max(1, Grain / (T * T)), (t0, t1) => TransposeTiles(x, y, r, c, tr, tc, t0, t1));
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    private static void TransposeTiles(float* x, float* y, int r, int c, long tr, long tc, long t0, long t1)
+    {
+        const int T = 32;
+        for (long t = t0; t < t1; t++)
         {
-            for (long t = t0; t < t1; t++)
+            long bi = t / (tr * tc), rem = t - bi * tr * tc;
+            int i0 = (int)(rem / tc) * T, j0 = (int)(rem % tc) * T;
+            int i1 = Math.Min(r, i0 + T), j1 = Math.Min(c, j0 + T);
+            float* xs = x + bi * r * c, ys = y + bi * r * c;
+            for (int j = j0; j < j1; j++)
             {
-                long bi = t / (tr * tc), rem = t - bi * tr * tc;
-                int i0 = (int)(rem / tc) * T, j0 = (int)(rem % tc) * T;
-                int i1 = Math.Min(r, i0 + T), j1 = Math.Min(c, j0 + T);
-                float* xs = x + bi * r * c, ys = y + bi * r * c;
-                for (int j = j0; j < j1; j++)
-                {
-                    float* yr = ys + (long)j * r;
-                    for (int i = i0; i < i1; i++) yr[i] = xs[(long)i * c + j];
-                }
+                float* yr = ys + (long)j * r;
+                for (int i = i0; i < i1; i++) yr[i] = xs[(long)i * c + j];
             }
-        });
+        }
     }
 
     /// <summary>y [count, c] = table[ids[i], :] for table [vocab, c]; an id outside the table is an error.</summary>
@@ -133,17 +138,20 @@ public static unsafe class CpuLayout
     {
         if (n <= 0) throw new KernelArgumentException($"cpu half_to_float: element count {n} must be positive");
         if (src == null || dst == null) throw new KernelArgumentException("cpu half_to_float: null buffer");
-        CpuChunks.For(n, Grain, (s, e) =>
+        CpuChunks.For(n, Grain, (s, e) => HalfToFloatRange(src + s, dst + s, e - s));
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    private static void HalfToFloatRange(ushort* src, float* dst, long n)
+    {
+        long i = 0;
+        for (; i <= n - 32; i += 32)
         {
-            long i = s;
-            for (; i <= e - 32; i += 32)
-            {
-                var h = Vector512.Load(src + i);
-                Vector512.Store(HalfBits(Vector512.WidenLower(h)), (uint*)(dst + i));
-                Vector512.Store(HalfBits(Vector512.WidenUpper(h)), (uint*)(dst + i + 16));
-            }
-            for (; i < e; i++) dst[i] = HalfToFloat(src[i]);
-        });
+            var h = Vector512.Load(src + i);
+            Vector512.Store(HalfBits(Vector512.WidenLower(h)), (uint*)(dst + i));
+            Vector512.Store(HalfBits(Vector512.WidenUpper(h)), (uint*)(dst + i + 16));
+        }
+        for (; i < n; i++) dst[i] = HalfToFloat(src[i]);
     }
 
     /// <summary>float → IEEE half, round to nearest even, overflow to infinity, NaN quieted with its payload.</summary>
@@ -151,17 +159,20 @@ public static unsafe class CpuLayout
     {
         if (n <= 0) throw new KernelArgumentException($"cpu float_to_half: element count {n} must be positive");
         if (src == null || dst == null) throw new KernelArgumentException("cpu float_to_half: null buffer");
-        CpuChunks.For(n, Grain, (s, e) =>
+        CpuChunks.For(n, Grain, (s, e) => FloatToHalfRange(src + s, dst + s, e - s));
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    private static void FloatToHalfRange(float* src, ushort* dst, long n)
+    {
+        long i = 0;
+        for (; i <= n - 32; i += 32)
         {
-            long i = s;
-            for (; i <= e - 32; i += 32)
-            {
-                var lo = FloatBits(Vector512.Load((uint*)(src + i)));
-                var hi = FloatBits(Vector512.Load((uint*)(src + i + 16)));
-                Vector512.Store(Vector512.Narrow(lo, hi), dst + i);
-            }
-            for (; i < e; i++) dst[i] = FloatToHalf(src[i]);
-        });
+            var lo = FloatBits(Vector512.Load((uint*)(src + i)));
+            var hi = FloatBits(Vector512.Load((uint*)(src + i + 16)));
+            Vector512.Store(Vector512.Narrow(lo, hi), dst + i);
+        }
+        for (; i < n; i++) dst[i] = FloatToHalf(src[i]);
     }
 
     // Exponent/mantissa shifted into float position and rescaled by 2^112 (exact, subnormals included);

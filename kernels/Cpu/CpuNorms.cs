@@ -1,3 +1,4 @@
+using System.Runtime.CompilerServices;
 using System.Runtime.Intrinsics;
 
 namespace StableDiffusion.Kernels.Cpu;
@@ -97,6 +98,7 @@ public static unsafe class CpuNorms
     }
 
     // Adds Σ (x - shift) and Σ (x - shift)² over `rows` rows of c channels into s1/s2, 64 channels at a time in registers.
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private static void ChunkSums(float* x, float* shift, int rows, int c, double* s1, double* s2)
     {
         int j = 0;
@@ -151,6 +153,7 @@ public static unsafe class CpuNorms
         Vector512.Store(Vector512.Load(d + 8) + Vector512.WidenUpper(v), d + 8);
     }
 
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private static void Affine(float* x, float* y, float* a, float* b, int c, bool silu)
     {
         int j = 0;
@@ -187,6 +190,7 @@ public static unsafe class CpuNorms
         });
     }
 
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private static void LayerRow(float* x, float* y, int c, float* weight, float* bias, float eps)
     {
         var acc = Vector512<float>.Zero;

@@ -121,16 +121,7 @@ public static unsafe class CpuPointwise
     {
         if (n <= 0) throw new KernelArgumentException($"cpu scale: element count {n} must be positive");
         if (x == null || y == null) throw new KernelArgumentException("cpu scale: null buffer");
-        CpuChunks.For(n, Grain, (s, e) =>
-        {
-            float* xs = x + s, ys = y + s;
-            long len = e - s, i = 0;
-            var va = Vector512.Create(alpha);
-            var vb = Vector512.Create(beta);
-            for (; i <= len - W; i += W)
-                Vector512.Store(Vector512.FusedMultiplyAdd(Vector512.Load(xs + i), va, vb), ys + i);
-            for (; i < len; i++) ys[i] = MathF.FusedMultiplyAdd(xs[i], alpha, beta);
-        });
+        CpuChunks.For(n, Grain, (s, e) => ScaleRange(x + s, y + s, e - s, alpha, beta));
     }
 
     /// <summary>y = min(max(x, lo), hi).</summary>
@@ -139,18 +130,30 @@ public static unsafe class CpuPointwise
         if (n <= 0) throw new KernelArgumentException($"cpu clamp: element count {n} must be positive");
         if (x == null || y == null) throw new KernelArgumentException("cpu clamp: null buffer");
         if (!(lo <= hi)) throw new KernelArgumentException($"cpu clamp: lower bound {lo} exceeds upper bound {hi}");
-        CpuChunks.For(n, Grain, (s, e) =>
-        {
-            float* xs = x + s, ys = y + s;
-            long len = e - s, i = 0;
-            var vl = Vector512.Create(lo);
-            var vh = Vector512.Create(hi);
-            for (; i <= len - W; i += W)
-                Vector512.Store(Vector512.Min(Vector512.Max(Vector512.Load(xs + i), vl), vh), ys + i);
-            for (; i < len; i++) ys[i] = MathF.Min(MathF.Max(xs[i], lo), hi);
-        });
+        CpuChunks.For(n, Grain, (s, e) => ClampRange(x + s, y + s, e - s, lo, hi));
     }
 
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    private static void ScaleRange(float* x, float* y, long n, float alpha, float beta)
+    {
+        long i = 0;
+        var va = Vector512.Create(alpha);
+        var vb = Vector512.Create(beta);
+        for (; i <= n - W; i += W) Vector512.Store(Vector512.FusedMultiplyAdd(Vector512.Load(x + i), va, vb), y + i);
+        for (; i < n; i++) y[i] = MathF.FusedMultiplyAdd(x[i], alpha, beta);
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    private static void ClampRange(float* x, float* y, long n, float lo, float hi)
+    {
+        long i = 0;
+        var vl = Vector512.Create(lo);
+        var vh = Vector512.Create(hi);
+        for (; i <= n - W; i += W) Vector512.Store(Vector512.Min(Vector512.Max(Vector512.Load(x + i), vl), vh), y + i);
+        for (; i < n; i++) y[i] = MathF.Min(MathF.Max(x[i], lo), hi);
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private static void Rows(bool add, float* a, float* b, float* y, long n)
     {
         long i = 0;
@@ -166,6 +169,7 @@ public static unsafe class CpuPointwise
         }
     }
 
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private static void Scalar(bool add, float* a, float b, float* y, long n)
     {
         long i = 0;
@@ -182,6 +186,7 @@ public static unsafe class CpuPointwise
         }
     }
 
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private static void Apply<TOp>(float* x, float* y, long n) where TOp : struct, IUnary
     {
         long i = 0;
@@ -189,6 +194,7 @@ public static unsafe class CpuPointwise
         for (; i < n; i++) y[i] = default(TOp).Of(x[i]);
     }
 
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private static void Gated<TOp>(float* a, float* g, float* y, int n) where TOp : struct, IUnary
     {
         int i = 0;

@@ -1,3 +1,4 @@
+using System.Runtime.CompilerServices;
 using System.Runtime.Intrinsics;
 
 namespace StableDiffusion.Kernels.Cpu;
@@ -16,6 +17,7 @@ public static unsafe class CpuSoftmax
         });
     }
 
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private static void Row(float* x, float* y, int n, float scale)
     {
         const int W = 16;

@@ -123,6 +123,29 @@ public unsafe class CpuGemmTests(ITestOutputHelper output)
         Check("cpu_gemm", name, ct, nc.ToArray(), Oracle.Host(want), Tolerance(at, bt, ct));
     }
 
+    [Theory]
+    [InlineData(DType.F32)]
+    [InlineData(DType.F16)]
+    public void Residual_may_alias_C(DType dt)
+    {
+        using var scope = torch.NewDisposeScope();
+        int m = 30, n = 64, k = 40;
+        var a = oracle.Random(m * k, dt);
+        var b = oracle.Random(n * k, dt);
+        var res = oracle.Random(m * n, dt);
+        using var na = new NativeBuf(a, dt);
+        using var nb = new NativeBuf(b, dt);
+        using var nc = new NativeBuf(res, dt);
+        var args = new CpuGemmArgs
+        {
+            M = m, N = n, K = k, Batch = 1, TransB = true, Alpha = 1, A = na.Ptr, AType = dt, B = nb.Ptr, BType = dt,
+            Residual = nc.Ptr, ResidualType = dt, C = nc.Ptr, CType = dt,
+        };
+        CpuGemm.Run(args);
+        var want = torch.matmul(Oracle.T(a, m, k), Oracle.T(b, n, k).t()) + Oracle.T(res, m, n);
+        Check("cpu_gemm", $"{dt.Name()} 30x64x40 Bᵀ residual == C (in place)", dt, nc.ToArray(), Oracle.Host(want), Tolerance(dt));
+    }
+
     [Fact]
     public void Reference_matches_libtorch()
     {

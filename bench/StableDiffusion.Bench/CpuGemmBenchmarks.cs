@@ -1,0 +1,264 @@
+using System.Diagnostics;
+using System.Runtime.InteropServices;
+using System.Text;
+using System.Text.Json;
+using BenchmarkDotNet.Attributes;
+using BenchmarkDotNet.Columns;
+using BenchmarkDotNet.Configs;
+using BenchmarkDotNet.Exporters;
+using BenchmarkDotNet.Exporters.Json;
+using BenchmarkDotNet.Jobs;
+using BenchmarkDotNet.Reports;
+using BenchmarkDotNet.Running;
+using BenchmarkDotNet.Toolchains.InProcess.Emit;
+using StableDiffusion.Kernels.Cpu;
+using StableDiffusion.Runtime;
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace StableDiffusion.Bench;
+
+/// <summary>One SD1.5 shape: a linear layer (x[M,K]·W[N,K]ᵀ) or a 3×3 pad-1 conv (NHWC, batch 2).</summary>
+public sealed class CpuCase(string name, bool conv, int m, int n, int k, int h = 0, int w = 0, int c = 0, int batch = 1)
+{
+    public string Name { get; } = name;
+    public bool Conv { get; } = conv;
+    public int M { get; } = m;
+    public int N { get; } = n;
+    public int K { get; } = k;
+    public int H { get; } = h;
+    public int W { get; } = w;
+    public int C { get; } = c;
+    public int Batch { get; } = batch;
+    public double Flops => 2.0 * M * N * K;
+    public override string ToString() => Name;
+
+    public static CpuCase Gemm(int m, int n, int k) => new($"gemm {m}x{n}x{k}", false, m, n, k);
+    public static CpuCase Conv3x3(int batch, int hw, int c) =>
+        new($"conv3x3 {batch}x{hw}x{hw}x{c}", true, batch * hw * hw, c, 9 * c, hw, hw, c, batch);
+
+    public static IEnumerable<CpuCase> All(bool quick) => quick
+        ? [Gemm(1024, 320, 320), Gemm(77, 320, 768), Conv3x3(2, 16, 320)]
+        :
+        [
+            Gemm(4096, 320, 320), Gemm(4096, 1280, 320), Gemm(4096, 320, 1280), Gemm(77, 320, 768), Gemm(8192, 320, 320),
+            Conv3x3(2, 64, 320), Conv3x3(2, 32, 640), Conv3x3(2, 16, 1280), Conv3x3(2, 8, 1280),
+        ];
+}
+
+/// <summary>
+/// Ours (packing B on the fly), ours with B pre-packed once (the weight cache), and libtorch on the same inputs and
+/// thread count. libtorch gets F.linear for GEMMs and conv2d on channels-last (NHWC memory) inputs: its oneDNN fast
+/// path on CPU and the layout ours reads (the probe also times NCHW).
+/// </summary>
+public unsafe class CpuGemmBenchmarks
+{
+    private float* x, wt, y;
+    private CpuPackedB? packed;
+    private torch.Tensor? tx, tw;
+
+    public static IEnumerable<CpuCase> Cases() => CpuBench.CaseList;
+
+    [ParamsSource(nameof(Cases))]
+    public CpuCase Case { get; set; } = null!;
+
+    [GlobalSetup]
+    public void Setup()
+    {
+        torch.set_num_threads(CpuParallel.Threads);
+        var c = Case;
+        long xn = c.Conv ? (long)c.Batch * c.H * c.W * c.C : (long)c.M * c.K;
+        x = Alloc(xn, 1);
+        wt = Alloc((long)c.N * c.K, 0.05f);
+        y = Alloc((long)c.M * c.N, 0);
+        packed = c.Conv ? CpuConv.PackWeight(wt, DType.F32, c.N, 3, 3, c.C) : CpuGemm.PackB(wt, DType.F32, c.N, c.K, true);
+        var xs = new ReadOnlySpan<float>(x, (int)xn).ToArray();
+        var ws = new ReadOnlySpan<float>(wt, c.N * c.K).ToArray();
+        if (c.Conv)
+        {
+            // ours: NHWC / OHWI; libtorch: logical NCHW / OIHW with channels-last strides
+            tx = torch.tensor(xs, [c.Batch, c.H, c.W, c.C]).permute(0, 3, 1, 2);
+            tw = torch.tensor(ws, [c.N, 3, 3, c.C]).permute(0, 3, 1, 2);
+            if (CpuBench.TorchNchw) { tx = tx.contiguous(); tw = tw.contiguous(); }
+        }
+        else
+        {
+            tx = torch.tensor(xs, [c.M, c.K]);
+            tw = torch.tensor(ws, [c.N, c.K]);
+        }
+    }
+
+    private static float* Alloc(long n, float scale)
+    {
+        var p = (float*)NativeMemory.AlignedAlloc((nuint)(n * 4), 64);
+        var rng = new Random(42);
+        for (long i = 0; i < n; i++) p[i] = (float)(rng.NextDouble() * 2 - 1) * scale;
+        return p;
+    }
+
+    private CpuGemmArgs GemmArgs() => new()
+    {
+        M = Case.M, N = Case.N, K = Case.K, Batch = 1, TransB = true, Alpha = 1,
+        A = x, AType = DType.F32, B = wt, BType = DType.F32, C = y, CType = DType.F32,
+    };
+
+    private CpuConvArgs ConvArgs() => new()
+    {
+        N = Case.Batch, H = Case.H, W = Case.W, Cin = Case.C, Cout = Case.N, KH = 3, KW = 3, Stride = 1,
+        PadTop = 1, PadLeft = 1, PadBottom = 1, PadRight = 1,
+        X = x, XType = DType.F32, Weight = wt, WeightType = DType.F32, Y = y, YType = DType.F32,
+    };
+
+    [Benchmark]
+    public void Ours()
+    {
+        if (Case.Conv) CpuConv.Run(ConvArgs());
+        else CpuGemm.Run(GemmArgs());
+    }
+
+    [Benchmark]
+    public void OursPrepacked()
+    {
+        if (Case.Conv) CpuConv.Run(ConvArgs(), packed!);
+        else CpuGemm.Run(GemmArgs(), packed!);
+    }
+
+    [Benchmark]
+    public void Libtorch()
+    {
+        using var r = Case.Conv
+            ? torch.nn.functional.conv2d(tx!, tw!, padding: [1, 1])
+            : torch.nn.functional.linear(tx!, tw!);
+    }
+
+    [GlobalCleanup]
+    public void Cleanup()
+    {
+        NativeMemory.AlignedFree(x);
+        NativeMemory.AlignedFree(wt);
+        NativeMemory.AlignedFree(y);
+        packed?.Dispose();
+        tx?.Dispose();
+        tw?.Dispose();
+    }
+}
+
+/// <summary>bench cpu: runs <see cref="CpuGemmBenchmarks"/> and writes results.md / results.json.</summary>
+public static class CpuBench
+{
+    public static List<CpuCase> CaseList { get; private set; } = [];
+    public static bool TorchNchw { get; private set; }
+
+    public static int Run(string[] args, string repoRoot)
+    {
+        var rest = args.ToList();
+        bool quick = rest.Remove("--quick"), probe = rest.Remove("--probe");
+        TorchNchw = rest.Remove("--torch-nchw");
+        string? outDir = Option(rest, "--out");
+        if (Option(rest, "--threads") is { } th)
+            CpuParallel.Threads = int.TryParse(th, out int n) && n >= 1 ? n : throw new UsageException($"bad --threads '{th}'");
+        if (rest.Count > 0) throw new UsageException($"unexpected argument '{rest[0]}'");
+        CaseList = CpuCase.All(quick).ToList();
+        string cpu = CpuModel();
+        Console.WriteLine($"cpu: {cpu}, {CpuParallel.Threads} threads, Vector512 {System.Runtime.Intrinsics.Vector512.IsHardwareAccelerated}");
+        if (probe) return Probe();
+
+        outDir ??= Path.Combine(repoRoot, "bench", "results", "cpu-" + Roofline.Slug(cpu), $"threads-{CpuParallel.Threads}");
+        Directory.CreateDirectory(outDir);
+        var job = (quick ? Job.Dry.WithIterationCount(3).WithWarmupCount(1) : Job.Default.WithIterationCount(10).WithWarmupCount(3))
+            .WithToolchain(InProcessEmitToolchain.Instance).WithInvocationCount(1).WithUnrollFactor(1);
+        var config = ManualConfig.CreateEmpty()
+            .AddJob(job)
+            .AddColumnProvider(DefaultColumnProviders.Instance)
+            .AddExporter(MarkdownExporter.GitHub, JsonExporter.Brief)
+            .AddLogger(BenchmarkDotNet.Loggers.ConsoleLogger.Default)
+            .WithArtifactsPath(outDir)
+            .WithOptions(ConfigOptions.DisableOptimizationsValidator | ConfigOptions.JoinSummary);
+        var summary = BenchmarkRunner.Run<CpuGemmBenchmarks>(config);
+        Write(summary, outDir, cpu);
+        return summary.HasCriticalValidationErrors || summary.Reports.Any(r => !r.Success) ? 1 : 0;
+    }
+
+    private static void Write(Summary summary, string outDir, string cpu)
+    {
+        var ms = new Dictionary<(string, string), double>();
+        foreach (var r in summary.Reports.Where(r => r.Success && r.ResultStatistics is not null))
+            ms[(((CpuCase)r.BenchmarkCase.Parameters["Case"]).Name, r.BenchmarkCase.Descriptor.WorkloadMethod.Name)] =
+                r.ResultStatistics!.Median / 1e6;
+        var md = new StringBuilder();
+        md.AppendLine($"# C# CPU GEMM / conv vs libtorch — {cpu}, {CpuParallel.Threads} threads");
+        md.AppendLine();
+        md.AppendLine($"libtorch {torch.__version__} (TorchSharp), torch.set_num_threads({CpuParallel.Threads}); GEMM = F.linear(x[M,K], W[N,K]); " +
+            $"conv = F.conv2d 3×3 pad 1 on {(TorchNchw ? "NCHW-contiguous" : "channels-last")} tensors. Ours: fp32, NHWC/OHWI; " +
+            "\"prepacked\" = B (weights) packed once outside the timed region. Median of BenchmarkDotNet iterations.");
+        md.AppendLine();
+        md.AppendLine("| case | GFLOP | ours ms | ours GFLOP/s | prepacked GFLOP/s | libtorch ms | libtorch GFLOP/s | ours/libtorch | prepacked/libtorch |");
+        md.AppendLine("|---|---:|---:|---:|---:|---:|---:|---:|---:|");
+        var rows = new List<object>();
+        foreach (var c in CaseList)
+        {
+            double o = ms.GetValueOrDefault((c.Name, "Ours"), double.NaN);
+            double op = ms.GetValueOrDefault((c.Name, "OursPrepacked"), double.NaN);
+            double t = ms.GetValueOrDefault((c.Name, "Libtorch"), double.NaN);
+            double g(double v) => c.Flops / (v * 1e6);
+            md.AppendLine($"| {c.Name} | {c.Flops / 1e9:F2} | {o:F2} | {g(o):F1} | {g(op):F1} | {t:F2} | {g(t):F1} | {t / o:F2} | {t / op:F2} |");
+            rows.Add(new { name = c.Name, flops = c.Flops, ours_ms = o, ours_prepacked_ms = op, libtorch_ms = t,
+                ours_gflops = g(o), ours_prepacked_gflops = g(op), libtorch_gflops = g(t) });
+        }
+        File.WriteAllText(Path.Combine(outDir, "results.md"), md.ToString());
+        File.WriteAllText(Path.Combine(outDir, "results.json"), JsonSerializer.Serialize(new
+        {
+            cpu, threads = CpuParallel.Threads, torch_layout = TorchNchw ? "nchw" : "channels_last", results = rows,
+        }, new JsonSerializerOptions { WriteIndented = true }));
+        Console.WriteLine(md);
+        Console.WriteLine($"wrote results.md and results.json in {outDir}");
+    }
+
+    /// <summary>Quick Stopwatch timing of every case, ours and libtorch interleaved, best of N (the box may be shared).</summary>
+    private static int Probe()
+    {
+        int reps = int.TryParse(Environment.GetEnvironmentVariable("SD_PROBE_REPS"), out int r0) ? r0 : 10;
+        foreach (var c in CaseList)
+        {
+            var b = new CpuGemmBenchmarks { Case = c };
+            b.Setup();
+            Action[] fs = [b.Ours, b.OursPrepacked, b.Libtorch];
+            var best = new double[fs.Length];
+            Array.Fill(best, double.MaxValue);
+            foreach (var f in fs) { f(); f(); }
+            var sw = new Stopwatch();
+            for (int r = 0; r < reps; r++)
+                for (int i = 0; i < fs.Length; i++)
+                {
+                    sw.Restart();
+                    fs[i]();
+                    best[i] = Math.Min(best[i], sw.Elapsed.TotalMilliseconds);
+                }
+            var g = best.Select(ms => c.Flops / (ms * 1e6)).ToArray();
+            Console.WriteLine($"{c.Name,-28} ours {g[0],7:F1}  prepacked {g[1],7:F1}  libtorch {g[2],7:F1} GFLOP/s  ratio {g[0] / g[2]:F2} / {g[1] / g[2]:F2}");
+            b.Cleanup();
+        }
+        return 0;
+    }
+
+    private static string? Option(List<string> args, string name)
+    {
+        int i = args.IndexOf(name);
+        if (i < 0) return null;
+        if (i + 1 >= args.Count) throw new UsageException($"option {name} needs a value");
+        var v = args[i + 1];
+        args.RemoveRange(i, 2);
+        return v;
+    }
+
+    private static string CpuModel()
+    {
+        try
+        {
+            var line = File.ReadLines("/proc/cpuinfo").FirstOrDefault(l => l.StartsWith("model name", StringComparison.Ordinal));
+            if (line is not null) return line[(line.IndexOf(':') + 1)..].Trim();
+        }
+        catch (IOException) { }
+        return "unknown-cpu";
+    }
+}
