@@ -149,9 +149,17 @@ public static class CpuBench
     public static List<CpuCase> CaseList { get; private set; } = [];
     public static bool TorchNchw { get; private set; }
 
+    /// <summary>
+    /// <c>bench cpu [gemm|ops|unet|generate|all] [--quick] [--threads N] [--out DIR]</c>: the C# CPU backend against
+    /// libtorch, same thread count: GEMM/convolution (default), the other ops, one SD1.5 UNet step, whole generations.
+    /// </summary>
     public static int Run(string[] args, string repoRoot)
     {
         var rest = args.ToList();
+        string what = rest.Count > 0 && !rest[0].StartsWith("--", StringComparison.Ordinal) ? rest[0] : "gemm";
+        if (rest.Count > 0 && rest[0] == what) rest.RemoveAt(0);
+        if (what is not ("gemm" or "ops" or "unet" or "generate" or "all"))
+            throw new UsageException($"bench cpu: unknown part '{what}'; use gemm, ops, unet, generate or all");
         bool quick = rest.Remove("--quick"), probe = rest.Remove("--probe");
         TorchNchw = rest.Remove("--torch-nchw");
         string? outDir = Option(rest, "--out");
@@ -165,6 +173,26 @@ public static class CpuBench
 
         outDir ??= Path.Combine(repoRoot, "bench", "results", "cpu-" + Roofline.Slug(cpu), $"threads-{CpuParallel.Threads}");
         Directory.CreateDirectory(outDir);
+        int failed = 0;
+        if (what is "ops" or "all") CpuOpBenchmarks.RunAll(outDir, quick);
+        if (what is "unet" or "generate" or "all")
+        {
+            CpuSd15Benchmarks.Threads = CpuParallel.Threads;
+            // Seconds to minutes per call: a few iterations are all that fit, medians of them.
+            var slow = ManualConfig.CreateEmpty()
+                .AddJob(Job.Dry.WithIterationCount(what == "generate" ? 1 : 3).WithWarmupCount(0)
+                    .WithToolchain(InProcessEmitToolchain.Instance).WithInvocationCount(1).WithUnrollFactor(1))
+                .AddColumnProvider(DefaultColumnProviders.Instance)
+                .AddExporter(MarkdownExporter.GitHub, JsonExporter.Brief)
+                .AddLogger(BenchmarkDotNet.Loggers.ConsoleLogger.Default)
+                .WithArtifactsPath(outDir)
+                .WithOptions(ConfigOptions.DisableOptimizationsValidator | ConfigOptions.JoinSummary);
+            var reports = new List<Summary>();
+            if (what is "unet" or "all") reports.Add(BenchmarkRunner.Run<CpuUnetStepBenchmarks>(slow));
+            if (what is "generate" or "all") reports.Add(BenchmarkRunner.Run<CpuGenerationBenchmarks>(slow));
+            failed += reports.Count(r => r.HasCriticalValidationErrors || r.Reports.Any(x => !x.Success));
+        }
+        if (what is not ("gemm" or "all")) return failed > 0 ? 1 : 0;
         var job = (quick ? Job.Dry.WithIterationCount(3).WithWarmupCount(1) : Job.Default.WithIterationCount(10).WithWarmupCount(3))
             .WithToolchain(InProcessEmitToolchain.Instance).WithInvocationCount(1).WithUnrollFactor(1);
         var config = ManualConfig.CreateEmpty()
@@ -176,7 +204,7 @@ public static class CpuBench
             .WithOptions(ConfigOptions.DisableOptimizationsValidator | ConfigOptions.JoinSummary);
         var summary = BenchmarkRunner.Run<CpuGemmBenchmarks>(config);
         Write(summary, outDir, cpu);
-        return summary.HasCriticalValidationErrors || summary.Reports.Any(r => !r.Success) ? 1 : 0;
+        return failed > 0 || summary.HasCriticalValidationErrors || summary.Reports.Any(r => !r.Success) ? 1 : 0;
     }
 
     private static void Write(Summary summary, string outDir, string cpu)

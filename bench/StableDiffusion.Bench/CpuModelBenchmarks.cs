@@ -88,9 +88,11 @@ public abstract class CpuSd15Benchmarks
         tx = torch.tensor(xs, [2, 64, 64, 4]).permute(0, 3, 1, 2).contiguous();
         tctx = torch.tensor(cs, [2, 77, 768]);
 
-        // First use packs our weights and warms libtorch's allocator: keep that out of the measurements.
-        unet.Forward(ops, x, t, ctx).Dispose();
+        Warm();
     }
+
+    /// <summary>First use packs our weights and warms libtorch's allocator: keep that out of the measurements.</summary>
+    protected abstract void Warm();
 
     private static string RepoRoot()
     {
@@ -125,6 +127,12 @@ public abstract class CpuSd15Benchmarks
 /// <summary>One SD1.5 UNet step (batch 2, 64×64 latent): ours against libtorch.</summary>
 public class CpuUnetStepBenchmarks : CpuSd15Benchmarks
 {
+    protected override void Warm()
+    {
+        UnetStepOurs();
+        UnetStepLibtorch();
+    }
+
     [Benchmark(Description = "SD1.5 UNet step, batch 2, 64x64 latent: ours")]
     public void UnetStepOurs() => unet!.Forward(ops!, x!, t!, ctx!).Dispose();
 
@@ -143,6 +151,9 @@ public class CpuGenerationBenchmarks : CpuSd15Benchmarks
 {
     [Params(256, 512)]
     public int Size { get; set; }
+
+    /// <summary>Loads the pipeline's models (and packs their weights) with one small generation.</summary>
+    protected override void Warm() => pipeline!.Generate(new GenerationRequest { Prompt = "warm", Steps = 1, Width = 64, Height = 64 }, euler!);
 
     [Benchmark(Description = "SD1.5 20-step Euler generation, guidance 7.5: ours")]
     public void GenerateOurs() => pipeline!.Generate(new GenerationRequest
