@@ -65,6 +65,8 @@ public static class SelfCheck
             Directory.CreateDirectory(dir);
         }
 
+        [System.Diagnostics.CodeAnalysis.UnconditionalSuppressMessage("Trimming", "IL2026",
+            Justification = "anonymous manifest types of this assembly, which the trimmed publish keeps whole (TrimmerRootAssembly)")]
         public void Write(SelfCheckResult r, object? parameters, (string Name, Tensor Tensor)[] inputs, float[] output, int[] outputShape)
         {
             var stem = $"{next++:D4}_{r.Op}_{r.DType.Replace('→', '-')}";
