@@ -15,11 +15,12 @@ namespace StableDiffusion.Cli;
 /// memory once <c>cuFuncSetAttribute(CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES)</c> is set on ILGPU's
 /// <see cref="CudaKernel.FunctionPtr"/>, and which libcuda file the process loaded.
 /// </summary>
-internal static unsafe class LaunchProbe
+public static unsafe class LaunchProbe
 {
     public struct ProbeArgs
     {
         public ArrayView<int> Out;
+        public int N;
     }
 
     /// <summary>Does nothing: the launch itself is what is timed.</summary>
@@ -28,13 +29,13 @@ internal static unsafe class LaunchProbe
     }
 
     /// <summary>
-    /// Fills all of the dynamic shared memory, then every thread checks words other threads wrote: Out[0] = the
-    /// length it saw (ints), Out[1] += wrong words.
+    /// Fills N ints of dynamic shared memory (all of it), then every thread checks words other threads wrote:
+    /// Out[0] = the view length ILGPU reports, Out[1] += wrong words, Out[2] = 1 once the kernel ran.
     /// </summary>
     public static void FillShared(ProbeArgs a)
     {
         var s = SharedMemory.GetDynamic<int>();
-        int n = (int)s.Length;
+        int n = a.N;
         for (int i = Group.IdxX; i < n; i += Group.DimX) s[i] = i * 3 + 1;
         Group.Barrier();
         int bad = 0;
@@ -44,7 +45,11 @@ internal static unsafe class LaunchProbe
             if (s[j] != j * 3 + 1) bad++;
         }
         if (bad > 0) Atomic.Add(ref a.Out[1], bad);
-        if (Group.IdxX == 0) a.Out[0] = n;
+        if (Group.IdxX == 0)
+        {
+            a.Out[0] = (int)s.Length;
+            a.Out[2] = 1;
+        }
     }
 
     // CUfunction_attribute and CUdevice_attribute values from cuda.h.
@@ -74,7 +79,7 @@ internal static unsafe class LaunchProbe
         report["driver_version"] = cuda.DriverVersion();
         stdout.WriteLine($"CUDA driver API version {report["driver_version"]}");
 
-        using var o = Tensor.FromInts(device, [0, 0], 2);
+        using var o = Tensor.FromInts(device, [0, 0, 0], 3);
         var args = new ProbeArgs { Out = o.I32 };
         var stream = acc.DefaultStream;
 
@@ -85,7 +90,7 @@ internal static unsafe class LaunchProbe
         var cfg = new KernelConfig(1, 32);
         for (int i = 0; i < 200; i++) empty(stream, cfg, args);
         stream.Synchronize();
-        const int queued = 10_000, synced = 2_000;
+        const int queued = 10_000, synced = 10_000;
         var t = Stopwatch.StartNew();
         for (int i = 0; i < queued; i++) empty(stream, cfg, args);
         double enqueueUs = t.Elapsed.TotalMicroseconds / queued;
@@ -150,11 +155,14 @@ internal static unsafe class LaunchProbe
         {
             try
             {
-                using var counts = Tensor.FromInts(device, [0, 0], 2);
-                fill(stream, new KernelConfig(1, 256, SharedMemoryConfig.RequestDynamic<int>(bytes / 4)), new ProbeArgs { Out = counts.I32 });
+                using var counts = Tensor.FromInts(device, [-1, 0, 0], 3);
+                fill(stream, new KernelConfig(1, 256, SharedMemoryConfig.RequestDynamic<int>(bytes / 4)),
+                    new ProbeArgs { Out = counts.I32, N = bytes / 4 });
                 stream.Synchronize();
                 var r = counts.ToFloatArray();
-                return (int)r[0] == bytes / 4 && r[1] == 0 ? "ok" : $"wrong: saw {(int)r[0]} ints, {(int)r[1]} wrong words";
+                return r[2] == 1 && r[1] == 0
+                    ? $"ok (view length {(int)r[0]} ints)"
+                    : $"wrong: ran {r[2] == 1}, {(int)r[1]} wrong words, view length {(int)r[0]} ints";
             }
             catch (Exception e)
             {
@@ -180,7 +188,7 @@ internal static unsafe class LaunchProbe
         Record("after cuFuncSetAttribute", big);
         Record("after cuFuncSetAttribute", max);
         shared["runs"] = runs;
-        bool unlocked = runs.Skip(2).All(r => r.result == "ok") && max > 48 * 1024;
+        bool unlocked = runs.Skip(2).All(r => r.result.StartsWith("ok", StringComparison.Ordinal)) && max > 48 * 1024;
         shared["result"] = unlocked
             ? $"yes: {max} B of dynamic shared memory worked after cuFuncSetAttribute on CudaKernel.FunctionPtr"
             : "no: see runs";

@@ -1,3 +1,5 @@
+using ILGPU;
+using ILGPU.Runtime;
 using System.Text.Json;
 using StableDiffusion.Kernels;
 using StableDiffusion.Runtime;
@@ -134,6 +136,22 @@ public class CliTests
         var (code, _, stderr) = Sd("debug", "--what", "launch", "--device", "cpu");
         Assert.Equal(1, code);
         Assert.Contains("needs CUDA", stderr);
+    }
+
+    [Fact]
+    public void Launch_probe_kernels_compile_to_ptx_and_fill_dynamic_shared_memory()
+    {
+        foreach (var m in new Action<StableDiffusion.Cli.LaunchProbe.ProbeArgs>[] { StableDiffusion.Cli.LaunchProbe.Empty, StableDiffusion.Cli.LaunchProbe.FillShared })
+            Assert.Contains(".entry", PtxTools.CompilePtx(new KernelEntry("launch_probe", "", m.Method)));
+        using var device = ComputeDevice.Open("ilgpu-cpu", TextWriter.Null);
+        var acc = device.Accelerator;
+        using var o = Tensor.FromInts(device, [-1, 0, 0], 3);
+        var fill = acc.LoadKernel<StableDiffusion.Cli.LaunchProbe.ProbeArgs>(StableDiffusion.Cli.LaunchProbe.FillShared);
+        Assert.True(fill.TryGetKernel(out _)); // the route to CudaKernel.FunctionPtr on CUDA
+        fill(acc.DefaultStream, new ILGPU.KernelConfig(1, Math.Min(16, acc.MaxNumThreadsPerGroup), ILGPU.SharedMemoryConfig.RequestDynamic<int>(1000)),
+            new StableDiffusion.Cli.LaunchProbe.ProbeArgs { Out = o.I32, N = 1000 });
+        acc.DefaultStream.Synchronize();
+        Assert.Equal(new float[] { 1000, 0, 1 }, o.ToFloatArray());
     }
 
     [Fact]
