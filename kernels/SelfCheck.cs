@@ -1,3 +1,4 @@
+using System.Text.Json;
 using StableDiffusion.Runtime;
 
 namespace StableDiffusion.Kernels;
@@ -12,6 +13,8 @@ public sealed record SelfCheckResult(string Op, string DType, string Shape, doub
 /// <summary>
 /// Runs every op through <see cref="IOps"/> on the open device at shapes sized for it, against
 /// <see cref="Reference"/>; outputs come from a poisoned pool, so elements a kernel fails to write show as NaN.
+/// With a dump directory, each case's inputs (as the device holds them) and output are written there, with a JSON
+/// manifest of the op's parameters, for bench/gpu/torch_check.py to recompute with PyTorch.
 /// </summary>
 public static class SelfCheck
 {
@@ -19,8 +22,9 @@ public static class SelfCheck
     public const double F16Tolerance = 2e-3;
 
     public static IReadOnlyList<SelfCheckResult> Run(IOps ops, Action<SelfCheckResult>? onResult = null,
-        Action<string>? onSkip = null)
+        Action<string>? onSkip = null, string? dumpDirectory = null)
     {
+        var dump = dumpDirectory is null ? null : new Dump(dumpDirectory);
         bool small = ops is IlgpuOps { Runtime.Profile: var profile } && profile == KernelProfile.Test;
         bool poison = ops.Device.Pool.PoisonOnRent;
         ops.Device.Pool.PoisonOnRent = true;
@@ -34,7 +38,7 @@ public static class SelfCheck
                     onSkip?.Invoke($"fp16 skipped: {ops.Device.Name} has no fp16 support (cl_khr_fp16)");
                     continue;
                 }
-                var c = new Checker(ops, dt, results, onResult, seed: dt == DType.F32 ? 1 : 2);
+                var c = new Checker(ops, dt, results, onResult, seed: dt == DType.F32 ? 1 : 2, dump);
                 c.All(small);
             }
         }
@@ -45,7 +49,62 @@ public static class SelfCheck
         return results;
     }
 
-    private sealed class Checker(IOps ops, DType dt, List<SelfCheckResult> results, Action<SelfCheckResult>? onResult, int seed)
+    /// <summary>
+    /// Writes one case: <c>NNNN_op_dtype.json</c> (op, dtype, parameters, tolerance, the host reference's error, and
+    /// per input and the output its shape, dtype and file) and raw little-endian fp32 <c>.bin</c> files, fp16 values
+    /// widened exactly. Layouts are the kernels' own: NHWC activations, OHWI convolution weights, [B, L, H*D] attention.
+    /// </summary>
+    private sealed class Dump
+    {
+        private readonly string dir;
+        private int next;
+
+        public Dump(string dir)
+        {
+            this.dir = dir;
+            Directory.CreateDirectory(dir);
+        }
+
+        [System.Diagnostics.CodeAnalysis.UnconditionalSuppressMessage("Trimming", "IL2026",
+            Justification = "anonymous manifest types of this assembly, which the trimmed publish keeps whole (TrimmerRootAssembly)")]
+        public void Write(SelfCheckResult r, object? parameters, (string Name, Tensor Tensor)[] inputs, float[] output, int[] outputShape)
+        {
+            var stem = $"{next++:D4}_{r.Op}_{r.DType.Replace('→', '-')}";
+            string Bin(string name, float[] data)
+            {
+                var file = $"{stem}.{name}.bin";
+                var bytes = new byte[data.Length * 4L];
+                for (int i = 0; i < data.Length; i++)
+                    System.Buffers.Binary.BinaryPrimitives.WriteSingleLittleEndian(bytes.AsSpan(i * 4), data[i]);
+                File.WriteAllBytes(Path.Combine(dir, file), bytes);
+                return file;
+            }
+            var manifest = new
+            {
+                op = r.Op,
+                dtype = r.DType,
+                shape = r.Shape,
+                kernel = r.Kernel,
+                tolerance = r.Tolerance,
+                host_rel_err = double.IsFinite(r.RelativeError) ? r.RelativeError : (double?)null,
+                @params = parameters ?? new { },
+                inputs = inputs.Select(i => new
+                {
+                    name = i.Name,
+                    shape = i.Tensor.ShapeArray(),
+                    dtype = i.Tensor.DType.Name(),
+                    file = Bin(i.Name, i.Tensor.ToFloatArray()),
+                }).ToArray(),
+                output = new { shape = outputShape, file = Bin("out", output) },
+            };
+            File.WriteAllText(Path.Combine(dir, stem + ".json"), JsonSerializer.Serialize(manifest, JsonOptions));
+        }
+
+        private static readonly JsonSerializerOptions JsonOptions = new() { WriteIndented = true };
+    }
+
+    private sealed class Checker(IOps ops, DType dt, List<SelfCheckResult> results, Action<SelfCheckResult>? onResult, int seed,
+        Dump? dump)
     {
         private readonly Random rng = new(seed);
         private double Tol => dt == DType.F32 ? F32Tolerance : F16Tolerance;
@@ -59,13 +118,17 @@ public static class SelfCheck
 
         private Tensor Up(float[] data, params int[] shape) => Tensor.FromArray(ops.Device, data, dt, shape);
 
-        private void Report(string op, string shape, Tensor output, float[] expected)
+        /// <summary>Compares, records and, when dumping, writes the case (its parameters and input tensors).</summary>
+        private void Report(string op, string shape, Tensor output, float[] expected, object? parameters = null,
+            params (string Name, Tensor Tensor)[] inputs)
         {
             var kernel = KernelBench.Family(ops);
             var got = output.ToFloatArray();
+            var outShape = output.ShapeArray();
             output.Dispose();
             var r = new SelfCheckResult(op, dt.Name(), shape, Reference.RelativeError(got, expected), Tol, kernel);
             results.Add(r);
+            dump?.Write(r, parameters, inputs, got, outShape);
             onResult?.Invoke(r);
         }
 
@@ -87,7 +150,9 @@ public static class SelfCheck
                 using var tres = batch > 1 ? Up(res, batch, m, n) : Up(res, m, n);
                 var y = ops.MatMul(ta_, tb_, ta, tb, 0.5f, tbias, tres);
                 Report("gemm", $"b{batch} {m}x{n}x{k}{(ta ? " Aᵀ" : "")}{(tb ? " Bᵀ" : "")} +bias +res", y,
-                    Reference.MatMul(a, b, batch, m, n, k, ta, tb, batch > 1, false, 0.5f, bias, res));
+                    Reference.MatMul(a, b, batch, m, n, k, ta, tb, batch > 1, false, 0.5f, bias, res),
+                    new { batch, m, n, k, trans_a = ta, trans_b = tb, alpha = 0.5f },
+                    ("a", ta_), ("b", tb_), ("bias", tbias), ("residual", tres));
             }
 
             // Convolution: 3x3 pad 1 stride 1 and 2, 1x1, residual.
@@ -107,7 +172,9 @@ public static class SelfCheck
                 using var tres = res is null ? null : Up(res, n, ho, wo, cout);
                 var y = ops.Conv2d(tx, tw, tbias, s, p, tres);
                 Report("conv2d", $"[{n},{h},{w},{cin}] {kk}x{kk}/{s} p{p} → {cout}{(withRes ? " +res" : "")}", y,
-                    Reference.Conv2d(x, n, h, w, cin, wt, cout, kk, kk, bias, s, p, res));
+                    Reference.Conv2d(x, n, h, w, cin, wt, cout, kk, kk, bias, s, p, res),
+                    new { layout = "x NHWC, weight OHWI, y NHWC", stride = s, padding = p },
+                    tres is null ? [("x", tx), ("weight", tw), ("bias", tbias)] : [("x", tx), ("weight", tw), ("bias", tbias), ("residual", tres)]);
             }
 
             // Group norm with and without SiLU, both epsilons.
@@ -124,7 +191,8 @@ public static class SelfCheck
                 using var tb = Up(beta, c);
                 var y = ops.GroupNorm(tx, g, tg, tb, eps, silu);
                 Report("group_norm", $"[{n},{hw},{c}] g{g}{(silu ? " +silu" : "")} eps {eps:g}", y,
-                    Reference.GroupNorm(dt == DType.F16 ? Reference.RoundToHalf(x) : x, n, hw, c, g, gamma, beta, eps, silu));
+                    Reference.GroupNorm(dt == DType.F16 ? Reference.RoundToHalf(x) : x, n, hw, c, g, gamma, beta, eps, silu),
+                    new { layout = "x [N, HW, C]", groups = g, eps, silu }, ("x", tx), ("gamma", tg), ("beta", tb));
             }
 
             {
@@ -135,14 +203,15 @@ public static class SelfCheck
                 using var tx = Up(x, rows, c);
                 using var tg = Up(gamma, c);
                 using var tb = Up(beta, c);
-                Report("layer_norm", $"[{rows},{c}]", ops.LayerNorm(tx, tg, tb, 1e-5f), Reference.LayerNorm(x, c, gamma, beta, 1e-5));
+                Report("layer_norm", $"[{rows},{c}]", ops.LayerNorm(tx, tg, tb, 1e-5f), Reference.LayerNorm(x, c, gamma, beta, 1e-5),
+                    new { eps = 1e-5f }, ("x", tx), ("gamma", tg), ("beta", tb));
             }
 
             {
                 int rows = small ? 5 : 4 * 77, c = small ? 13 : 100;
                 var x = Rand((long)rows * c, 4f);
                 using var tx = Up(x, rows, c);
-                Report("softmax", $"[{rows},{c}]", ops.Softmax(tx), Reference.Softmax(x, c));
+                Report("softmax", $"[{rows},{c}]", ops.Softmax(tx), Reference.Softmax(x, c), new { dim = -1 }, ("x", tx));
             }
 
             // Attention: self and cross, every SD head dim, causal.
@@ -160,21 +229,25 @@ public static class SelfCheck
                 using var tv = Up(v, b, lk, hd);
                 var y = ops.Attention(tq, tk, tv, heads, causal: causal);
                 Report("attention", $"b{b} h{heads} {lq}x{lk} d{d}{(causal ? " causal" : "")}", y,
-                    Reference.Attention(q, k, v, b, lq, lk, heads, d, 1 / Math.Sqrt(d), causal));
+                    Reference.Attention(q, k, v, b, lq, lk, heads, d, 1 / Math.Sqrt(d), causal),
+                    new { layout = "q [B, Lq, H*D], k/v [B, Lk, H*D]", heads, head_dim = d, scale = 1 / Math.Sqrt(d), causal },
+                    ("q", tq), ("k", tk), ("v", tv));
             }
 
             foreach (var kind in Enum.GetValues<Activation>())
             {
                 var x = Rand(small ? 100 : 4096, 4f);
                 using var tx = Up(x, x.Length);
-                Report(Activations.Name(kind), $"[{x.Length}]", ops.Activate(tx, kind), Reference.Activate(kind, x));
+                Report(Activations.Name(kind), $"[{x.Length}]", ops.Activate(tx, kind), Reference.Activate(kind, x),
+                    new { activation = Activations.Name(kind) }, ("x", tx));
             }
 
             {
                 int rows = small ? 3 : 77, c = small ? 8 : 320;
                 var x = Rand((long)rows * 2 * c, 3f);
                 using var tx = Up(x, rows, 2 * c);
-                Report("geglu", $"[{rows},{2 * c}]", ops.Geglu(tx), Reference.Geglu(x, c));
+                Report("geglu", $"[{rows},{2 * c}]", ops.Geglu(tx), Reference.Geglu(x, c),
+                    new { rule = "x[..., :C] * gelu_erf(x[..., C:])" }, ("x", tx));
             }
 
             foreach (var (aShape, bShape, op) in new[]
@@ -189,24 +262,28 @@ public static class SelfCheck
                 using var ta = Up(a, aShape);
                 using var tb = Up(bb, bShape);
                 Report(op == BinaryOp.Add ? "add" : "mul", $"[{string.Join(",", aShape)}] · [{string.Join(",", bShape)}]",
-                    ops.Binary(op, ta, tb), Reference.Binary(op, a, aShape, bb, bShape));
+                    ops.Binary(op, ta, tb), Reference.Binary(op, a, aShape, bb, bShape),
+                    new { broadcast = "numpy (trailing dimensions)" }, ("a", ta), ("b", tb));
             }
 
             {
                 var x = Rand(1000);
                 using var tx = Up(x, 1000);
                 var expected = x.Select(v => v * 0.18215f + 0.5f).ToArray();
-                Report("scale", "[1000]", ops.Scale(tx, 0.18215f, 0.5f), expected);
+                Report("scale", "[1000]", ops.Scale(tx, 0.18215f, 0.5f), expected, new { scale = 0.18215f, shift = 0.5f }, ("x", tx));
             }
 
             {
                 var x = Rand(2 * 5 * 3 * 7);
                 using var tx = Up(x, 2, 5, 3, 7);
-                Report("upsample2x", "[2,5,3,7]", ops.Upsample2x(tx), Reference.Upsample2x(x, 2, 5, 3, 7));
+                Report("upsample2x", "[2,5,3,7]", ops.Upsample2x(tx), Reference.Upsample2x(x, 2, 5, 3, 7),
+                    new { layout = "NHWC", mode = "nearest" }, ("x", tx));
                 var other = Rand(2 * 5 * 3 * 4);
                 using var to = Up(other, 2, 5, 3, 4);
-                Report("concat", "[2,5,3,7] ++ [2,5,3,4]", ops.Concat(tx, to), Reference.Concat(x, 7, other, 4));
-                Report("transpose", "[2,5,21] → [2,21,5]", ops.Transpose(tx.Reshape(2, 5, 21)), Reference.Transpose(x, 2, 5, 21));
+                Report("concat", "[2,5,3,7] ++ [2,5,3,4]", ops.Concat(tx, to), Reference.Concat(x, 7, other, 4),
+                    new { dim = -1 }, ("a", tx), ("b", to));
+                Report("transpose", "[2,5,21] → [2,21,5]", ops.Transpose(tx.Reshape(2, 5, 21)), Reference.Transpose(x, 2, 5, 21),
+                    new { view = new[] { 2, 5, 21 }, dims = new[] { 1, 2 } }, ("x", tx));
             }
 
             {
@@ -214,7 +291,8 @@ public static class SelfCheck
                 using var tt = Tensor.FromArray(ops.Device, t, DType.F32, 3);
                 var y = ops.TimestepEmbedding(tt, 320, dt);
                 var expected = Reference.TimestepEmbedding(t, 320, true, 0f, 10000f);
-                Report("timestep_embedding", "t [3] → [3,320]", y, dt == DType.F16 ? Reference.RoundToHalf(expected) : expected);
+                Report("timestep_embedding", "t [3] → [3,320]", y, dt == DType.F16 ? Reference.RoundToHalf(expected) : expected,
+                    new { dim = 320, flip_sin_to_cos = true, downscale_freq_shift = 0f, max_period = 10000f }, ("t", tt));
             }
 
             {
@@ -222,7 +300,8 @@ public static class SelfCheck
                 var ids = new[] { 49406, 3, 0, 49, 17, 17 }.Select(i => i % 50).ToArray();
                 using var tt = Up(table, 50, 16);
                 using var ti = Tensor.FromInts(ops.Device, ids, 2, 3);
-                Report("embedding", "[50,16] ids [2,3]", ops.Embedding(tt, ti), Reference.Gather(table, 16, ids));
+                Report("embedding", "[50,16] ids [2,3]", ops.Embedding(tt, ti), Reference.Gather(table, 16, ids),
+                    null, ("table", tt), ("ids", ti));
             }
 
             if (ops.Device.SupportsFp16)
@@ -235,6 +314,7 @@ public static class SelfCheck
                 var r = new SelfCheckResult("cast", $"{dt.Name()}→{other.Name()}", "[300]",
                     Reference.RelativeError(back, other == DType.F16 ? Reference.RoundToHalf(x) : x), 0);
                 results.Add(r);
+                dump?.Write(r, new { to = other.Name() }, [("x", tx)], back, cast.ShapeArray());
                 onResult?.Invoke(r);
             }
         }

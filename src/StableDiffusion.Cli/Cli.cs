@@ -15,7 +15,8 @@ public static class Cli
 
         commands:
           devices [--json]                       list every accelerator ILGPU can see, and why any is refused
-          selfcheck [--device D]                 run every kernel on a device against the host reference
+          selfcheck [--device D] [--dump DIR]    run every kernel on a device against the host reference; --dump writes
+                                                 each case's inputs, output and parameters (bench/gpu/torch_check.py)
           kernels [--ptx-report] [--json]        list kernels; with --ptx-report, assemble each CUDA kernel with ptxas
                   [--keep DIR]                   (sm_90) and report registers, shared memory, stack, spills and HMMA count
           kernels --opencl-check [--json]        convert each kernel to OpenCL C (vendors Intel, Other), compile it with clang-15
@@ -156,6 +157,7 @@ public static class Cli
     private static int RunSelfCheck(Args a, TextWriter stdout, TextWriter stderr)
     {
         var deviceName = a.Value("--device") ?? "auto";
+        var dump = a.Value("--dump");
         a.CheckDone();
         using var device = ComputeDevice.Open(deviceName, stdout);
         var ops = Backends.For(device);
@@ -165,7 +167,8 @@ public static class Cli
         {
             stdout.WriteLine($"{r.Op,-20} {r.DType,-12} {r.Shape,-44} {r.RelativeError,10:0.00e+00}  {(r.Passed ? "ok  " : "FAIL")}    {r.Kernel}");
             stdout.Flush();
-        }, note => stdout.WriteLine(note));
+        }, note => stdout.WriteLine(note), dump);
+        if (dump is not null) stdout.WriteLine($"wrote every case's inputs and output to {dump}");
         int failed = results.Count(r => !r.Passed);
         stdout.WriteLine($"selfcheck on {device.Name}: {results.Count - failed} passed, {failed} failed");
         if (failed > 0) stderr.WriteLine($"sd: error: {failed} kernel check(s) failed on {device.Name}");

@@ -4,7 +4,10 @@ using StableDiffusion.Runtime;
 
 namespace StableDiffusion.Cli;
 
-/// <summary>Hidden diagnostics for kernel development on a GPU: `sd debug mma` runs the tensor-core GEMM on known inputs.</summary>
+/// <summary>
+/// Hidden diagnostics for kernel development on a GPU: `sd debug --what mma` runs the tensor-core GEMM on known inputs;
+/// `sd debug --what launch [--json F]` measures launch overhead, shared memory above 48 KB and the libcuda file.
+/// </summary>
 public static class DebugCommand
 {
     public struct ProbeArgs
@@ -35,8 +38,10 @@ public static class DebugCommand
         var what = a.Value("--what") ?? "mma";
         var deviceName = a.Value("--device") ?? "auto";
         var dump = a.Value("--dump");
+        var json = a.Value("--json");
         a.CheckDone();
         using var device = ComputeDevice.Open(deviceName, stdout);
+        if (what == "launch") return LaunchProbe.Run(device, json, stdout);
         if (what == "probe")
         {
             using var o = Tensor.FromInts(device, [-7, -7, -7], 3);

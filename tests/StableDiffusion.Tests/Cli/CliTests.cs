@@ -1,3 +1,5 @@
+using ILGPU;
+using ILGPU.Runtime;
 using System.Text.Json;
 using StableDiffusion.Kernels;
 using StableDiffusion.Runtime;
@@ -80,6 +82,76 @@ public class CliTests
                      "gelu_tanh", "quick_gelu", "geglu", "add", "mul", "scale", "upsample2x", "concat", "transpose",
                      "timestep_embedding", "embedding", "cast" })
             Assert.Contains("\n" + op + " ", stdout);
+    }
+
+    [Fact]
+    public void Selfcheck_dump_writes_every_case_so_it_can_be_recomputed()
+    {
+        var dir = Path.Combine(Path.GetTempPath(), $"sd-dump-test-{Environment.ProcessId}");
+        try
+        {
+            var (code, stdout, stderr) = Sd("selfcheck", "--device", "ilgpu-cpu", "--dump", dir);
+            Assert.True(code == 0, stdout + stderr);
+            var manifests = Directory.GetFiles(dir, "*.json").Order().ToList();
+            int cases = stdout.Split('\n').Count(l => l.Contains(" ok ") || l.Contains(" FAIL "));
+            Assert.Equal(cases, manifests.Count);
+            float[] Bin(JsonElement spec)
+            {
+                var bytes = File.ReadAllBytes(Path.Combine(dir, spec.GetProperty("file").GetString()!));
+                long n = spec.GetProperty("shape").EnumerateArray().Aggregate(1L, (x, d) => x * d.GetInt32());
+                Assert.Equal(4 * n, bytes.Length);
+                return Enumerable.Range(0, (int)n).Select(i => BitConverter.ToSingle(bytes, 4 * i)).ToArray();
+            }
+            int[] Shape(JsonElement spec) => spec.GetProperty("shape").EnumerateArray().Select(d => d.GetInt32()).ToArray();
+            int recomputed = 0;
+            foreach (var path in manifests)
+            {
+                using var doc = JsonDocument.Parse(File.ReadAllText(path));
+                var m = doc.RootElement;
+                var inputs = m.GetProperty("inputs").EnumerateArray().ToDictionary(i => i.GetProperty("name").GetString()!, i => i);
+                var output = Bin(m.GetProperty("output"));
+                foreach (var i in inputs.Values) Bin(i);
+                if (m.GetProperty("op").GetString() != "conv2d") continue;
+                // The dumped inputs are what the device read: the host reference on them reproduces the dumped output.
+                var p = m.GetProperty("params");
+                var x = Shape(inputs["x"]);
+                var w = Shape(inputs["weight"]);
+                var expected = Reference.Conv2d(Bin(inputs["x"]), x[0], x[1], x[2], x[3], Bin(inputs["weight"]), w[0], w[1], w[2],
+                    Bin(inputs["bias"]), p.GetProperty("stride").GetInt32(), p.GetProperty("padding").GetInt32(),
+                    inputs.TryGetValue("residual", out var r) ? Bin(r) : null);
+                Assert.True(Reference.RelativeError(output, expected) <= m.GetProperty("tolerance").GetDouble(), path);
+                recomputed++;
+            }
+            Assert.True(recomputed >= 2);
+        }
+        finally
+        {
+            if (Directory.Exists(dir)) Directory.Delete(dir, true);
+        }
+    }
+
+    [Fact]
+    public void Debug_launch_needs_cuda()
+    {
+        var (code, _, stderr) = Sd("debug", "--what", "launch", "--device", "cpu");
+        Assert.Equal(1, code);
+        Assert.Contains("needs CUDA", stderr);
+    }
+
+    [Fact]
+    public void Launch_probe_kernels_compile_to_ptx_and_fill_dynamic_shared_memory()
+    {
+        foreach (var m in new Action<StableDiffusion.Cli.LaunchProbe.ProbeArgs>[] { StableDiffusion.Cli.LaunchProbe.Empty, StableDiffusion.Cli.LaunchProbe.FillShared })
+            Assert.Contains(".entry", PtxTools.CompilePtx(new KernelEntry("launch_probe", "", m.Method)));
+        using var device = ComputeDevice.Open("ilgpu-cpu", TextWriter.Null);
+        var acc = device.Accelerator;
+        using var o = Tensor.FromInts(device, [-1, 0, 0], 3);
+        var fill = acc.LoadKernel<StableDiffusion.Cli.LaunchProbe.ProbeArgs>(StableDiffusion.Cli.LaunchProbe.FillShared);
+        Assert.True(fill.TryGetKernel(out _)); // the route to CudaKernel.FunctionPtr on CUDA
+        fill(acc.DefaultStream, new ILGPU.KernelConfig(1, Math.Min(16, acc.MaxNumThreadsPerGroup), ILGPU.SharedMemoryConfig.RequestDynamic<int>(1000)),
+            new StableDiffusion.Cli.LaunchProbe.ProbeArgs { Out = o.I32, N = 1000 });
+        acc.DefaultStream.Synchronize();
+        Assert.Equal(new float[] { 1000, 0, 1 }, o.ToFloatArray());
     }
 
     [Fact]
