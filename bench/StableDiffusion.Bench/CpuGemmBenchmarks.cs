@@ -220,7 +220,7 @@ public static class CpuBench
             $"conv = F.conv2d 3×3 pad 1 on {(TorchNchw ? "NCHW-contiguous" : "channels-last")} tensors. Ours: fp32, NHWC/OHWI; " +
             "\"prepacked\" = B (weights) packed once outside the timed region. Median of BenchmarkDotNet iterations.");
         md.AppendLine();
-        md.AppendLine("| case | GFLOP | ours ms | ours GFLOP/s | prepacked GFLOP/s | libtorch ms | libtorch GFLOP/s | ours/libtorch | prepacked/libtorch |");
+        md.AppendLine("| case | GFLOP | ours ms | ours GFLOP/s | prepacked GFLOP/s | libtorch ms | libtorch GFLOP/s | speed vs libtorch (libtorch ms / ours ms) | prepacked speed vs libtorch |");
         md.AppendLine("|---|---:|---:|---:|---:|---:|---:|---:|---:|");
         var rows = new List<object>();
         foreach (var c in CaseList)

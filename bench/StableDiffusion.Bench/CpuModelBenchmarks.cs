@@ -29,6 +29,23 @@ public abstract class CpuSd15Benchmarks
     protected const int Steps = 20;
     protected const float Guidance = 7.5f;
     private string dir = "";
+
+    // One random model per process, shared by every benchmark case (each case sets up and cleans up on its own).
+    private static readonly Lazy<string> ModelDir = new(() =>
+    {
+        var d = Path.Combine(Path.GetTempPath(), $"sd-bench-sd15-{Environment.ProcessId}");
+        if (Directory.Exists(d)) Directory.Delete(d, recursive: true);
+        RandomModel.Write(Presets.Sd15, RandomModelFormat.Diffusers, WeightDType.F32, 1, d);
+        AppDomain.CurrentDomain.ProcessExit += (_, _) =>
+        {
+            try
+            {
+                Directory.Delete(d, recursive: true);
+            }
+            catch (IOException) { }
+        };
+        return d;
+    });
     private ComputeDevice? device;
     protected CpuOps? ops;
     private ModelSource? source;
@@ -48,47 +65,68 @@ public abstract class CpuSd15Benchmarks
         Groups = 32, LayersPerBlock = 2,
     };
 
-    [GlobalSetup]
-    public void Setup()
+    /// <summary>Writes the model (once per process), opens the CPU device, loads what <paramref name="side"/> times.</summary>
+    protected string Side { get; private set; } = "both";
+
+    protected void Setup(string side)
     {
+        Side = side;
         CpuParallel.Threads = Threads;
         torch.set_num_threads(Threads);
-        dir = Path.Combine(Path.GetTempPath(), $"sd-bench-sd15-{Environment.ProcessId}");
-        if (Directory.Exists(dir)) Directory.Delete(dir, recursive: true);
-        RandomModel.Write(Presets.Sd15, RandomModelFormat.Diffusers, WeightDType.F32, 1, dir);
+        dir = ModelDir.Value;
         var vocab = Path.Combine(RepoRoot(), "..", "shared", "reference", "configs", "sd15", "tokenizer");
         foreach (var f in new[] { "vocab.json", "merges.txt" })
         {
             var from = Path.Combine(vocab, f);
             if (!File.Exists(from)) throw new FileNotFoundException($"the model benchmarks need CLIP's {f} from ../shared/reference", from);
-            File.Copy(from, Path.Combine(dir, "tokenizer", f));
+            File.Copy(from, Path.Combine(dir, "tokenizer", f), overwrite: true);
         }
 
         device = ComputeDevice.OpenCpu();
         ops = new CpuOps(device);
         source = ModelSource.Open(dir);
-        pipeline = StableDiffusionPipeline.Open(source, ops, new PipelineOptions { DType = DType.F32, ReleaseModelsAfterUse = false });
-        euler = Samplers.Create("euler", SchedulerConfig.Parse(pipeline.SchedulerConfigJson));
+        Prepare(source, side);
+        // The weights' host copies made on the way into libtorch are garbage now; a 512² run needs that memory.
+        GC.Collect();
+        GC.WaitForPendingFinalizers();
+        Warm();
+    }
+
+    /// <summary>Loads what this class times, on both sides.</summary>
+    protected abstract void Prepare(ModelSource source, string side);
+
+    protected void PrepareStep(ModelSource source)
+    {
         unet = new UNet2DConditionModel(Presets.Sd15.Unet());
-        unet.Load(source.Require("unet"), ops, DType.F32);
+        unet.Load(source.Require("unet"), ops!, DType.F32);
         var rng = new Random(3);
         float[] R(long n) => Enumerable.Range(0, (int)n).Select(_ => (float)(rng.NextDouble() * 2 - 1)).ToArray();
         var xs = R(2 * 64 * 64 * 4);
         var cs = R(2 * 77 * 768);
-        x = DeviceTensor.FromArray(device, xs, DType.F32, 2, 64, 64, 4);
-        t = DeviceTensor.FromArray(device, [801f, 801f], DType.F32, 2);
-        ctx = DeviceTensor.FromArray(device, cs, DType.F32, 2, 77, 768);
+        x = DeviceTensor.FromArray(ops!.Device, xs, DType.F32, 2, 64, 64, 4);
+        t = DeviceTensor.FromArray(ops.Device, [801f, 801f], DType.F32, 2);
+        ctx = DeviceTensor.FromArray(ops.Device, cs, DType.F32, 2, 77, 768);
+        unetW = Load(source.Require("unet"));
+        torchUnet = new TorchUNet(Sd15, n => unetW[n]) { DType = ScalarType.Float32, UseSdpa = true };
+        tx = torch.tensor(xs, [2, 64, 64, 4]).permute(0, 3, 1, 2).contiguous();
+        tctx = torch.tensor(cs, [2, 77, 768]);
+    }
 
+    /// <summary>
+    /// One side's generation models only: both sides in one process do not fit a 512² run in this machine's 23 GiB
+    /// (ours: fp32 weights and their packed copies, 8.4 GiB; libtorch: its weights and a 512² working set).
+    /// </summary>
+    protected void PrepareGeneration(ModelSource source, string side)
+    {
+        pipeline = StableDiffusionPipeline.Open(source, ops!, new PipelineOptions { DType = DType.F32, ReleaseModelsAfterUse = false });
+        euler = Samplers.Create("euler", SchedulerConfig.Parse(pipeline.SchedulerConfigJson));
+        if (side == "ours") return;
         unetW = Load(source.Require("unet"));
         vaeW = Load(source.Require("vae"));
         clipW = Load(source.Require("text_encoder"));
         torchUnet = new TorchUNet(Sd15, n => unetW[n]) { DType = ScalarType.Float32, UseSdpa = true };
         torchVae = new TorchVae(n => vaeW[n], [128, 256, 512, 512], 2, 32, 0.18215);
         torchClip = new TorchClip(Presets.Sd15.TextEncoder(), n => clipW[n]);
-        tx = torch.tensor(xs, [2, 64, 64, 4]).permute(0, 3, 1, 2).contiguous();
-        tctx = torch.tensor(cs, [2, 77, 768]);
-
-        Warm();
     }
 
     /// <summary>First use packs our weights and warms libtorch's allocator: keep that out of the measurements.</summary>
@@ -115,11 +153,9 @@ public abstract class CpuSd15Benchmarks
         pipeline?.Dispose();
         source?.Dispose();
         device?.Dispose();
-        try
-        {
-            Directory.Delete(dir, recursive: true);
-        }
-        catch (IOException) { }
+        unetW = vaeW = clipW = [];
+        GC.Collect();
+        GC.WaitForPendingFinalizers(); // the packed weights are freed by their finalizers
     }
 
 }
@@ -127,6 +163,11 @@ public abstract class CpuSd15Benchmarks
 /// <summary>One SD1.5 UNet step (batch 2, 64×64 latent): ours against libtorch.</summary>
 public class CpuUnetStepBenchmarks : CpuSd15Benchmarks
 {
+    [GlobalSetup]
+    public void SetupStep() => Setup("both");
+
+    protected override void Prepare(ModelSource source, string side) => PrepareStep(source);
+
     protected override void Warm()
     {
         UnetStepOurs();
@@ -152,8 +193,19 @@ public class CpuGenerationBenchmarks : CpuSd15Benchmarks
     [Params(256, 512)]
     public int Size { get; set; }
 
+    [GlobalSetup(Target = nameof(GenerateOurs))]
+    public void SetupOurs() => Setup("ours");
+
+    [GlobalSetup(Target = nameof(GenerateLibtorch))]
+    public void SetupLibtorch() => Setup("libtorch");
+
+    protected override void Prepare(ModelSource source, string side) => PrepareGeneration(source, side);
+
     /// <summary>Loads the pipeline's models (and packs their weights) with one small generation.</summary>
-    protected override void Warm() => pipeline!.Generate(new GenerationRequest { Prompt = "warm", Steps = 1, Width = 64, Height = 64 }, euler!);
+    protected override void Warm()
+    {
+        if (Side == "ours") pipeline!.Generate(new GenerationRequest { Prompt = "warm", Steps = 1, Width = 64, Height = 64 }, euler!);
+    }
 
     [Benchmark(Description = "SD1.5 20-step Euler generation, guidance 7.5: ours")]
     public void GenerateOurs() => pipeline!.Generate(new GenerationRequest

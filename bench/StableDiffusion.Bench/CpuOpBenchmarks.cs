@@ -229,7 +229,7 @@ public static unsafe class CpuOpBenchmarks
     private static string Markdown(IReadOnlyList<Row> rows, bool quick)
     {
         var sb = new StringBuilder();
-        sb.AppendLine($"| case | ours ms | libtorch ms | ours/libtorch | ours rate | libtorch rate |{(quick ? " (quick shapes)" : "")}");
+        sb.AppendLine($"| case | ours ms | libtorch ms | time ratio (ours ms / libtorch ms) | ours rate | libtorch rate |{(quick ? " (quick shapes)" : "")}");
         sb.AppendLine("|---|---:|---:|---:|---:|---:|");
         foreach (var r in rows)
         {
