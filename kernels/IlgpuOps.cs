@@ -45,26 +45,12 @@ public sealed class IlgpuOps : IOps
         Tensor? bias = null, Tensor? residual = null)
     {
         SameDevice(a, b, bias, residual);
-        if (a.Rank is < 2 or > 3 || b.Rank is < 2 or > 3)
-            throw new KernelArgumentException($"matmul: operands must be 2-D or 3-D, got {a} and {b}");
-        int batchA = a.Rank == 3 ? a.Dim(0) : 1, batchB = b.Rank == 3 ? b.Dim(0) : 1;
-        if (a.Rank == 3 && b.Rank == 3 && batchA != batchB)
-            throw new KernelArgumentException($"matmul: batch sizes differ: {a} and {b}");
-        int m = transA ? a.Dim(-1) : a.Dim(-2), k = transA ? a.Dim(-2) : a.Dim(-1);
-        int kb = transB ? b.Dim(-1) : b.Dim(-2), n = transB ? b.Dim(-2) : b.Dim(-1);
-        if (k != kb) throw new KernelArgumentException($"matmul: inner dimensions differ: {a}{(transA ? "ᵀ" : "")} · {b}{(transB ? "ᵀ" : "")}");
-        int batch = Math.Max(batchA, batchB);
-        bool rank3 = a.Rank == 3 || b.Rank == 3;
-        var y = rank3 ? Empty(a.DType, batch, m, n) : Empty(a.DType, m, n);
-        if (residual is not null && !residual.Shape.SequenceEqual(y.Shape))
+        var mm = OpShapes.OfMatMul(a, b, transA, transB);
+        OpShapes.Residual("matmul", residual, mm.Output);
+        var y = Empty(a.DType, mm.Output);
+        var spec = new GemmSpec(mm.M, mm.N, mm.K)
         {
-            y.Dispose();
-            throw new KernelArgumentException($"matmul: residual {residual} must have the output's shape {y.ShapeString()}");
-        }
-        var spec = new GemmSpec(m, n, k)
-        {
-            Batch = batch, TransA = transA, TransB = transB, Alpha = alpha,
-            StrideA = a.Rank == 3 ? (long)m * k : 0, StrideB = b.Rank == 3 ? (long)k * n : 0,
+            Batch = mm.Batch, TransA = transA, TransB = transB, Alpha = alpha, StrideA = mm.StrideA, StrideB = mm.StrideB,
         };
         return Into(y, t => Gemm.Run(Runtime, spec, a, b, t, bias, residual));
     }
@@ -72,21 +58,10 @@ public sealed class IlgpuOps : IOps
     public Tensor Linear(Tensor x, Tensor weight, Tensor? bias = null, Tensor? residual = null)
     {
         SameDevice(x, weight, bias, residual);
-        if (weight.Rank != 2) throw new KernelArgumentException($"linear: weight must be [out, in], got {weight}");
-        if (x.Rank < 1 || x.Dim(-1) != weight.Dim(1))
-            throw new KernelArgumentException($"linear: input {x} does not end in the weight's {weight.Dim(1)} input features");
-        int outF = weight.Dim(0), inF = weight.Dim(1);
-        long rows = x.Length / Math.Max(1, inF);
-        if (rows > int.MaxValue) throw new KernelArgumentException($"linear: too many rows in {x}");
-        var shape = x.ShapeArray();
-        shape[^1] = outF;
-        var y = Empty(x.DType, shape);
-        if (residual is not null && !residual.Shape.SequenceEqual(y.Shape))
-        {
-            y.Dispose();
-            throw new KernelArgumentException($"linear: residual {residual} must have the output's shape {y.ShapeString()}");
-        }
-        var spec = new GemmSpec((int)rows, outF, inF) { TransB = true };
+        var (rows, output) = OpShapes.OfLinear(x, weight);
+        OpShapes.Residual("linear", residual, output);
+        var y = Empty(x.DType, output);
+        var spec = new GemmSpec(rows, weight.Dim(0), weight.Dim(1)) { TransB = true };
         return Into(y, t => Gemm.Run(Runtime, spec, x, weight, t, bias, residual));
     }
 

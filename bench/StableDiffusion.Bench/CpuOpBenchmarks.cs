@@ -2,17 +2,14 @@ using System.Diagnostics;
 using System.Runtime.InteropServices;
 using System.Text;
 using StableDiffusion.Kernels.Cpu;
-#if SD_BENCH_TORCH
 using TorchSharp;
 using TT = TorchSharp.torch.Tensor;
-#endif
 
 namespace StableDiffusion.Bench;
 
 /// <summary>
 /// The C# CPU kernels at SD1.5 shapes, timed against libtorch (CPU) on the same thread count in the same process.
-/// The libtorch side is compiled when SD_BENCH_TORCH is defined and the project references TorchSharp and
-/// libtorch-cpu-linux-x64; without it the baseline columns read n/a. Timing is the median of at least five runs after
+/// Timing is the median of at least five runs after
 /// a warm-up, ours and libtorch alternating (a plain stopwatch: cases run 1 ms to 1 s, where BenchmarkDotNet's pilot
 /// stages would take minutes on two cores).
 /// </summary>
@@ -45,18 +42,14 @@ public static unsafe class CpuOpBenchmarks
     /// <summary>Runs every case, prints and returns the table, and writes it to outDir/cpu-ops.md.</summary>
     public static IReadOnlyList<Row> RunAll(string outDir, bool quick)
     {
-#if SD_BENCH_TORCH
         torch.set_num_threads(CpuParallel.Threads);
-#endif
         var rows = new List<Row>();
         foreach (var c in Cases(quick))
         {
             using var buffers = new Buffers();
             Action? baseline = null;
-#if SD_BENCH_TORCH
             using var scope = torch.NewDisposeScope();
             baseline = Torch(c);
-#endif
             var (ours, torchMs) = Time(Ours(c, buffers), baseline, quick);
             var row = new Row(c, ours, torchMs);
             rows.Add(row);
@@ -164,7 +157,6 @@ public static unsafe class CpuOpBenchmarks
         }
     }
 
-#if SD_BENCH_TORCH
     // libtorch in its preferred layouts (NCHW for group norm); attention reads the same [B, L, H·D] layout as ours.
     private static Action Torch(Case c)
     {
@@ -218,7 +210,6 @@ public static unsafe class CpuOpBenchmarks
             }
         }
     }
-#endif
 
     private static string Rate(Case c, double ms) => $"{c.Work / (ms * 1e-3) / 1e9:0.0}";
 

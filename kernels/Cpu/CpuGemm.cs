@@ -741,21 +741,10 @@ internal static unsafe class Half16
         else v.Store((float*)p);
     }
 
-    public static void Widen(ushort* src, float* dst, int n)
-    {
-        int i = 0;
-        if (Vector256.IsHardwareAccelerated)
-            for (; i + 8 <= n; i += 8) ToSingle(Vector128.Load(src + i)).Store(dst + i);
-        for (; i < n; i++) dst[i] = (float)BitConverter.UInt16BitsToHalf(src[i]);
-    }
+    // Whole rows go through CpuLayout's conversion (one thread: the caller already runs on a worker).
+    public static void Widen(ushort* src, float* dst, int n) => CpuLayout.HalfToFloatRange(src, dst, n);
 
-    public static void Narrow(float* src, ushort* dst, int n)
-    {
-        int i = 0;
-        if (Vector256.IsHardwareAccelerated)
-            for (; i + 8 <= n; i += 8) ToHalf(Vector256.Load(src + i)).Store(dst + i);
-        for (; i < n; i++) dst[i] = BitConverter.HalfToUInt16Bits((Half)src[i]);
-    }
+    public static void Narrow(float* src, ushort* dst, int n) => CpuLayout.FloatToHalfRange(src, dst, n);
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public static Vector256<float> ToSingle(Vector128<ushort> h)

@@ -142,7 +142,7 @@ public static unsafe class CpuLayout
     }
 
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    private static void HalfToFloatRange(ushort* src, float* dst, long n)
+    internal static void HalfToFloatRange(ushort* src, float* dst, long n)
     {
         long i = 0;
         for (; i <= n - 32; i += 32)
@@ -163,7 +163,7 @@ public static unsafe class CpuLayout
     }
 
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    private static void FloatToHalfRange(float* src, ushort* dst, long n)
+    internal static void FloatToHalfRange(float* src, ushort* dst, long n)
     {
         long i = 0;
         for (; i <= n - 32; i += 32)

@@ -113,38 +113,21 @@ public sealed unsafe class CpuOps : IOps
 
     private Tensor Like(Tensor x, Tensor?[] inputs, FloatKernel kernel) => Run(x.DType, x.ShapeArray(), inputs, kernel);
 
-    private void CheckResidual(string op, Tensor? residual, Tensor y)
-    {
-        if (residual is not null && !residual.Shape.SequenceEqual(y.Shape))
-        {
-            y.Dispose();
-            throw new KernelArgumentException($"{op}: residual {residual} must have the output's shape {y.ShapeString()}");
-        }
-    }
-
     public Tensor MatMul(Tensor a, Tensor b, bool transA = false, bool transB = false, float alpha = 1f,
         Tensor? bias = null, Tensor? residual = null)
     {
         Check("matmul", a, b, bias, residual);
         Float("matmul", a, b, bias, residual);
-        if (a.Rank is < 2 or > 3 || b.Rank is < 2 or > 3)
-            throw new KernelArgumentException($"matmul: operands must be 2-D or 3-D, got {a} and {b}");
-        int batchA = a.Rank == 3 ? a.Dim(0) : 1, batchB = b.Rank == 3 ? b.Dim(0) : 1;
-        if (a.Rank == 3 && b.Rank == 3 && batchA != batchB)
-            throw new KernelArgumentException($"matmul: batch sizes differ: {a} and {b}");
-        int m = transA ? a.Dim(-1) : a.Dim(-2), k = transA ? a.Dim(-2) : a.Dim(-1);
-        int kb = transB ? b.Dim(-1) : b.Dim(-2), n = transB ? b.Dim(-2) : b.Dim(-1);
-        if (k != kb) throw new KernelArgumentException($"matmul: inner dimensions differ: {a}{(transA ? "ᵀ" : "")} · {b}{(transB ? "ᵀ" : "")}");
-        if (bias is not null && (bias.Rank != 1 || bias.Dim(0) != n))
-            throw new KernelArgumentException($"matmul: bias {bias} must be [{n}]");
-        int batch = Math.Max(batchA, batchB);
-        var y = a.Rank == 3 || b.Rank == 3 ? Empty(a.DType, batch, m, n) : Empty(a.DType, m, n);
-        CheckResidual("matmul", residual, y);
+        var mm = OpShapes.OfMatMul(a, b, transA, transB);
+        if (bias is not null && (bias.Rank != 1 || bias.Dim(0) != mm.N))
+            throw new KernelArgumentException($"matmul: bias {bias} must be [{mm.N}]");
+        OpShapes.Residual("matmul", residual, mm.Output);
+        var y = Empty(a.DType, mm.Output);
         return Gemm(y, new CpuGemmArgs
         {
-            M = m, N = n, K = k, Batch = batch, TransA = transA, TransB = transB, Alpha = alpha,
-            A = Ptr(a), AType = a.DType, StrideA = a.Rank == 3 ? (long)m * k : 0,
-            B = Ptr(b), BType = b.DType, StrideB = b.Rank == 3 ? (long)k * n : 0,
+            M = mm.M, N = mm.N, K = mm.K, Batch = mm.Batch, TransA = transA, TransB = transB, Alpha = alpha,
+            A = Ptr(a), AType = a.DType, StrideA = mm.StrideA,
+            B = Ptr(b), BType = b.DType, StrideB = mm.StrideB,
             Bias = P(bias), BiasType = T(bias), Residual = P(residual), ResidualType = T(residual),
         }, packedB: null);
     }
@@ -153,21 +136,15 @@ public sealed unsafe class CpuOps : IOps
     {
         Check("linear", x, weight, bias, residual);
         Float("linear", x, weight, bias, residual);
-        if (weight.Rank != 2) throw new KernelArgumentException($"linear: weight must be [out, in], got {weight}");
-        if (x.Rank < 1 || x.Dim(-1) != weight.Dim(1))
-            throw new KernelArgumentException($"linear: input {x} does not end in the weight's {weight.Dim(1)} input features");
+        var (rows, output) = OpShapes.OfLinear(x, weight);
         int outF = weight.Dim(0), inF = weight.Dim(1);
         if (bias is not null && (bias.Rank != 1 || bias.Dim(0) != outF))
             throw new KernelArgumentException($"linear: bias {bias} must be [{outF}]");
-        long rows = x.Length / Math.Max(1, inF);
-        if (rows > int.MaxValue) throw new KernelArgumentException($"linear: too many rows in {x}");
-        var shape = x.ShapeArray();
-        shape[^1] = outF;
-        var y = Empty(x.DType, shape);
-        CheckResidual("linear", residual, y);
+        OpShapes.Residual("linear", residual, output);
+        var y = Empty(x.DType, output);
         return Gemm(y, new CpuGemmArgs
         {
-            M = (int)rows, N = outF, K = inF, Batch = 1, TransA = false, TransB = true, Alpha = 1f,
+            M = rows, N = outF, K = inF, Batch = 1, TransA = false, TransB = true, Alpha = 1f,
             A = Ptr(x), AType = x.DType, B = Ptr(weight), BType = weight.DType,
             Bias = P(bias), BiasType = T(bias), Residual = P(residual), ResidualType = T(residual),
         }, PackedWeight(weight, outF, inF));
@@ -222,8 +199,9 @@ public sealed unsafe class CpuOps : IOps
         var (ho, wo) = CpuConv.OutputSize(in args);
         if (ho < 1 || wo < 1)
             throw new KernelArgumentException($"conv2d: kernel {weight.Dim(1)}x{weight.Dim(2)} (stride {stride}) does not fit input {x}");
-        var y = Empty(x.DType, x.Dim(0), ho, wo, weight.Dim(0));
-        CheckResidual("conv2d", residual, y);
+        int[] output = [x.Dim(0), ho, wo, weight.Dim(0)];
+        OpShapes.Residual("conv2d", residual, output);
+        var y = Empty(x.DType, output);
         try
         {
             args.Y = Ptr(y);

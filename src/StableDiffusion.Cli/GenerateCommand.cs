@@ -15,16 +15,10 @@ namespace StableDiffusion.Cli;
 /// </summary>
 internal static class GenerateCommand
 {
-    /// <summary>
-    /// The samplers <c>sd generate</c> offers: (name, scheduler_config.json text, schedule, spacing) → sampler, a
-    /// <see cref="UsageException"/> for a name or schedule it does not know. Tests may put their own sampler here.
-    /// </summary>
-    internal static Func<string, string, string?, string?, IScheduler> Samplers { get; set; } = CreateSampler;
-
-    private static IScheduler CreateSampler(string name, string config, string? schedule, string? spacing) =>
-        global::StableDiffusion.Schedulers.Samplers.Create(name, SchedulerConfig.Parse(config, "the model's scheduler config"),
-            schedule is null ? null : global::StableDiffusion.Schedulers.Samplers.ParseSchedule(schedule),
-            spacing is null ? null : global::StableDiffusion.Schedulers.Samplers.ParseSpacing(spacing));
+    /// <summary>The sampler for the model's scheduler_config.json; a <see cref="UsageException"/> for a schedule it cannot use.</summary>
+    private static IScheduler CreateSampler(string name, string config, string? schedule) =>
+        Samplers.Create(name, SchedulerConfig.Parse(config, "the model's scheduler config"),
+            schedule is null ? null : Samplers.ParseSchedule(schedule));
 
     public const string DefaultSampler = "euler_a";
 
@@ -80,7 +74,7 @@ internal static class GenerateCommand
             TokenizerDirectory = o.Tokenizer,
             ReleaseModelsAfterUse = true, // one generation per process: free each model when done with it
         });
-        var scheduler = Samplers(o.Sampler, pipeline.SchedulerConfigJson, o.Schedule, null);
+        var scheduler = CreateSampler(o.Sampler, pipeline.SchedulerConfigJson, o.Schedule);
 
         // Without --width/--height an init image keeps its size, rounded down to what the model takes.
         int multiple = pipeline.SizeMultiple;
@@ -191,8 +185,8 @@ internal static class GenerateCommand
         int steps = Int(a, "--steps", 20, 1, 1000);
         float cfg = Float(a, "--cfg", 7.5f, 0f, 100f);
         var sampler = Text("--sampler") ?? DefaultSampler;
-        if (global::StableDiffusion.Schedulers.Samplers.Canonical(sampler) is null)
-            throw new UsageException($"--sampler '{sampler}' is unknown; valid: {string.Join(", ", global::StableDiffusion.Schedulers.Samplers.Names)} (or a diffusers class name)");
+        if (Samplers.Canonical(sampler) is null)
+            throw new UsageException($"--sampler '{sampler}' is unknown; valid: {string.Join(", ", Samplers.Names)} (or a diffusers class name)");
         var schedule = Text("--schedule");
         if (schedule is not (null or "default" or "karras" or "exponential"))
             throw new UsageException($"--schedule '{schedule}': use default, karras or exponential");

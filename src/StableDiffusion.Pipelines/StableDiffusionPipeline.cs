@@ -113,9 +113,7 @@ public sealed class StableDiffusionPipeline : IDisposable
         // 2. The schedule; an init image starts part-way, as far in as the strength says.
         scheduler.SetTimesteps(r.Steps);
         var timesteps = scheduler.Timesteps;
-        int start = mode == GenerationMode.TextToImage ? 0 : StartIndex(scheduler, r.Steps, r.Strength);
-        if (start >= timesteps.Count)
-            throw new UsageException($"strength {r.Strength} with {r.Steps} steps leaves no denoising step; raise the strength or the steps");
+        int start = mode == GenerationMode.TextToImage ? 0 : ImageToImage.Plan(scheduler, r.Steps, r.Strength).StartIndex;
 
         // 3. The initial latents (drawn in diffusers' order: image latents, noise, masked-image latents). Inpainting at
         //    full strength starts from pure noise; image-to-image always noises the image, even at strength 1.
@@ -167,16 +165,6 @@ public sealed class StableDiffusionPipeline : IDisposable
         var images = Decode(latents, batch, h, w, timings, notes);
         if (options.ReleaseModelsAfterUse) Release(ref vae);
         return new GenerationResult(images, latents, h, w, z, timings, notes);
-    }
-
-    /// <summary>
-    /// diffusers' get_timesteps: strength s keeps the last int(steps · s) steps, so a schedule of n steps starts at
-    /// n − int(n · s), times the sampler's order (second-order samplers list two model calls per step).
-    /// </summary>
-    public static int StartIndex(IScheduler scheduler, int steps, float strength)
-    {
-        int initSteps = Math.Min((int)(steps * strength), steps);
-        return Math.Max(steps - initSteps, 0) * scheduler.Order;
     }
 
     // ---- the text encoder ----

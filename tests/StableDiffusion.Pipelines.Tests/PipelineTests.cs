@@ -96,7 +96,7 @@ public class PipelineTests(TinyModels models, ITestOutputHelper output)
         var r = Request() with { InitImage = init, Strength = 0.5f };
         var euler = Euler(pipe);
         var result = pipe.Generate(r, euler);
-        int start = StableDiffusionPipeline.StartIndex(euler, r.Steps, r.Strength);
+        int start = ImageToImage.Plan(euler, r.Steps, r.Strength).StartIndex;
         Assert.Equal(2, start); // int(4 · 0.5) = 2 steps run, from index 2
         Assert.Equal(2, result.Timings.UnetSteps.Count());
 
