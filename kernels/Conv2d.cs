@@ -95,7 +95,7 @@ public static class Conv2d
         if (m > int.MaxValue || k > int.MaxValue)
             throw new KernelArgumentException($"conv2d: problem too large ({m} pixels x {k} taps)");
 
-        bool tensorCore = TensorCoreEligible(rt, x.DType, cin, out var why);
+        bool tensorCore = TensorCoreEligible(rt, x.DType, cin, variant == GemmVariant.TensorCore, out var why);
         if (variant is GemmVariant.Auto or GemmVariant.TensorCore && tensorCore)
         {
             LaunchTensorCore(rt, x, w, bias, y, residual, stride, pad, ho, wo, (int)m, cout, (int)k);
@@ -108,9 +108,9 @@ public static class Conv2d
         else Launch<Half, F16Elem>(rt, x, w, bias, y, residual, stride, pad, ho, wo, (int)m, cout, (int)k, v);
     }
 
-    private static bool TensorCoreEligible(KernelRuntime rt, DType dtype, int cin, out string why)
+    private static bool TensorCoreEligible(KernelRuntime rt, DType dtype, int cin, bool requested, out string why)
     {
-        why = rt.Device.Kind != DeviceKind.Cuda || rt.Profile != KernelProfile.Cuda ? "it needs a CUDA device"
+        why = !Gemm.TensorCoreDevice(rt, requested) ? "it needs a CUDA device (or the ILGPU CPU accelerator, which emulates it)"
             : dtype != DType.F16 ? "it needs fp16"
             : cin % 8 != 0 ? $"input channels ({cin}) must be a multiple of 8"
             : "";

@@ -52,7 +52,7 @@ public static class Gemm
     {
         var s = spec.Resolved();
         Validate(s, a, b, c, bias, residual);
-        bool tensorCore = TensorCoreEligible(rt, s, a.DType, out var why);
+        bool tensorCore = TensorCoreEligible(rt, s, a.DType, variant == GemmVariant.TensorCore, out var why);
         if (variant is GemmVariant.Auto or GemmVariant.TensorCore && tensorCore)
         {
             LaunchTensorCore(rt, s, a, b, c, bias, residual);
@@ -79,10 +79,18 @@ public static class Gemm
         };
     }
 
+    /// <summary>
+    /// Where the tensor-core kernels run: CUDA (chosen automatically), and the ILGPU CPU accelerator when asked for
+    /// by name, which emulates their inline PTX (<see cref="PtxEmulator"/>) for the oracle tests — far too slow to
+    /// be chosen automatically.
+    /// </summary>
+    internal static bool TensorCoreDevice(KernelRuntime rt, bool requested) =>
+        rt.Device.Kind == DeviceKind.Cuda && rt.Profile == KernelProfile.Cuda || requested && rt.Device.Kind == DeviceKind.IlgpuCpu;
+
     /// <summary>The tensor-core path needs CUDA, fp16, A as M x K and B as N x K (both K-contiguous), 16-byte rows.</summary>
-    internal static bool TensorCoreEligible(KernelRuntime rt, GemmSpec s, DType dtype, out string why)
+    internal static bool TensorCoreEligible(KernelRuntime rt, GemmSpec s, DType dtype, bool requested, out string why)
     {
-        why = rt.Device.Kind != DeviceKind.Cuda || rt.Profile != KernelProfile.Cuda ? "it needs a CUDA device"
+        why = !TensorCoreDevice(rt, requested) ? "it needs a CUDA device (or the ILGPU CPU accelerator, which emulates it)"
             : dtype != DType.F16 ? "it needs fp16"
             : s.TransA || !s.TransB ? "it needs A as M x K and B as N x K"
             : s.K % 8 != 0 || s.Lda % 8 != 0 || s.Ldb % 8 != 0 || s.StrideA % 8 != 0 || s.StrideB % 8 != 0

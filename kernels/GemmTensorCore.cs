@@ -68,22 +68,43 @@ public struct TcGemmArgs<TA, TB, TC>
     public int M, N, K;
 }
 
-/// <summary>The inline PTX the tensor-core kernels use (valid only under CudaAsm.IsSupported).</summary>
+/// <summary>
+/// The inline PTX the tensor-core kernels use. Every site is written twice: CudaAsm.Emit on CUDA, and
+/// <see cref="PtxEmulator"/> on the ILGPU CPU accelerator, so the same kernel runs in the oracle tests.
+/// </summary>
 public static class Ptx
 {
     /// <summary>
     /// 16-byte global → shared copy to byte <paramref name="offset"/> of the dynamic shared memory (needs
     /// <see cref="MmaAsm.Declare"/> first); srcBytes 0 writes zeros and reads nothing.
     /// </summary>
-    public static void CpAsync16(uint offset, long global, uint srcBytes) =>
-        CudaAsm.Emit("add.u32 sa0, sb, %0; cp.async.cg.shared.global [sa0], [%1], 16, %2;", offset, global, srcBytes);
+    public static void CpAsync16(uint offset, long global, uint srcBytes)
+    {
+        const string S = "add.u32 sa0, sb, %0; cp.async.cg.shared.global [sa0], [%1], 16, %2;";
+        if (CudaAsm.IsSupported) CudaAsm.Emit(S, offset, global, srcBytes);
+        else PtxEmulator.Exec(S, offset, (ulong)global, srcBytes);
+    }
 
-    public static void CpAsyncCommit() => CudaAsm.Emit("cp.async.commit_group;");
+    public static void CpAsyncCommit()
+    {
+        const string S = "cp.async.commit_group;";
+        if (CudaAsm.IsSupported) CudaAsm.Emit(S);
+        else PtxEmulator.Exec(S);
+    }
 
-    public static void CpAsyncWaitOne() => CudaAsm.Emit("cp.async.wait_group 1;");
+    public static void CpAsyncWaitOne()
+    {
+        const string S = "cp.async.wait_group 1;";
+        if (CudaAsm.IsSupported) CudaAsm.Emit(S);
+        else PtxEmulator.Exec(S);
+    }
 
-    public static void CpAsyncWaitAll() => CudaAsm.Emit("cp.async.wait_group 0;");
-
+    public static void CpAsyncWaitAll()
+    {
+        const string S = "cp.async.wait_group 0;";
+        if (CudaAsm.IsSupported) CudaAsm.Emit(S);
+        else PtxEmulator.Exec(S);
+    }
 }
 
 /// <summary>
@@ -182,8 +203,12 @@ public static class GemmTensorCoreKernels
         where TC : struct, IGemmEpilogue
     {
         var shared = SharedMemory.GetDynamic<Int4>(); // declares the 16-byte aligned region the PTX addresses
-        if (!CudaAsm.IsSupported) return;
-        CudaAsm.Emit(MmaAsm.Declare);
+        if (CudaAsm.IsSupported) CudaAsm.Emit(MmaAsm.Declare);
+        else
+        {
+            PtxEmulator.BindShared(shared.Cast<byte>());
+            PtxEmulator.Exec(MmaAsm.Declare);
+        }
         const uint sbase = 0; // offsets into the dynamic shared memory; the PTX adds its base
         int tid = Group.IdxX, lane = tid & 31, warp = tid >> 5;
         int wm = warp >> 2, wn = warp & 3;
@@ -195,7 +220,8 @@ public static class GemmTensorCoreKernels
         if (kTiles > 1) LoadStage(p, sbase, 1, 1, m0, n0, batch, tid);
         Ptx.CpAsyncCommit();
 
-        CudaAsm.Emit(MmaAsm.Zero);
+        if (CudaAsm.IsSupported) CudaAsm.Emit(MmaAsm.Zero);
+        else PtxEmulator.Exec(MmaAsm.Zero);
 
         int aRow = wm * 64 + (lane & 15);
         int bRow = wn * 32 + (lane & 7) + ((lane >> 4) << 3);
@@ -213,11 +239,19 @@ public static class GemmTensorCoreKernels
             {
                 int aChunk = kk * 2 + (lane >> 4);
                 int bChunk = kk * 2 + ((lane >> 3) & 1);
-                CudaAsm.Emit(MmaAsm.LoadFragments,
-                    aBase + Swizzle(aRow, aChunk), aBase + Swizzle(aRow + 16, aChunk),
-                    aBase + Swizzle(aRow + 32, aChunk), aBase + Swizzle(aRow + 48, aChunk),
-                    bBase + Swizzle(bRow, bChunk), bBase + Swizzle(bRow + 16, bChunk));
-                CudaAsm.Emit(MmaAsm.Mma16);
+                uint a0 = aBase + Swizzle(aRow, aChunk), a1 = aBase + Swizzle(aRow + 16, aChunk);
+                uint a2 = aBase + Swizzle(aRow + 32, aChunk), a3 = aBase + Swizzle(aRow + 48, aChunk);
+                uint b0 = bBase + Swizzle(bRow, bChunk), b1 = bBase + Swizzle(bRow + 16, bChunk);
+                if (CudaAsm.IsSupported)
+                {
+                    CudaAsm.Emit(MmaAsm.LoadFragments, a0, a1, a2, a3, b0, b1);
+                    CudaAsm.Emit(MmaAsm.Mma16);
+                }
+                else
+                {
+                    PtxEmulator.Exec(MmaAsm.LoadFragments, a0, a1, a2, a3, b0, b1);
+                    PtxEmulator.Exec(MmaAsm.Mma16);
+                }
             }
         }
         Ptx.CpAsyncWaitAll();
@@ -230,7 +264,11 @@ public static class GemmTensorCoreKernels
         {
             SharedBarrier.Sync();
             if (wm == half)
-                CudaAsm.Emit(MmaAsm.StageAccumulators, sbase + (uint)(((lane >> 2) * EpilogueLd + wn * 32 + (lane & 3) * 2) * 4));
+            {
+                uint at = sbase + (uint)(((lane >> 2) * EpilogueLd + wn * 32 + (lane & 3) * 2) * 4);
+                if (CudaAsm.IsSupported) CudaAsm.Emit(MmaAsm.StageAccumulators, at);
+                else PtxEmulator.Exec(MmaAsm.StageAccumulators, at);
+            }
             SharedBarrier.Sync();
             for (int e = tid; e < 64 * BN; e += Threads)
             {

@@ -38,7 +38,7 @@ public static class PtxTools
     {
         lock (Gate)
         {
-            context ??= Context.Create(b => SharedBarrier.Register(b.DefaultCPU().EnableAlgorithms().Optimize(OptimizationLevel.O2)));
+            context ??= Context.Create(b => ComputeDevice.Configure(b.DefaultCPU()));
             backend ??= new PTXBackend(context, new CudaCapabilityContext(CudaArchitecture.SM_80), CudaArchitecture.SM_80,
                 CudaInstructionSet.ISA_78, nvvmAPI: null);
             if (Compiled.TryGetValue(entry.Method, out var ptx)) return ptx;

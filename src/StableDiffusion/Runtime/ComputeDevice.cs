@@ -127,7 +127,7 @@ public sealed class ComputeDevice : IDisposable
 
     internal static Context.Builder Configure(Context.Builder b)
     {
-        b = SharedBarrier.Register(b.EnableAlgorithms().Optimize(OptimizationLevel.O2));
+        b = PtxEmulator.Register(SharedBarrier.Register(b.EnableAlgorithms().Optimize(OptimizationLevel.O2)));
         return EnableProfiling ? b.Profiling() : b;
     }
 

@@ -1,3 +1,4 @@
+using StableDiffusion.Kernels;
 using StableDiffusion.Runtime;
 using StableDiffusion.TestSupport;
 using TorchSharp;
@@ -86,5 +87,39 @@ public class Conv2dOracleTests(ITestOutputHelper output)
             strides: [2, 2]).permute(0, 2, 3, 1);
         Assert.Equal(want.shape.Select(v => (int)v).ToArray(), y.ShapeArray());
         oracle.Check("conv2d_implicit_gemm", $"{profile} [1,8,7,4] 3x3/2 pad (0,0,1,1) → 5", y, want, Devices.Tolerance(dt));
+    }
+
+    /// <summary>conv2d_implicit_gemm_mma on the ILGPU CPU accelerator with its PTX emulated (3x3 and 1x1, stride 1 and 2, bottom-right padding).</summary>
+    [Theory]
+    // n, h, w, cin, cout, k, stride, padTop/Left, padBottom/Right, bias, residual
+    [InlineData(1, 9, 10, 16, 20, 3, 1, 1, 1, true, true)]
+    [InlineData(2, 9, 9, 8, 12, 3, 2, 1, 1, false, false)]
+    [InlineData(1, 8, 7, 24, 5, 3, 2, 0, 1, true, false)]
+    [InlineData(2, 6, 7, 40, 130, 1, 1, 0, 0, true, true)]
+    public void Tensor_core_conv2d_matches_libtorch(int n, int h, int w, int cin, int cout, int ks, int stride, int padTL,
+        int padBR, bool withBias, bool withResidual)
+    {
+        var ops = Devices.Ops("test");
+        var dt = DType.F16;
+        using var scope = torch.NewDisposeScope();
+        int ho = (h + padTL + padBR - ks) / stride + 1, wo = (w + padTL + padBR - ks) / stride + 1;
+        var x = oracle.Random((long)n * h * w * cin, dt);
+        var wt = oracle.Random((long)cout * ks * ks * cin, dt, 0.3f);
+        var bias = withBias ? oracle.Random(cout, dt) : null;
+        var res = withResidual ? oracle.Random((long)n * ho * wo * cout, dt) : null;
+        using var tx = Oracle.Upload(ops, x, dt, n, h, w, cin);
+        using var tw = Oracle.Upload(ops, wt, dt, cout, ks, ks, cin);
+        using var tb = bias is null ? null : Oracle.Upload(ops, bias, dt, cout);
+        using var tr = res is null ? null : Oracle.Upload(ops, res, dt, n, ho, wo, cout);
+        using var y = DeviceTensor.Empty(ops.Device, dt, n, ho, wo, cout);
+        StableDiffusion.Kernels.Conv2d.Run(ops.Runtime, tx, tw, tb, y, stride, new Padding2d(padTL, padTL, padBR, padBR), tr, GemmVariant.TensorCore);
+        Assert.Equal("conv2d_mma", ops.Runtime.LastFamily);
+
+        var rx = torch.nn.functional.pad(Oracle.T(x, n, h, w, cin).permute(0, 3, 1, 2), [padTL, padBR, padTL, padBR]);
+        var want = torch.nn.functional.conv2d(rx, Oracle.T(wt, cout, ks, ks, cin).permute(0, 3, 1, 2),
+            bias is null ? null : Oracle.T(bias, cout), strides: [stride, stride]).permute(0, 2, 3, 1);
+        if (res is not null) want += Oracle.T(res, n, ho, wo, cout);
+        oracle.Check("conv2d_implicit_gemm_mma", $"emulated [{n},{h},{w},{cin}] {ks}x{ks}/{stride} p{padTL},{padBR} → {cout}", y,
+            want, Devices.Tolerance(dt));
     }
 }

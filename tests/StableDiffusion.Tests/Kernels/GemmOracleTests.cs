@@ -105,17 +105,51 @@ public class GemmOracleTests(ITestOutputHelper output)
         }
     }
 
-    [Fact]
-    public void Tensor_core_variant_is_refused_off_cuda_instead_of_silently_doing_nothing()
+    /// <summary>
+    /// gemm_mma (mma.sync, ldmatrix, cp.async) on the ILGPU CPU accelerator with its PTX emulated: ragged M and N, K
+    /// from one partial k-tile to several laps of the 3-stage pipeline, batch, bias and residual, alpha.
+    /// </summary>
+    [Theory]
+    // batch, M, N, K, bias, residual, alpha
+    [InlineData(1, 130, 70, 40, true, true, 1f)]
+    [InlineData(1, 16, 8, 8, false, false, 1f)]
+    [InlineData(2, 33, 129, 104, false, true, 0.5f)]
+    [InlineData(1, 128, 128, 32, true, false, 1f)]
+    public void Tensor_core_gemm_matches_libtorch(int batch, int m, int n, int k, bool withBias, bool withResidual, float alpha)
     {
-        var ops = Devices.Ops("cuda");
+        var ops = Devices.Ops("test");
+        using var scope = torch.NewDisposeScope();
+        var a = oracle.Random((long)batch * m * k, DType.F16);
+        var b = oracle.Random((long)batch * n * k, DType.F16);
+        var bias = withBias ? oracle.Random(n, DType.F16) : null;
+        var res = withResidual ? oracle.Random((long)batch * m * n, DType.F16) : null;
+        using var ta = Oracle.Upload(ops, a, DType.F16, batch, m, k);
+        using var tb = Oracle.Upload(ops, b, DType.F16, batch, n, k);
+        using var tbias = bias is null ? null : Oracle.Upload(ops, bias, DType.F16, n);
+        using var tres = res is null ? null : Oracle.Upload(ops, res, DType.F16, batch, m, n);
+        using var y = DeviceTensor.Empty(ops.Device, DType.F16, batch, m, n);
+        Gemm.Run(ops.Runtime, new GemmSpec(m, n, k) { Batch = batch, TransB = true, Alpha = alpha }, ta, tb, y, tbias, tres,
+            GemmVariant.TensorCore);
+        Assert.Equal("gemm_mma", ops.Runtime.LastFamily);
+        var want = torch.matmul(Oracle.T(a, batch, m, k), Oracle.T(b, batch, n, k).transpose(1, 2)) * alpha;
+        if (bias is not null) want += Oracle.T(bias, n);
+        if (res is not null) want += Oracle.T(res, batch, m, n);
+        oracle.Check("gemm_mma", $"emulated b{batch} {m}x{n}x{k}", y, want, Devices.Tolerance(DType.F16));
+    }
+
+    [Fact]
+    public void Tensor_core_variant_is_refused_where_it_cannot_run_and_never_chosen_on_the_simulator()
+    {
+        var ops = Devices.Ops("test");
         using var a = DeviceTensor.Empty(ops.Device, DType.F16, 16, 32);
         using var b = DeviceTensor.Empty(ops.Device, DType.F16, 8, 32);
         using var c = DeviceTensor.Empty(ops.Device, DType.F16, 16, 8);
+        using var b12 = DeviceTensor.Empty(ops.Device, DType.F16, 8, 12);
+        using var a12 = DeviceTensor.Empty(ops.Device, DType.F16, 16, 12);
         var e = Assert.Throws<KernelArgumentException>(() =>
-            Gemm.Run(ops.Runtime, new GemmSpec(16, 8, 32) { TransB = true }, a, b, c, variant: GemmVariant.TensorCore));
-        Assert.Contains("needs a CUDA device", e.Message);
-        // Auto on a non-CUDA device takes the portable kernel.
+            Gemm.Run(ops.Runtime, new GemmSpec(16, 8, 12) { TransB = true }, a12, b12, c, variant: GemmVariant.TensorCore));
+        Assert.Contains("multiples of 8", e.Message);
+        // Auto on the simulator takes the portable kernel: emulated PTX is for tests only.
         Gemm.Run(ops.Runtime, new GemmSpec(16, 8, 32) { TransB = true }, a, b, c);
         Assert.Equal("gemm", ops.Runtime.LastFamily);
     }
