@@ -257,15 +257,28 @@ public static class AttentionKernels
     }
 }
 
+/// <summary>Attention kernel variants, selectable for tests and benchmarks.</summary>
+public enum AttentionVariant
+{
+    Auto,
+    /// <summary>attention_flash_simt: any float dtype, head dims up to 512, every backend.</summary>
+    Simt,
+    /// <summary>attention_flash_mma: fp16 on tensor cores, head dims 40, 64, 80, 160 (CUDA; emulated on the CPU accelerator).</summary>
+    TensorCore,
+}
+
 public static class Attention
 {
+    /// <summary>Head dims the tensor-core kernel is generated for.</summary>
+    public static readonly int[] TensorCoreHeadDims = [40, 64, 80, 160];
+
     /// <summary>
     /// O = softmax(Q K^T * scale [+ causal mask]) V per head. Q: [B, Lq, H*D], K and V: [B, Lk, H*D], O: [B, Lq, H*D].
     /// Q, K and V may be wider than H*D (e.g. one fused projection [B, L, 3*H*D]); the column offsets then say where
     /// each starts, and the row stride is the tensor's last dimension.
     /// </summary>
     public static void Run(KernelRuntime rt, Tensor q, Tensor k, Tensor v, Tensor o, int heads, float scale,
-        bool causal = false, int qOffset = 0, int kOffset = 0, int vOffset = 0)
+        bool causal = false, int qOffset = 0, int kOffset = 0, int vOffset = 0, AttentionVariant variant = AttentionVariant.Auto)
     {
         if (q.Rank != 3 || k.Rank != 3 || v.Rank != 3 || o.Rank != 3)
             throw new KernelArgumentException($"attention: expected [B, L, H*D] tensors, got q {q}, k {k}, v {v}, o {o}");
@@ -284,6 +297,17 @@ public static class Attention
             throw new KernelArgumentException(
                 $"attention: column offsets {qOffset}/{kOffset}/{vOffset} + width {hd} exceed the rows of q {q}, k {k}, v {v}");
         if ((long)bsz * heads > 65535) throw new KernelArgumentException($"attention: B*H = {(long)bsz * heads} exceeds 65535");
+        if (variant != AttentionVariant.Simt)
+        {
+            var why = TensorCoreBlocker(rt, q, k, v, o, d, ldq, ldk, ldv, qOffset, kOffset, vOffset, variant == AttentionVariant.TensorCore);
+            if (why is null)
+            {
+                LaunchTensorCore(rt, q, k, v, o, heads, d, lq, lk, bsz, ldq, ldk, ldv, qOffset, kOffset, vOffset, scale, causal);
+                return;
+            }
+            if (variant == AttentionVariant.TensorCore)
+                throw new KernelArgumentException($"attention: the tensor-core kernel cannot run this problem: {why}");
+        }
         int maxD = d % 8 == 0 && d <= 64 ? 64 : d % 8 == 0 && d <= 128 ? 128 : d % 16 == 0 && d <= 256 ? 256 : d % 32 == 0 && d <= 512 ? 512 : 0;
         if (maxD == 0)
             throw new KernelArgumentException($"attention: head dim {d} is not supported (a multiple of 8 up to 128, of 16 up to 256, or of 32 up to 512)");
@@ -327,6 +351,52 @@ public static class Attention
         }
     }
 
+    /// <summary>Why the tensor-core kernel cannot take this problem, or null when it can.</summary>
+    private static string? TensorCoreBlocker(KernelRuntime rt, Tensor q, Tensor k, Tensor v, Tensor o, int d,
+        long ldq, long ldk, long ldv, int qOff, int kOff, int vOff, bool requested)
+    {
+        if (!Gemm.TensorCoreDevice(rt, requested)) return "it needs a CUDA device (or the ILGPU CPU accelerator, which emulates it)";
+        if (q.DType != DType.F16) return "it needs fp16";
+        if (Array.IndexOf(TensorCoreHeadDims, d) < 0) return $"head dim {d} is not one of {string.Join(", ", TensorCoreHeadDims)}";
+        if (ldq % 8 != 0 || ldk % 8 != 0 || ldv % 8 != 0 || qOff % 8 != 0 || kOff % 8 != 0 || vOff % 8 != 0)
+            return "row strides and column offsets must be multiples of 8 (16-byte copies)";
+        if ((Gemm.Address(q) | Gemm.Address(k) | Gemm.Address(v)) % 16 != 0) return "q, k and v must be 16-byte aligned";
+        if ((long)o.Dim(0) * o.Dim(1) * o.Dim(2) == 0) return "empty output";
+        return null;
+    }
+
+    private static void LaunchTensorCore(KernelRuntime rt, Tensor q, Tensor k, Tensor v, Tensor o, int heads, int d,
+        int lq, int lk, int bsz, long ldq, long ldk, long ldv, int qOff, int kOff, int vOff, float scale, bool causal)
+    {
+        var args = new AttentionTcArgs
+        {
+            Q = Gemm.Address(q) + 2L * qOff, K = Gemm.Address(k) + 2L * kOff, V = Gemm.Address(v) + 2L * vOff,
+            O = o.View<Half>(),
+            Heads = heads, Lq = lq, Lk = lk,
+            LdQ = ldq, LdK = ldk, LdV = ldv, LdO = o.Dim(2),
+            BatchQ = (long)lq * ldq, BatchK = (long)lk * ldk, BatchV = (long)lk * ldv, BatchO = (long)lq * o.Dim(2),
+            ScaleLog2 = scale * 1.44269504088896341f,
+            Causal = causal ? 1 : 0,
+        };
+        switch (d)
+        {
+            case 40: Go<AttnTcD40>(); break;
+            case 64: Go<AttnTcD64>(); break;
+            case 80: Go<AttnTcD80>(); break;
+            default: Go<AttnTcD160>(); break;
+        }
+
+        void Go<TS>() where TS : struct, IAttnTcShape
+        {
+            var s = default(TS);
+            var cfg = new KernelConfig(new Index3D(KernelMath.CeilDiv(lq, AttentionTcKernels.BQ), bsz * heads, 1),
+                new Index3D(AttentionTcKernels.Threads, 1, 1),
+                SharedMemoryConfig.RequestDynamic<Int4>(AttentionTcKernels.SharedBytes(s.D, s.Bkv) / 16));
+            if (rt.Device.Kind == DeviceKind.IlgpuCpu) rt.Launch("attention_mma", AttentionTcKernels.Flash<TS, EmulatedPtx>, cfg, args);
+            else rt.Launch("attention_mma", AttentionTcKernels.Flash<TS, NativePtx>, cfg, args);
+        }
+    }
+
     private static ArrayView<T> Skip<T>(ArrayView<T> v, int offset) where T : unmanaged =>
         v.SubView(offset, v.Length - offset);
 
@@ -334,6 +404,22 @@ public static class Attention
     {
         foreach (var e in EntriesFor<float, F32Elem>("fp32")) yield return e;
         foreach (var e in EntriesFor<Half, F16Elem>("fp16")) yield return e;
+        foreach (var e in TensorCoreEntries()) yield return e;
+    }
+
+    private static IEnumerable<KernelEntry> TensorCoreEntries()
+    {
+        yield return TcEntry<AttnTcD40>();
+        yield return TcEntry<AttnTcD64>();
+        yield return TcEntry<AttnTcD80>();
+        yield return TcEntry<AttnTcD160>();
+    }
+
+    private static KernelEntry TcEntry<TS>() where TS : struct, IAttnTcShape
+    {
+        var s = default(TS);
+        return KernelRuntime.Entry<AttentionTcArgs>("attention_flash_mma", $"fp16 d{s.D} q64 kv{s.Bkv} t128",
+            AttentionTcKernels.Flash<TS, NativePtx>, AttentionTcKernels.SharedBytes(s.D, s.Bkv), tensorCore: true);
     }
 
     private static IEnumerable<KernelEntry> EntriesFor<T, TE>(string dt)

@@ -189,7 +189,7 @@ public static class Conv2d
         foreach (var e in EntriesFor<Half, F16Elem>("fp16")) yield return e;
         yield return KernelRuntime.Entry<TcGemmArgs<TcIm2Col, TcMatrix, MatrixEpilogue<Half, F16Elem>>>(
             "conv2d_implicit_gemm_mma", "fp16 128x128x32 t256 3-stage",
-            GemmTensorCoreKernels.Mma128<TcIm2Col, TcMatrix, MatrixEpilogue<Half, F16Elem>>,
+            GemmTensorCoreKernels.Mma128<TcIm2Col, TcMatrix, MatrixEpilogue<Half, F16Elem>, NativePtx>,
             GemmTensorCoreKernels.SharedBytes, tensorCore: true);
     }
 

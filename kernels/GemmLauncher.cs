@@ -123,7 +123,10 @@ public static class Gemm
         var grid = new Index3D(KernelMath.CeilDiv(n, GemmTensorCoreKernels.BN), KernelMath.CeilDiv(m, GemmTensorCoreKernels.BM), batch);
         var cfg = new KernelConfig(grid, new Index3D(GemmTensorCoreKernels.Threads, 1, 1),
             SharedMemoryConfig.RequestDynamic<Int4>(GemmTensorCoreKernels.SharedBytes / 16));
-        rt.Launch(family, GemmTensorCoreKernels.Mma128<TA, TB, MatrixEpilogue<Half, F16Elem>>, cfg, args);
+        if (rt.Device.Kind == DeviceKind.IlgpuCpu)
+            rt.Launch(family, GemmTensorCoreKernels.Mma128<TA, TB, MatrixEpilogue<Half, F16Elem>, EmulatedPtx>, cfg, args);
+        else
+            rt.Launch(family, GemmTensorCoreKernels.Mma128<TA, TB, MatrixEpilogue<Half, F16Elem>, NativePtx>, cfg, args);
     }
 
     internal static (int Bm, int Bn, int Threads) TileShape(GemmVariant v) => v switch
@@ -237,7 +240,7 @@ public static class Gemm
         foreach (var e in EntriesFor<float, F32Elem>("fp32")) yield return e;
         foreach (var e in EntriesFor<Half, F16Elem>("fp16")) yield return e;
         yield return KernelRuntime.Entry<TcGemmArgs<TcMatrix, TcMatrix, MatrixEpilogue<Half, F16Elem>>>(
-            "gemm_mma", "fp16 128x128x32 t256 3-stage", GemmTensorCoreKernels.Mma128<TcMatrix, TcMatrix, MatrixEpilogue<Half, F16Elem>>,
+            "gemm_mma", "fp16 128x128x32 t256 3-stage", GemmTensorCoreKernels.Mma128<TcMatrix, TcMatrix, MatrixEpilogue<Half, F16Elem>, NativePtx>,
             GemmTensorCoreKernels.SharedBytes, tensorCore: true);
     }
 

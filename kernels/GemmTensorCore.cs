@@ -69,41 +69,59 @@ public struct TcGemmArgs<TA, TB, TC>
 }
 
 /// <summary>
-/// The inline PTX the tensor-core kernels use. Every site is written twice: CudaAsm.Emit on CUDA, and
-/// <see cref="PtxEmulator"/> on the ILGPU CPU accelerator, so the same kernel runs in the oracle tests.
+/// How a tensor-core kernel's inline PTX runs: CudaAsm.Emit on CUDA (<see cref="NativePtx"/>), or
+/// <see cref="PtxEmulator"/> on the ILGPU CPU accelerator (<see cref="EmulatedPtx"/>), so the same kernel runs in the
+/// oracle tests. A type parameter rather than <c>CudaAsm.IsSupported</c>: ILGPU resolves IsSupported only at code
+/// generation, leaving a constant branch that can move the PTX register declarations below their first use.
 /// </summary>
+public interface IPtxIsa
+{
+    bool Emulated { get; }
+}
+
+public struct NativePtx : IPtxIsa
+{
+    public readonly bool Emulated => false;
+}
+
+public struct EmulatedPtx : IPtxIsa
+{
+    public readonly bool Emulated => true;
+}
+
+/// <summary>The cp.async PTX the tensor-core kernels share.</summary>
 public static class Ptx
 {
     /// <summary>
     /// 16-byte global → shared copy to byte <paramref name="offset"/> of the dynamic shared memory (needs
     /// <see cref="MmaAsm.Declare"/> first); srcBytes 0 writes zeros and reads nothing.
     /// </summary>
-    public static void CpAsync16(uint offset, long global, uint srcBytes)
+    public static void CpAsync16<TIsa>(uint offset, long global, uint srcBytes) where TIsa : struct, IPtxIsa
     {
         const string S = "add.u32 sa0, sb, %0; cp.async.cg.shared.global [sa0], [%1], 16, %2;";
-        if (CudaAsm.IsSupported) CudaAsm.Emit(S, offset, global, srcBytes);
-        else PtxEmulator.Exec(S, offset, (ulong)global, srcBytes);
+        if (default(TIsa).Emulated) PtxEmulator.Exec(S, offset, (ulong)global, srcBytes);
+        else CudaAsm.Emit(S, offset, global, srcBytes);
     }
 
-    public static void CpAsyncCommit()
+    public static void CpAsyncCommit<TIsa>() where TIsa : struct, IPtxIsa
     {
         const string S = "cp.async.commit_group;";
-        if (CudaAsm.IsSupported) CudaAsm.Emit(S);
-        else PtxEmulator.Exec(S);
+        if (default(TIsa).Emulated) PtxEmulator.Exec(S);
+        else CudaAsm.Emit(S);
     }
 
-    public static void CpAsyncWaitOne()
+    public static void CpAsyncWaitOne<TIsa>() where TIsa : struct, IPtxIsa
     {
         const string S = "cp.async.wait_group 1;";
-        if (CudaAsm.IsSupported) CudaAsm.Emit(S);
-        else PtxEmulator.Exec(S);
+        if (default(TIsa).Emulated) PtxEmulator.Exec(S);
+        else CudaAsm.Emit(S);
     }
 
-    public static void CpAsyncWaitAll()
+    public static void CpAsyncWaitAll<TIsa>() where TIsa : struct, IPtxIsa
     {
         const string S = "cp.async.wait_group 0;";
-        if (CudaAsm.IsSupported) CudaAsm.Emit(S);
-        else PtxEmulator.Exec(S);
+        if (default(TIsa).Emulated) PtxEmulator.Exec(S);
+        else CudaAsm.Emit(S);
     }
 }
 
@@ -197,41 +215,42 @@ public static class GemmTensorCoreKernels
     private static uint Swizzle(int row, int chunk) => (uint)(row * 64 + ((chunk ^ ((row >> 1) & 3)) << 4));
 
     /// <summary>Grid (ceil(N/128), ceil(M/128), batch); 256 threads; 48 KB dynamic shared memory.</summary>
-    public static void Mma128<TA, TB, TC>(TcGemmArgs<TA, TB, TC> p)
+    public static void Mma128<TA, TB, TC, TIsa>(TcGemmArgs<TA, TB, TC> p)
         where TA : struct, ITcOperand
         where TB : struct, ITcOperand
         where TC : struct, IGemmEpilogue
+        where TIsa : struct, IPtxIsa
     {
         var shared = SharedMemory.GetDynamic<Int4>(); // declares the 16-byte aligned region the PTX addresses
-        if (CudaAsm.IsSupported) CudaAsm.Emit(MmaAsm.Declare);
-        else
+        if (default(TIsa).Emulated)
         {
             PtxEmulator.BindShared(shared.Cast<byte>());
             PtxEmulator.Exec(MmaAsm.Declare);
         }
+        else CudaAsm.Emit(MmaAsm.Declare);
         const uint sbase = 0; // offsets into the dynamic shared memory; the PTX adds its base
         int tid = Group.IdxX, lane = tid & 31, warp = tid >> 5;
         int wm = warp >> 2, wn = warp & 3;
         int m0 = Grid.IdxY * BM, n0 = Grid.IdxX * BN, batch = Grid.IdxZ;
         int kTiles = (p.K + BK - 1) / BK;
 
-        if (kTiles > 0) LoadStage(p, sbase, 0, 0, m0, n0, batch, tid);
-        Ptx.CpAsyncCommit();
-        if (kTiles > 1) LoadStage(p, sbase, 1, 1, m0, n0, batch, tid);
-        Ptx.CpAsyncCommit();
+        if (kTiles > 0) LoadStage<TA, TB, TC, TIsa>(p, sbase, 0, 0, m0, n0, batch, tid);
+        Ptx.CpAsyncCommit<TIsa>();
+        if (kTiles > 1) LoadStage<TA, TB, TC, TIsa>(p, sbase, 1, 1, m0, n0, batch, tid);
+        Ptx.CpAsyncCommit<TIsa>();
 
-        if (CudaAsm.IsSupported) CudaAsm.Emit(MmaAsm.Zero);
-        else PtxEmulator.Exec(MmaAsm.Zero);
+        if (default(TIsa).Emulated) PtxEmulator.Exec(MmaAsm.Zero);
+        else CudaAsm.Emit(MmaAsm.Zero);
 
         int aRow = wm * 64 + (lane & 15);
         int bRow = wn * 32 + (lane & 7) + ((lane >> 4) << 3);
         for (int kt = 0; kt < kTiles; kt++)
         {
-            Ptx.CpAsyncWaitOne();
+            Ptx.CpAsyncWaitOne<TIsa>();
             SharedBarrier.Sync(); // tile kt is in shared memory, and every warp is done with stage (kt + 2) % 3
             int next = kt + 2;
-            if (next < kTiles) LoadStage(p, sbase, next % Stages, next, m0, n0, batch, tid);
-            Ptx.CpAsyncCommit();
+            if (next < kTiles) LoadStage<TA, TB, TC, TIsa>(p, sbase, next % Stages, next, m0, n0, batch, tid);
+            Ptx.CpAsyncCommit<TIsa>();
 
             uint aBase = sbase + (uint)(kt % Stages * StageBytes);
             uint bBase = aBase + BM * BK * 2;
@@ -242,19 +261,19 @@ public static class GemmTensorCoreKernels
                 uint a0 = aBase + Swizzle(aRow, aChunk), a1 = aBase + Swizzle(aRow + 16, aChunk);
                 uint a2 = aBase + Swizzle(aRow + 32, aChunk), a3 = aBase + Swizzle(aRow + 48, aChunk);
                 uint b0 = bBase + Swizzle(bRow, bChunk), b1 = bBase + Swizzle(bRow + 16, bChunk);
-                if (CudaAsm.IsSupported)
-                {
-                    CudaAsm.Emit(MmaAsm.LoadFragments, a0, a1, a2, a3, b0, b1);
-                    CudaAsm.Emit(MmaAsm.Mma16);
-                }
-                else
+                if (default(TIsa).Emulated)
                 {
                     PtxEmulator.Exec(MmaAsm.LoadFragments, a0, a1, a2, a3, b0, b1);
                     PtxEmulator.Exec(MmaAsm.Mma16);
                 }
+                else
+                {
+                    CudaAsm.Emit(MmaAsm.LoadFragments, a0, a1, a2, a3, b0, b1);
+                    CudaAsm.Emit(MmaAsm.Mma16);
+                }
             }
         }
-        Ptx.CpAsyncWaitAll();
+        Ptx.CpAsyncWaitAll<TIsa>();
 
         // Epilogue through shared memory, one 64-row half of the tile at a time (64 x 132 floats fit in the pipeline
         // buffers): the warps of that half stage their accumulators, then all threads apply bias/residual and write
@@ -266,8 +285,8 @@ public static class GemmTensorCoreKernels
             if (wm == half)
             {
                 uint at = sbase + (uint)(((lane >> 2) * EpilogueLd + wn * 32 + (lane & 3) * 2) * 4);
-                if (CudaAsm.IsSupported) CudaAsm.Emit(MmaAsm.StageAccumulators, at);
-                else PtxEmulator.Exec(MmaAsm.StageAccumulators, at);
+                if (default(TIsa).Emulated) PtxEmulator.Exec(MmaAsm.StageAccumulators, at);
+                else CudaAsm.Emit(MmaAsm.StageAccumulators, at);
             }
             SharedBarrier.Sync();
             for (int e = tid; e < 64 * BN; e += Threads)
@@ -280,11 +299,12 @@ public static class GemmTensorCoreKernels
     }
 
     /// <summary>Issues the cp.async copies of k-tile <paramref name="kt"/> of A and B into stage <paramref name="stage"/>.</summary>
-    private static void LoadStage<TA, TB, TC>(in TcGemmArgs<TA, TB, TC> p, uint sbase, int stage, int kt, int m0, int n0,
+    private static void LoadStage<TA, TB, TC, TIsa>(in TcGemmArgs<TA, TB, TC> p, uint sbase, int stage, int kt, int m0, int n0,
         int batch, int tid)
         where TA : struct, ITcOperand
         where TB : struct, ITcOperand
         where TC : struct, IGemmEpilogue
+        where TIsa : struct, IPtxIsa
     {
         uint aBase = sbase + (uint)(stage * StageBytes);
         uint bBase = aBase + BM * BK * 2;
@@ -295,9 +315,9 @@ public static class GemmTensorCoreKernels
             int row = chunkId >> 2, kc = chunkId & 3;
             int k = kt * BK + kc * 8;
             long a = k < p.K ? p.A.Chunk(batch, m0 + row, k) : -1;
-            Ptx.CpAsync16(aBase + Swizzle(row, kc), a >= 0 ? a : 0, a >= 0 ? 16u : 0u);
+            Ptx.CpAsync16<TIsa>(aBase + Swizzle(row, kc), a >= 0 ? a : 0, a >= 0 ? 16u : 0u);
             long b = k < p.K ? p.B.Chunk(batch, n0 + row, k) : -1;
-            Ptx.CpAsync16(bBase + Swizzle(row, kc), b >= 0 ? b : 0, b >= 0 ? 16u : 0u);
+            Ptx.CpAsync16<TIsa>(bBase + Swizzle(row, kc), b >= 0 ? b : 0, b >= 0 ? 16u : 0u);
         }
     }
 

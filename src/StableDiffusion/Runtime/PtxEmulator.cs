@@ -299,6 +299,9 @@ public static class PtxEmulator
                 case "ex2" when type == "f32":
                     for (int l = 0; l < 32; l++) Set(l, a[0], Bits(MathF.Pow(2f, F(Get(l, a[1])))));
                     return;
+                case "neg" when type == "f32":
+                    for (int l = 0; l < 32; l++) Set(l, a[0], Bits(-F(Get(l, a[1]))));
+                    return;
                 case "rcp" when type == "f32":
                     for (int l = 0; l < 32; l++) Set(l, a[0], Bits(1f / F(Get(l, a[1]))));
                     return;
