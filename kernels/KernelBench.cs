@@ -55,7 +55,7 @@ public static class KernelBench
                     2.0 * m * nn * k, (double)e * ((long)m * k + (long)nn * k + (long)m * nn + nn)));
             var attn = quick
                 ? new[] { (1, 2, 128, 128, 40), (1, 2, 128, 77, 40) }
-                : new[] { (1, 8, 4096, 4096, 40), (1, 8, 4096, 4096, 80), (1, 8, 4096, 77, 40) };
+                : new[] { (1, 8, 4096, 4096, 40), (1, 8, 4096, 4096, 80), (1, 8, 4096, 77, 40), (2, 8, 1024, 1024, 80), (2, 8, 256, 256, 160) };
             foreach (var (b, heads, lq, lk, d) in attn)
                 list.Add(new BenchCase("attention", dt, Dict(("b", b), ("heads", heads), ("lq", lq), ("lk", lk), ("d", d)),
                     4.0 * b * heads * lq * lk * d, (double)e * b * heads * d * (2L * lq + 2L * lk)));

@@ -70,10 +70,13 @@ public class PtxTests(ITestOutputHelper output)
     }
 
     [Fact]
-    public void Catalog_has_tensor_core_gemm_and_convolution()
+    public void Catalog_has_tensor_core_gemm_convolution_and_attention()
     {
         var tc = KernelRuntime.CudaCatalog().Where(e => e.TensorCore).Select(e => e.Kernel).ToHashSet();
         Assert.Contains("gemm_mma", tc);
         Assert.Contains("conv2d_implicit_gemm_mma", tc);
+        Assert.Contains("attention_flash_mma", tc);
+        var dims = KernelRuntime.CudaCatalog().Where(e => e.Kernel == "attention_flash_mma").Select(e => e.Config).ToList();
+        foreach (var d in Attention.TensorCoreHeadDims) Assert.Contains(dims, c => c.Contains($"d{d} "));
     }
 }
