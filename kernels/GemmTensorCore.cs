@@ -14,10 +14,35 @@ namespace StableDiffusion.Kernels;
 // hit 8 different bank groups. Out-of-range chunks are zero-filled by cp.async's src-size operand, so M and N are
 // arbitrary; K must be a multiple of 8 (16-byte chunks), which the launcher checks.
 
-/// <summary>Where the 16-byte chunk (row, k..k+7) of an operand is in global memory, or -1 for zeros.</summary>
+/// <summary>
+/// Where the 16-byte chunks of an operand are in global memory. The kernel splits the address into what depends on the
+/// row (<see cref="Row"/>, once per thread and row) and what depends on k (<see cref="Tap"/> once, then
+/// <see cref="Advance"/> by one k-tile at a time: every row a thread loads has the same k), so the main loop does no
+/// division and little 64-bit arithmetic.
+/// </summary>
 public interface ITcOperand
 {
-    long Chunk(int batch, int row, int k);
+    TcRow Row(int batch, int row);
+    TcTap Tap(int k);
+    /// <summary>The tap of k + <paramref name="dk"/>.</summary>
+    TcTap Advance(in TcTap t, int dk);
+    /// <summary>The chunk's address, or -1 for zeros.</summary>
+    long Chunk(in TcRow r, in TcTap t);
+}
+
+/// <summary>A row's part of an operand address: a base pointer, and for im2col the top-left input pixel (Y, X).</summary>
+public struct TcRow
+{
+    public long Ptr;
+    public int Y, X;
+    public int Valid;
+}
+
+/// <summary>A k's part of an operand address: a byte offset, and for im2col the kernel tap (Dy, Dx) and channel Ci.</summary>
+public struct TcTap
+{
+    public long Offset;
+    public int Dy, Dx, Ci;
 }
 
 /// <summary>A row-major fp16 matrix given by its device address: element (r, k) of batch b at Base + 2*(b*BatchStride + r*Ld + k).</summary>
@@ -28,32 +53,66 @@ public struct TcMatrix : ITcOperand
     public long Ld;
     public int Rows;
 
-    public readonly long Chunk(int batch, int row, int k) =>
-        row < Rows ? Base + 2L * (batch * BatchStride + row * Ld + k) : -1;
+    public readonly TcRow Row(int batch, int row) =>
+        new() { Ptr = Base + 2L * (batch * BatchStride + row * Ld), Valid = row < Rows ? 1 : 0 };
+
+    public readonly TcTap Tap(int k) => new() { Offset = 2L * k };
+
+    public readonly TcTap Advance(in TcTap t, int dk) => new() { Offset = t.Offset + 2L * dk };
+
+    public readonly long Chunk(in TcRow r, in TcTap t) => r.Valid != 0 ? r.Ptr + t.Offset : -1;
 }
 
-/// <summary>The im2col matrix of an NHWC fp16 input (C a multiple of 8, so a chunk never crosses a kernel tap).</summary>
+/// <summary>
+/// The im2col matrix of an NHWC fp16 input (C a multiple of 8, so a chunk never crosses a kernel tap). A row's pointer
+/// addresses its top-left input pixel, which may lie in the padding: it is only dereferenced with a tap that lands
+/// inside the image.
+/// </summary>
 public struct TcIm2Col : ITcOperand
 {
     public long Base;
     public int H, W, C, KW, Stride, PadTop, PadLeft, Hout, Wout, Rows;
 
-    public readonly long Chunk(int batch, int row, int k)
+    public readonly TcRow Row(int batch, int row)
     {
-        if (row >= Rows) return -1;
         int hw = Hout * Wout;
         int n = row / hw;
         int rem = row - n * hw;
         int ho = rem / Wout;
         int wo = rem - ho * Wout;
+        int y = ho * Stride - PadTop, x = wo * Stride - PadLeft;
+        return new TcRow { Ptr = Base + 2L * (((long)n * H + y) * W + x) * C, Y = y, X = x, Valid = row < Rows ? 1 : 0 };
+    }
+
+    public readonly TcTap Tap(int k)
+    {
         int tap = k / C;
         int ci = k - tap * C;
         int kh = tap / KW;
         int kw = tap - kh * KW;
-        int ih = ho * Stride - PadTop + kh;
-        int iw = wo * Stride - PadLeft + kw;
-        if (ih < 0 || ih >= H || iw < 0 || iw >= W) return -1;
-        return Base + 2L * (((long)(n * H + ih) * W + iw) * C + ci);
+        return new TcTap { Offset = 2L * ((kh * W + kw) * C + ci), Dy = kh, Dx = kw, Ci = ci };
+    }
+
+    public readonly TcTap Advance(in TcTap t, int dk)
+    {
+        int ci = t.Ci + dk, kh = t.Dy, kw = t.Dx;
+        while (ci >= C)
+        {
+            ci -= C;
+            kw++;
+            if (kw == KW)
+            {
+                kw = 0;
+                kh++;
+            }
+        }
+        return new TcTap { Offset = 2L * ((kh * W + kw) * C + ci), Dy = kh, Dx = kw, Ci = ci };
+    }
+
+    public readonly long Chunk(in TcRow r, in TcTap t)
+    {
+        int ih = r.Y + t.Dy, iw = r.X + t.Dx;
+        return r.Valid != 0 && ih >= 0 && ih < H && iw >= 0 && iw < W ? r.Ptr + t.Offset : -1;
     }
 }
 
@@ -234,9 +293,23 @@ public static class GemmTensorCoreKernels
         int m0 = Grid.IdxY * BM, n0 = Grid.IdxX * BN, batch = Grid.IdxZ;
         int kTiles = (p.K + BK - 1) / BK;
 
-        if (kTiles > 0) LoadStage<TA, TB, TC, TIsa>(p, sbase, 0, 0, m0, n0, batch, tid);
+        // This thread copies chunk kc of tile rows r0 and r0 + 64 of A and of B in every k-tile.
+        int r0 = tid >> 2, kc = tid & 3;
+        var rowA0 = p.A.Row(batch, m0 + r0);
+        var rowA1 = p.A.Row(batch, m0 + r0 + 64);
+        var rowB0 = p.B.Row(batch, n0 + r0);
+        var rowB1 = p.B.Row(batch, n0 + r0 + 64);
+        uint dst0 = Swizzle(r0, kc), dst1 = Swizzle(r0 + 64, kc);
+
+        int kLoad = kc * 8; // this thread's k in the next tile to load
+        var tapA = p.A.Tap(kLoad);
+        var tapB = p.B.Tap(kLoad);
+        if (kTiles > 0) LoadStage<TA, TB, TC, TIsa>(p, sbase, kLoad, tapA, tapB, dst0, dst1, rowA0, rowA1, rowB0, rowB1);
         Ptx.CpAsyncCommit<TIsa>();
-        if (kTiles > 1) LoadStage<TA, TB, TC, TIsa>(p, sbase, 1, 1, m0, n0, batch, tid);
+        kLoad += BK;
+        tapA = p.A.Advance(tapA, BK);
+        tapB = p.B.Advance(tapB, BK);
+        if (kTiles > 1) LoadStage<TA, TB, TC, TIsa>(p, sbase + StageBytes, kLoad, tapA, tapB, dst0, dst1, rowA0, rowA1, rowB0, rowB1);
         Ptx.CpAsyncCommit<TIsa>();
 
         if (default(TIsa).Emulated) PtxEmulator.Exec(MmaAsm.Zero);
@@ -244,15 +317,21 @@ public static class GemmTensorCoreKernels
 
         int aRow = wm * 64 + (lane & 15);
         int bRow = wn * 32 + (lane & 7) + ((lane >> 4) << 3);
+        uint readStage = sbase, writeStage = sbase + 2 * StageBytes; // stages of tiles kt and kt + 2, rotating (no % 3)
         for (int kt = 0; kt < kTiles; kt++)
         {
             Ptx.CpAsyncWaitOne<TIsa>();
-            SharedBarrier.Sync(); // tile kt is in shared memory, and every warp is done with stage (kt + 2) % 3
-            int next = kt + 2;
-            if (next < kTiles) LoadStage<TA, TB, TC, TIsa>(p, sbase, next % Stages, next, m0, n0, batch, tid);
+            SharedBarrier.Sync(); // tile kt is in shared memory, and every warp is done with tile kt - 1's stage
+            if (kt + 2 < kTiles)
+            {
+                kLoad += BK;
+                tapA = p.A.Advance(tapA, BK);
+                tapB = p.B.Advance(tapB, BK);
+                LoadStage<TA, TB, TC, TIsa>(p, writeStage, kLoad, tapA, tapB, dst0, dst1, rowA0, rowA1, rowB0, rowB1);
+            }
             Ptx.CpAsyncCommit<TIsa>();
 
-            uint aBase = sbase + (uint)(kt % Stages * StageBytes);
+            uint aBase = readStage;
             uint bBase = aBase + BM * BK * 2;
             for (int kk = 0; kk < 2; kk++)
             {
@@ -272,6 +351,8 @@ public static class GemmTensorCoreKernels
                     CudaAsm.Emit(MmaAsm.Mma16);
                 }
             }
+            readStage = readStage == sbase + 2 * StageBytes ? sbase : readStage + StageBytes;
+            writeStage = writeStage == sbase + 2 * StageBytes ? sbase : writeStage + StageBytes;
         }
         Ptx.CpAsyncWaitAll<TIsa>();
 
@@ -298,29 +379,24 @@ public static class GemmTensorCoreKernels
         }
     }
 
-    /// <summary>Issues the cp.async copies of k-tile <paramref name="kt"/> of A and B into stage <paramref name="stage"/>.</summary>
-    private static void LoadStage<TA, TB, TC, TIsa>(in TcGemmArgs<TA, TB, TC> p, uint sbase, int stage, int kt, int m0, int n0,
-        int batch, int tid)
+    /// <summary>Issues this thread's cp.async copies at <paramref name="k"/> (taps ta, tb) of A and B into the stage at <paramref name="aBase"/>.</summary>
+    private static void LoadStage<TA, TB, TC, TIsa>(in TcGemmArgs<TA, TB, TC> p, uint aBase, int k, in TcTap ta, in TcTap tb,
+        uint dst0, uint dst1, in TcRow a0, in TcRow a1, in TcRow b0, in TcRow b1)
         where TA : struct, ITcOperand
         where TB : struct, ITcOperand
         where TC : struct, IGemmEpilogue
         where TIsa : struct, IPtxIsa
     {
-        uint aBase = sbase + (uint)(stage * StageBytes);
         uint bBase = aBase + BM * BK * 2;
-        // 128 rows x 4 chunks per operand: two chunks of A and two of B per thread.
-        for (int i = 0; i < 2; i++)
-        {
-            int chunkId = tid + i * Threads;
-            int row = chunkId >> 2, kc = chunkId & 3;
-            int k = kt * BK + kc * 8;
-            long a = k < p.K ? p.A.Chunk(batch, m0 + row, k) : -1;
-            Ptx.CpAsync16<TIsa>(aBase + Swizzle(row, kc), a >= 0 ? a : 0, a >= 0 ? 16u : 0u);
-            long b = k < p.K ? p.B.Chunk(batch, n0 + row, k) : -1;
-            Ptx.CpAsync16<TIsa>(bBase + Swizzle(row, kc), b >= 0 ? b : 0, b >= 0 ? 16u : 0u);
-        }
+        bool inK = k < p.K;
+        Copy<TIsa>(aBase + dst0, inK ? p.A.Chunk(a0, ta) : -1);
+        Copy<TIsa>(aBase + dst1, inK ? p.A.Chunk(a1, ta) : -1);
+        Copy<TIsa>(bBase + dst0, inK ? p.B.Chunk(b0, tb) : -1);
+        Copy<TIsa>(bBase + dst1, inK ? p.B.Chunk(b1, tb) : -1);
     }
 
+    private static void Copy<TIsa>(uint dst, long src) where TIsa : struct, IPtxIsa =>
+        Ptx.CpAsync16<TIsa>(dst, src >= 0 ? src : 0, src >= 0 ? 16u : 0u);
 }
 
 /// <summary>A 16-byte element, for 16-byte aligned dynamic shared memory.</summary>

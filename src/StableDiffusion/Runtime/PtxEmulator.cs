@@ -101,8 +101,9 @@ public static class PtxEmulator
 
     // ---- warp state -------------------------------------------------------------------------------------------
 
+    // The simulator's per-thread warp context (internal to ILGPU) identifies the warp a lane belongs to.
     private static readonly FieldInfo WarpContextField =
-        typeof(Context).Assembly.GetType("ILGPU.Runtime.CPU.CPURuntimeWarpContext")!
+        Type.GetType("ILGPU.Runtime.CPU.CPURuntimeWarpContext, ILGPU", throwOnError: true)!
             .GetField("currentContext", BindingFlags.NonPublic | BindingFlags.Static)!;
 
     private static readonly ConditionalWeakTable<object, WarpState> Warps = new();
