@@ -120,18 +120,18 @@ public static class Conv2d
     private static void LaunchTensorCore(KernelRuntime rt, Tensor x, Tensor w, Tensor? bias, Tensor y, Tensor? residual,
         int stride, Padding2d pad, int ho, int wo, int m, int n, int k)
     {
-        var epilogue = Gemm.Epilogue<Half, F16Elem>(y, 0, n, 1f, bias, residual);
+        var epilogue = TcEpilogue.Of(Gemm.Epilogue<Half, F16Elem>(y, 0, n, 1f, bias, residual), y, bias, residual);
         var weights = new TcMatrix { Base = Gemm.Address(w), Ld = k, Rows = n };
         if (w.Dim(1) == 1 && w.Dim(2) == 1 && stride == 1 && pad.IsZero)
         {
-            var g = new TcGemmArgs<TcMatrix, TcMatrix, MatrixEpilogue<Half, F16Elem>>
+            var g = new TcGemmArgs<TcMatrix, TcMatrix>
             {
                 A = new TcMatrix { Base = Gemm.Address(x), Ld = k, Rows = m }, B = weights, C = epilogue, M = m, N = n, K = k,
             };
             Gemm.LaunchMma(rt, "conv2d_mma", m, n, 1, g);
             return;
         }
-        var args = new TcGemmArgs<TcIm2Col, TcMatrix, MatrixEpilogue<Half, F16Elem>>
+        var args = new TcGemmArgs<TcIm2Col, TcMatrix>
         {
             A = new TcIm2Col
             {
@@ -187,9 +187,9 @@ public static class Conv2d
     {
         foreach (var e in EntriesFor<float, F32Elem>("fp32")) yield return e;
         foreach (var e in EntriesFor<Half, F16Elem>("fp16")) yield return e;
-        yield return KernelRuntime.Entry<TcGemmArgs<TcIm2Col, TcMatrix, MatrixEpilogue<Half, F16Elem>>>(
+        yield return KernelRuntime.Entry<TcGemmArgs<TcIm2Col, TcMatrix>>(
             "conv2d_implicit_gemm_mma", "fp16 128x128x32 t256 3-stage",
-            GemmTensorCoreKernels.Mma128<TcIm2Col, TcMatrix, MatrixEpilogue<Half, F16Elem>, NativePtx>,
+            GemmTensorCoreKernels.Mma128<TcIm2Col, TcMatrix, NativePtx>,
             GemmTensorCoreKernels.SharedBytes, tensorCore: true);
     }
 

@@ -101,11 +101,11 @@ public static class Gemm
 
     private static void LaunchTensorCore(KernelRuntime rt, GemmSpec s, Tensor a, Tensor b, Tensor c, Tensor? bias, Tensor? residual)
     {
-        var args = new TcGemmArgs<TcMatrix, TcMatrix, MatrixEpilogue<Half, F16Elem>>
+        var args = new TcGemmArgs<TcMatrix, TcMatrix>
         {
             A = new TcMatrix { Base = Address(a), BatchStride = s.StrideA, Ld = s.Lda, Rows = s.M },
             B = new TcMatrix { Base = Address(b), BatchStride = s.StrideB, Ld = s.Ldb, Rows = s.N },
-            C = Epilogue<Half, F16Elem>(c, s.StrideC, s.Ldc, s.Alpha, bias, residual),
+            C = TcEpilogue.Of(Epilogue<Half, F16Elem>(c, s.StrideC, s.Ldc, s.Alpha, bias, residual), c, bias, residual),
             M = s.M,
             N = s.N,
             K = s.K,
@@ -116,7 +116,7 @@ public static class Gemm
     internal static long Address(Tensor t) => t.Bytes.LoadEffectiveAddressAsPtr().ToInt64();
 
     internal static void LaunchMma<TA, TB>(KernelRuntime rt, string family, int m, int n, int batch,
-        TcGemmArgs<TA, TB, MatrixEpilogue<Half, F16Elem>> args)
+        TcGemmArgs<TA, TB> args)
         where TA : struct, ITcOperand
         where TB : struct, ITcOperand
     {
@@ -124,9 +124,9 @@ public static class Gemm
         var cfg = new KernelConfig(grid, new Index3D(GemmTensorCoreKernels.Threads, 1, 1),
             SharedMemoryConfig.RequestDynamic<Int4>(GemmTensorCoreKernels.SharedBytes / 16));
         if (rt.Device.Kind == DeviceKind.IlgpuCpu)
-            rt.Launch(family, GemmTensorCoreKernels.Mma128<TA, TB, MatrixEpilogue<Half, F16Elem>, EmulatedPtx>, cfg, args);
+            rt.Launch(family, GemmTensorCoreKernels.Mma128<TA, TB, EmulatedPtx>, cfg, args);
         else
-            rt.Launch(family, GemmTensorCoreKernels.Mma128<TA, TB, MatrixEpilogue<Half, F16Elem>, NativePtx>, cfg, args);
+            rt.Launch(family, GemmTensorCoreKernels.Mma128<TA, TB, NativePtx>, cfg, args);
     }
 
     internal static (int Bm, int Bn, int Threads) TileShape(GemmVariant v) => v switch
@@ -239,8 +239,8 @@ public static class Gemm
     {
         foreach (var e in EntriesFor<float, F32Elem>("fp32")) yield return e;
         foreach (var e in EntriesFor<Half, F16Elem>("fp16")) yield return e;
-        yield return KernelRuntime.Entry<TcGemmArgs<TcMatrix, TcMatrix, MatrixEpilogue<Half, F16Elem>>>(
-            "gemm_mma", "fp16 128x128x32 t256 3-stage", GemmTensorCoreKernels.Mma128<TcMatrix, TcMatrix, MatrixEpilogue<Half, F16Elem>, NativePtx>,
+        yield return KernelRuntime.Entry<TcGemmArgs<TcMatrix, TcMatrix>>(
+            "gemm_mma", "fp16 128x128x32 t256 3-stage", GemmTensorCoreKernels.Mma128<TcMatrix, TcMatrix, NativePtx>,
             GemmTensorCoreKernels.SharedBytes, tensorCore: true);
     }
 

@@ -1,6 +1,7 @@
 using ILGPU;
 using ILGPU.Runtime.Cuda;
 using StableDiffusion.Runtime;
+using Half = ILGPU.Half;
 
 namespace StableDiffusion.Kernels;
 
@@ -116,15 +117,77 @@ public struct TcIm2Col : ITcOperand
     }
 }
 
-public struct TcGemmArgs<TA, TB, TC>
+public struct TcGemmArgs<TA, TB>
     where TA : struct, ITcOperand
     where TB : struct, ITcOperand
-    where TC : struct, IGemmEpilogue
 {
     public TA A;
     public TB B;
-    public TC C;
+    public TcEpilogue C;
     public int M, N, K;
+}
+
+/// <summary>
+/// The fp16 output of the tensor-core GEMM: alpha, bias and residual applied to 8 consecutive columns at a time, with
+/// 16-byte loads and stores where every row of C, the residual and the bias start 16-byte aligned (<see cref="Vector"/>,
+/// decided on the host), element by element otherwise and at a ragged right edge.
+/// </summary>
+public struct TcEpilogue
+{
+    public MatrixEpilogue<Half, F16Elem> M;
+    public int Vector;
+
+    public static TcEpilogue Of(MatrixEpilogue<Half, F16Elem> m, Tensor c, Tensor? bias, Tensor? residual)
+    {
+        static bool Aligned(Tensor? t) => t is null || Gemm.Address(t) % 16 == 0;
+        bool vector = m.Ldc % 8 == 0 && m.BatchStrideC % 8 == 0 && m.Ldr % 8 == 0 && m.BatchStrideR % 8 == 0
+                      && Aligned(c) && Aligned(bias) && Aligned(residual);
+        return new TcEpilogue { M = m, Vector = vector ? 1 : 0 };
+    }
+
+    public readonly void Store8(int batch, int m, int n, in Float8 v, int nLimit)
+    {
+        if (Vector != 0 && n + 8 <= nLimit)
+        {
+            var e = default(F16Elem);
+            float a = M.Alpha;
+            float v0 = a * v.V0, v1 = a * v.V1, v2 = a * v.V2, v3 = a * v.V3;
+            float v4 = a * v.V4, v5 = a * v.V5, v6 = a * v.V6, v7 = a * v.V7;
+            if (M.HasBias != 0)
+            {
+                var b = M.Bias.Cast<Int4>()[n >> 3];
+                v0 += Lo(b.X); v1 += Hi(b.X); v2 += Lo(b.Y); v3 += Hi(b.Y);
+                v4 += Lo(b.Z); v5 += Hi(b.Z); v6 += Lo(b.W); v7 += Hi(b.W);
+            }
+            if (M.HasResidual != 0)
+            {
+                var r = M.Residual.Cast<Int4>()[(batch * M.BatchStrideR + m * M.Ldr + n) >> 3];
+                v0 += Lo(r.X); v1 += Hi(r.X); v2 += Lo(r.Y); v3 += Hi(r.Y);
+                v4 += Lo(r.Z); v5 += Hi(r.Z); v6 += Lo(r.W); v7 += Hi(r.W);
+            }
+            Int4 o;
+            o.X = Pack(e.FromFloat(v0), e.FromFloat(v1));
+            o.Y = Pack(e.FromFloat(v2), e.FromFloat(v3));
+            o.Z = Pack(e.FromFloat(v4), e.FromFloat(v5));
+            o.W = Pack(e.FromFloat(v6), e.FromFloat(v7));
+            M.C.Cast<Int4>()[(batch * M.BatchStrideC + m * M.Ldc + n) >> 3] = o;
+            return;
+        }
+        M.Store(batch, m, n, v.V0);
+        if (n + 1 < nLimit) M.Store(batch, m, n + 1, v.V1);
+        if (n + 2 < nLimit) M.Store(batch, m, n + 2, v.V2);
+        if (n + 3 < nLimit) M.Store(batch, m, n + 3, v.V3);
+        if (n + 4 < nLimit) M.Store(batch, m, n + 4, v.V4);
+        if (n + 5 < nLimit) M.Store(batch, m, n + 5, v.V5);
+        if (n + 6 < nLimit) M.Store(batch, m, n + 6, v.V6);
+        if (n + 7 < nLimit) M.Store(batch, m, n + 7, v.V7);
+    }
+
+    private static float Lo(int packed) => (float)Interop.IntAsFloat((ushort)(packed & 0xffff));
+
+    private static float Hi(int packed) => (float)Interop.IntAsFloat((ushort)((uint)packed >> 16));
+
+    private static int Pack(Half lo, Half hi) => Interop.FloatAsInt(lo) | (Interop.FloatAsInt(hi) << 16);
 }
 
 /// <summary>
@@ -274,10 +337,9 @@ public static class GemmTensorCoreKernels
     private static uint Swizzle(int row, int chunk) => (uint)(row * 64 + ((chunk ^ ((row >> 1) & 3)) << 4));
 
     /// <summary>Grid (ceil(N/128), ceil(M/128), batch); 256 threads; 48 KB dynamic shared memory.</summary>
-    public static void Mma128<TA, TB, TC, TIsa>(TcGemmArgs<TA, TB, TC> p)
+    public static void Mma128<TA, TB, TIsa>(TcGemmArgs<TA, TB> p)
         where TA : struct, ITcOperand
         where TB : struct, ITcOperand
-        where TC : struct, IGemmEpilogue
         where TIsa : struct, IPtxIsa
     {
         var shared = SharedMemory.GetDynamic<Int4>(); // declares the 16-byte aligned region the PTX addresses
@@ -304,19 +366,24 @@ public static class GemmTensorCoreKernels
         int kLoad = kc * 8; // this thread's k in the next tile to load
         var tapA = p.A.Tap(kLoad);
         var tapB = p.B.Tap(kLoad);
-        if (kTiles > 0) LoadStage<TA, TB, TC, TIsa>(p, sbase, kLoad, tapA, tapB, dst0, dst1, rowA0, rowA1, rowB0, rowB1);
+        if (kTiles > 0) LoadStage<TA, TB, TIsa>(p, sbase, kLoad, tapA, tapB, dst0, dst1, rowA0, rowA1, rowB0, rowB1);
         Ptx.CpAsyncCommit<TIsa>();
         kLoad += BK;
         tapA = p.A.Advance(tapA, BK);
         tapB = p.B.Advance(tapB, BK);
-        if (kTiles > 1) LoadStage<TA, TB, TC, TIsa>(p, sbase + StageBytes, kLoad, tapA, tapB, dst0, dst1, rowA0, rowA1, rowB0, rowB1);
+        if (kTiles > 1) LoadStage<TA, TB, TIsa>(p, sbase + StageBytes, kLoad, tapA, tapB, dst0, dst1, rowA0, rowA1, rowB0, rowB1);
         Ptx.CpAsyncCommit<TIsa>();
 
         if (default(TIsa).Emulated) PtxEmulator.Exec(MmaAsm.Zero);
         else CudaAsm.Emit(MmaAsm.Zero);
 
+        // This lane's ldmatrix row offsets within a stage's A and B tiles for k16 step 0 (computed once).
         int aRow = wm * 64 + (lane & 15);
         int bRow = wn * 32 + (lane & 7) + ((lane >> 4) << 3);
+        int aChunk = lane >> 4, bChunk = (lane >> 3) & 1;
+        uint fa0 = Swizzle(aRow, aChunk), fa1 = Swizzle(aRow + 16, aChunk);
+        uint fa2 = Swizzle(aRow + 32, aChunk), fa3 = Swizzle(aRow + 48, aChunk);
+        uint fb0 = Swizzle(bRow, bChunk), fb1 = Swizzle(bRow + 16, bChunk);
         uint readStage = sbase, writeStage = sbase + 2 * StageBytes; // stages of tiles kt and kt + 2, rotating (no % 3)
         for (int kt = 0; kt < kTiles; kt++)
         {
@@ -327,29 +394,28 @@ public static class GemmTensorCoreKernels
                 kLoad += BK;
                 tapA = p.A.Advance(tapA, BK);
                 tapB = p.B.Advance(tapB, BK);
-                LoadStage<TA, TB, TC, TIsa>(p, writeStage, kLoad, tapA, tapB, dst0, dst1, rowA0, rowA1, rowB0, rowB1);
+                LoadStage<TA, TB, TIsa>(p, writeStage, kLoad, tapA, tapB, dst0, dst1, rowA0, rowA1, rowB0, rowB1);
             }
             Ptx.CpAsyncCommit<TIsa>();
 
             uint aBase = readStage;
             uint bBase = aBase + BM * BK * 2;
-            for (int kk = 0; kk < 2; kk++)
+            // k16 step 0, then step 1: its chunks are chunk + 2, which flips bit 5 of the swizzled offset.
+            if (default(TIsa).Emulated)
             {
-                int aChunk = kk * 2 + (lane >> 4);
-                int bChunk = kk * 2 + ((lane >> 3) & 1);
-                uint a0 = aBase + Swizzle(aRow, aChunk), a1 = aBase + Swizzle(aRow + 16, aChunk);
-                uint a2 = aBase + Swizzle(aRow + 32, aChunk), a3 = aBase + Swizzle(aRow + 48, aChunk);
-                uint b0 = bBase + Swizzle(bRow, bChunk), b1 = bBase + Swizzle(bRow + 16, bChunk);
-                if (default(TIsa).Emulated)
-                {
-                    PtxEmulator.Exec(MmaAsm.LoadFragments, a0, a1, a2, a3, b0, b1);
-                    PtxEmulator.Exec(MmaAsm.Mma16);
-                }
-                else
-                {
-                    CudaAsm.Emit(MmaAsm.LoadFragments, a0, a1, a2, a3, b0, b1);
-                    CudaAsm.Emit(MmaAsm.Mma16);
-                }
+                PtxEmulator.Exec(MmaAsm.LoadFragments, aBase + fa0, aBase + fa1, aBase + fa2, aBase + fa3, bBase + fb0, bBase + fb1);
+                PtxEmulator.Exec(MmaAsm.Mma16);
+                PtxEmulator.Exec(MmaAsm.LoadFragments, aBase + (fa0 ^ 32), aBase + (fa1 ^ 32), aBase + (fa2 ^ 32),
+                    aBase + (fa3 ^ 32), bBase + (fb0 ^ 32), bBase + (fb1 ^ 32));
+                PtxEmulator.Exec(MmaAsm.Mma16);
+            }
+            else
+            {
+                CudaAsm.Emit(MmaAsm.LoadFragments, aBase + fa0, aBase + fa1, aBase + fa2, aBase + fa3, bBase + fb0, bBase + fb1);
+                CudaAsm.Emit(MmaAsm.Mma16);
+                CudaAsm.Emit(MmaAsm.LoadFragments, aBase + (fa0 ^ 32), aBase + (fa1 ^ 32), aBase + (fa2 ^ 32),
+                    aBase + (fa3 ^ 32), bBase + (fb0 ^ 32), bBase + (fb1 ^ 32));
+                CudaAsm.Emit(MmaAsm.Mma16);
             }
             readStage = readStage == sbase + 2 * StageBytes ? sbase : readStage + StageBytes;
             writeStage = writeStage == sbase + 2 * StageBytes ? sbase : writeStage + StageBytes;
@@ -359,7 +425,7 @@ public static class GemmTensorCoreKernels
         // Epilogue through shared memory, one 64-row half of the tile at a time (64 x 132 floats fit in the pipeline
         // buffers): the warps of that half stage their accumulators, then all threads apply bias/residual and write
         // consecutive columns, so global stores are coalesced.
-        var staged = shared.Cast<float>();
+        var staged = shared.Cast<Float4>();
         for (int half = 0; half < 2; half++)
         {
             SharedBarrier.Sync();
@@ -370,21 +436,25 @@ public static class GemmTensorCoreKernels
                 else CudaAsm.Emit(MmaAsm.StageAccumulators, at);
             }
             SharedBarrier.Sync();
-            for (int e = tid; e < 64 * BN; e += Threads)
+            // 64 rows x 16 runs of 8 columns: four 16-byte stores per thread.
+            for (int e = tid; e < 64 * (BN / 8); e += Threads)
             {
-                int row = e / BN, col = e - row * BN;
+                int row = e >> 4, col = (e & 15) << 3;
                 int gr = m0 + half * 64 + row, gc = n0 + col;
-                if (gr < p.M && gc < p.N) p.C.Store(batch, gr, gc, staged[row * EpilogueLd + col]);
+                if (gr < p.M && gc < p.N)
+                {
+                    int at = (row * EpilogueLd + col) >> 2; // 16-byte units: rows are 528 bytes, runs 32
+                    p.C.Store8(batch, gr, gc, Float8.From(staged[at], staged[at + 1]), p.N);
+                }
             }
         }
     }
 
     /// <summary>Issues this thread's cp.async copies at <paramref name="k"/> (taps ta, tb) of A and B into the stage at <paramref name="aBase"/>.</summary>
-    private static void LoadStage<TA, TB, TC, TIsa>(in TcGemmArgs<TA, TB, TC> p, uint aBase, int k, in TcTap ta, in TcTap tb,
+    private static void LoadStage<TA, TB, TIsa>(in TcGemmArgs<TA, TB> p, uint aBase, int k, in TcTap ta, in TcTap tb,
         uint dst0, uint dst1, in TcRow a0, in TcRow a1, in TcRow b0, in TcRow b1)
         where TA : struct, ITcOperand
         where TB : struct, ITcOperand
-        where TC : struct, IGemmEpilogue
         where TIsa : struct, IPtxIsa
     {
         uint bBase = aBase + BM * BK * 2;

@@ -96,6 +96,7 @@ public class Conv2dOracleTests(ITestOutputHelper output)
     [InlineData(2, 9, 9, 8, 12, 3, 2, 1, 1, false, false)]
     [InlineData(1, 8, 7, 24, 5, 3, 2, 0, 1, true, false)]
     [InlineData(2, 6, 7, 40, 130, 1, 1, 0, 0, true, true)]
+    [InlineData(1, 10, 9, 32, 24, 3, 1, 1, 1, true, true)] // Cout a multiple of 8: the 16-byte epilogue
     public void Tensor_core_conv2d_matches_libtorch(int n, int h, int w, int cin, int cout, int ks, int stride, int padTL,
         int padBR, bool withBias, bool withResidual)
     {
