@@ -360,7 +360,10 @@ public static class Attention
         if (Array.IndexOf(TensorCoreHeadDims, d) < 0) return $"head dim {d} is not one of {string.Join(", ", TensorCoreHeadDims)}";
         if (ldq % 8 != 0 || ldk % 8 != 0 || ldv % 8 != 0 || qOff % 8 != 0 || kOff % 8 != 0 || vOff % 8 != 0)
             return "row strides and column offsets must be multiples of 8 (16-byte copies)";
-        if ((Gemm.Address(q) | Gemm.Address(k) | Gemm.Address(v)) % 16 != 0) return "q, k and v must be 16-byte aligned";
+        if ((Gemm.Address(q) | Gemm.Address(k) | Gemm.Address(v) | Gemm.Address(o)) % 16 != 0 || o.Dim(2) % 8 != 0)
+            return "q, k, v and o must be 16-byte aligned";
+        if ((long)Math.Max(q.Dim(1), k.Dim(1)) * Math.Max(ldq, Math.Max(ldk, ldv)) * 2 >= int.MaxValue)
+            return "a batch of q, k or v spans 2 GiB or more";
         if ((long)o.Dim(0) * o.Dim(1) * o.Dim(2) == 0) return "empty output";
         return null;
     }

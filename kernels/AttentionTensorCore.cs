@@ -100,15 +100,25 @@ public static class AttentionTcKernels
         int kEnd = p.Causal != 0 ? Math.Min(p.Lk, q0 + BQ) : p.Lk;
         int tiles = (kEnd + bkv - 1) / bkv;
 
-        // The Q tile goes to stage 1's region and key tile 0 to stage 0, in one group.
-        for (int i = tid; i < BQ * chunks; i += Threads)
+        // The Q tile goes to stage 1's region and key tile 0 to stage 0, in one group. Copy i of this thread is
+        // chunk tid + 128 i of the tile: its (row, chunk) advance by (128 / chunks, 128 % chunks) with a carry.
+        int r0 = tid / chunks, c0 = tid - r0 * chunks;
+        int stepR = Threads / chunks, stepC = Threads - stepR * chunks;
+        int ldq = (int)p.LdQ * 2, ldk = (int)p.LdK * 2, ldv = (int)p.LdV * 2; // row strides in bytes (checked to fit)
+        for (int i = tid, r = r0, c = c0; i < BQ * chunks; i += Threads)
         {
-            int r = i / chunks, c = i - r * chunks;
             int qr = q0 + r;
             bool ok = qr < p.Lq && c * 8 < d;
-            Ptx.CpAsync16<TIsa>(stageBytes + (uint)(r * stride + c * 16), ok ? qBase + 2L * qr * p.LdQ + c * 16 : 0, ok ? 16u : 0u);
+            Ptx.CpAsync16<TIsa>(stageBytes + (uint)(r * stride + c * 16), ok ? qBase + (qr * ldq + c * 16) : 0, ok ? 16u : 0u);
+            r += stepR;
+            c += stepC;
+            if (c >= chunks)
+            {
+                c -= chunks;
+                r++;
+            }
         }
-        LoadKv<TIsa>(p, kBase, vBase, 0, 0, bkv, chunks, stride, d, tid);
+        LoadKv<TIsa>(p, kBase, vBase, 0, 0, bkv, chunks, stride, d, tid, r0, c0, stepR, stepC, ldk, ldv);
         Ptx.CpAsyncCommit<TIsa>();
         Ptx.CpAsyncWaitAll<TIsa>();
         SharedBarrier.Sync();
@@ -124,7 +134,9 @@ public static class AttentionTcKernels
         for (int t = 0; t < tiles; t++)
         {
             SharedBarrier.Sync(); // tile t has landed for every thread, and every warp is done with tile t-1's stage
-            if (t + 1 < tiles) LoadKv<TIsa>(p, kBase, vBase, (uint)((t + 1) & 1) * stageBytes, (t + 1) * bkv, bkv, chunks, stride, d, tid);
+            if (t + 1 < tiles)
+                LoadKv<TIsa>(p, kBase, vBase, (uint)((t + 1) & 1) * stageBytes, (t + 1) * bkv, bkv, chunks, stride, d, tid,
+                    r0, c0, stepR, stepC, ldk, ldv);
             Ptx.CpAsyncCommit<TIsa>();
 
             uint stage = (uint)(t & 1) * stageBytes;
@@ -149,30 +161,51 @@ public static class AttentionTcKernels
         SharedBarrier.Sync(); // every warp is done with the stages: the output tile goes over them
         AttnTcAsm.Finish<TS, TIsa>((uint)(((warp * 16 + (lane >> 2)) * (d + 4) + col0) * 4));
         SharedBarrier.Sync();
-        var staged = shared.Cast<float>();
+        // 8 outputs (16 bytes) per store: rows of the staged tile are (d + 4) floats, a multiple of 16 bytes.
+        var staged = shared.Cast<Float4>();
+        var o8 = p.O.Cast<Int4>();
+        var e = default(F16Elem);
         long oBase = b * p.BatchO + (long)h * d;
-        for (int i = tid; i < BQ * d; i += Threads)
+        int runs = d / 8;
+        for (int i = tid; i < BQ * runs; i += Threads)
         {
-            int r = i / d, c = i - r * d;
+            int r = i / runs, c = (i - r * runs) * 8;
             int qr = q0 + r;
-            if (qr < p.Lq) p.O[oBase + qr * p.LdO + c] = (Half)staged[r * (d + 4) + c];
+            if (qr < p.Lq)
+            {
+                int at = (r * (d + 4) + c) >> 2;
+                var lo = staged[at];
+                var hi = staged[at + 1];
+                Int4 v;
+                v.X = Interop.FloatAsInt(e.FromFloat(lo.X)) | (Interop.FloatAsInt(e.FromFloat(lo.Y)) << 16);
+                v.Y = Interop.FloatAsInt(e.FromFloat(lo.Z)) | (Interop.FloatAsInt(e.FromFloat(lo.W)) << 16);
+                v.Z = Interop.FloatAsInt(e.FromFloat(hi.X)) | (Interop.FloatAsInt(e.FromFloat(hi.Y)) << 16);
+                v.W = Interop.FloatAsInt(e.FromFloat(hi.Z)) | (Interop.FloatAsInt(e.FromFloat(hi.W)) << 16);
+                o8[(oBase + qr * p.LdO + c) >> 3] = v;
+            }
         }
     }
 
     /// <summary>Issues the cp.async copies of keys k0.. of K and V into the stage at <paramref name="stage"/>.</summary>
     private static void LoadKv<TIsa>(in AttentionTcArgs p, long kBase, long vBase, uint stage, int k0, int bkv, int chunks,
-        int stride, int d, int tid)
+        int stride, int d, int tid, int r0, int c0, int stepR, int stepC, int ldk, int ldv)
         where TIsa : struct, IPtxIsa
     {
         uint vStage = stage + (uint)(bkv * stride);
-        for (int i = tid; i < bkv * chunks; i += Threads)
+        for (int i = tid, r = r0, c = c0; i < bkv * chunks; i += Threads)
         {
-            int r = i / chunks, c = i - r * chunks;
             int key = k0 + r;
             bool ok = key < p.Lk && c * 8 < d;
             uint at = (uint)(r * stride + c * 16);
-            Ptx.CpAsync16<TIsa>(stage + at, ok ? kBase + 2L * key * p.LdK + c * 16 : 0, ok ? 16u : 0u);
-            Ptx.CpAsync16<TIsa>(vStage + at, ok ? vBase + 2L * key * p.LdV + c * 16 : 0, ok ? 16u : 0u);
+            Ptx.CpAsync16<TIsa>(stage + at, ok ? kBase + (key * ldk + c * 16) : 0, ok ? 16u : 0u);
+            Ptx.CpAsync16<TIsa>(vStage + at, ok ? vBase + (key * ldv + c * 16) : 0, ok ? 16u : 0u);
+            r += stepR;
+            c += stepC;
+            if (c >= chunks)
+            {
+                c -= chunks;
+                r++;
+            }
         }
     }
 }
