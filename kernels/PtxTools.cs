@@ -18,7 +18,8 @@ public sealed record PtxReportRow(
     int StackBytes,
     int SpillBytes,
     int Hmma,
-    int PtxBytes);
+    int PtxBytes,
+    double LoopSassPerHmma = 0);
 
 /// <summary>
 /// Offline CUDA toolchain checks, no GPU needed: ILGPU's PTX backend compiles each kernel of the CUDA catalog,
@@ -86,13 +87,47 @@ public static class PtxTools
         int stack = Int(err, @"(\d+) bytes stack frame");
         int spills = Int(err, @"(\d+) bytes spill stores") + Int(err, @"(\d+) bytes spill loads");
         int hmma = -1;
+        double perHmma = 0;
         if (cuobjdump is not null)
         {
             var (c2, sass, err2) = Run(cuobjdump, $"-sass \"{stem}.cubin\"");
             if (c2 != 0) throw new InvalidOperationException($"cuobjdump failed on {entry.Kernel}: {FirstLines(err2, 3)}");
             hmma = Regex.Matches(sass, @"\bHMMA\b").Count;
+            perHmma = LoopSassPerHmma(sass);
         }
-        return new PtxReportRow(entry.Kernel, entry.Config, regs, smem + entry.DynamicSharedBytes, stack, spills, hmma, ptx.Length);
+        return new PtxReportRow(entry.Kernel, entry.Config, regs, smem + entry.DynamicSharedBytes, stack, spills, hmma, ptx.Length,
+            perHmma);
+    }
+
+    /// <summary>
+    /// Instructions per HMMA in the main loop: the largest loop of the SASS that contains HMMA (a backward branch's span,
+    /// nested loops counted once), a static measure of how much of it is bookkeeping. 0 when no loop has HMMA.
+    /// </summary>
+    public static double LoopSassPerHmma(string sass)
+    {
+        var code = new List<(int Addr, string Text)>();
+        foreach (Match m in Regex.Matches(sass, @"/\*([0-9a-f]{4,})\*/\s+([^;]*);"))
+            code.Add((Convert.ToInt32(m.Groups[1].Value, 16), m.Groups[2].Value));
+        var index = new Dictionary<int, int>();
+        for (int i = 0; i < code.Count; i++) index[code[i].Addr] = i;
+        double best = 0;
+        int bestLength = 0;
+        for (int i = 0; i < code.Count; i++)
+        {
+            var bra = Regex.Match(code[i].Text, @"\bBRA\s+(0x[0-9a-f]+)");
+            if (!bra.Success) continue;
+            int target = Convert.ToInt32(bra.Groups[1].Value[2..], 16);
+            if (target >= code[i].Addr || !index.TryGetValue(target, out int start)) continue;
+            int length = i - start + 1;
+            int n = 0;
+            for (int j = start; j <= i; j++) if (Regex.IsMatch(code[j].Text, @"\bHMMA\b")) n++;
+            if (n > 0 && length > bestLength)
+            {
+                bestLength = length;
+                best = (double)length / n;
+            }
+        }
+        return best;
     }
 
     private static int Int(string text, string pattern)

@@ -221,14 +221,17 @@ public static class Cli
                 stack_bytes = r.StackBytes,
                 spill_bytes = r.SpillBytes,
                 hmma = r.Hmma,
+                loop_sass_per_hmma = Math.Round(r.LoopSassPerHmma, 2),
             }), JsonOptions));
         }
         else
         {
             stdout.WriteLine($"PTX from ILGPU (sm_80, ISA 7.8) assembled by {ptxas} for {PtxTools.SassArch}");
-            stdout.WriteLine($"{"kernel",-24} {"config",-32} {"regs",5} {"shared B",9} {"stack B",8} {"spill B",8} {"HMMA",5}");
+            stdout.WriteLine($"{"kernel",-24} {"config",-32} {"regs",5} {"shared B",9} {"stack B",8} {"spill B",8} {"HMMA",5} {"loop/HMMA",9}");
             foreach (var r in rows)
-                stdout.WriteLine($"{r.Kernel,-24} {r.Config,-32} {r.Registers,5} {r.SharedBytes,9} {r.StackBytes,8} {r.SpillBytes,8} {r.Hmma,5}");
+                stdout.WriteLine($"{r.Kernel,-24} {r.Config,-32} {r.Registers,5} {r.SharedBytes,9} {r.StackBytes,8} {r.SpillBytes,8} {r.Hmma,5} " +
+                                 (r.LoopSassPerHmma > 0 ? $"{r.LoopSassPerHmma,9:F1}" : $"{"",9}"));
+            stdout.WriteLine("loop/HMMA: SASS instructions per HMMA in the main loop (the largest loop with HMMA; static, nested loops once; lower is less bookkeeping)");
             int spilling = rows.Count(r => r.SpillBytes > 0);
             stdout.WriteLine($"{rows.Count} kernels, {spilling} with spills");
         }

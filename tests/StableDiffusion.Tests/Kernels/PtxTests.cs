@@ -59,14 +59,39 @@ public class PtxTests(ITestOutputHelper output)
         var dir = Path.Combine(Path.GetTempPath(), "sd-ptx-tests");
         var row = PtxTools.Assemble(Find(kernel, config), ptxas!, cuobjdump, dir);
         output.WriteLine($"{row.Kernel} [{row.Config}]: {row.Registers} registers, {row.SharedBytes} B shared, " +
-                         $"{row.StackBytes} B stack, {row.SpillBytes} B spilled, {row.Hmma} HMMA");
+                         $"{row.StackBytes} B stack, {row.SpillBytes} B spilled, {row.Hmma} HMMA, {row.LoopSassPerHmma:F1} SASS per HMMA in the main loop");
         Assert.Equal(0, row.SpillBytes);
         Assert.Equal(0, row.StackBytes);
         Assert.InRange(row.Registers, 1, 255);
         Assert.InRange(row.SharedBytes, 0, 48 * 1024); // no kernel opts into more than the default 48 KiB yet
         var entry = Find(kernel, config);
-        if (entry.TensorCore) Assert.True(row.Hmma > 0, $"{kernel} is a tensor-core kernel but its SASS has no HMMA");
+        if (entry.TensorCore)
+        {
+            Assert.True(row.Hmma > 0, $"{kernel} is a tensor-core kernel but its SASS has no HMMA");
+            // The main loops were 12-22 instructions per HMMA before their address arithmetic was hoisted; 5-10 now.
+            Assert.InRange(row.LoopSassPerHmma, 1, 10);
+            // 2 groups of 256 threads per multiprocessor need at most 128 registers.
+            if (kernel != "attention_flash_mma") Assert.InRange(row.Registers, 1, 128);
+        }
         else Assert.Equal(0, row.Hmma);
+    }
+
+    [Fact]
+    public void Main_loop_measure_takes_the_largest_loop_with_hmma_and_counts_nested_loops_once()
+    {
+        const string sass = """
+                /*0000*/                   MOV R1, c[0x0][0x28] ;
+                /*0010*/                   IADD3 R2, R2, 0x1, RZ ;
+                /*0020*/                   HMMA.16816.F32 R4, R8, R12, R4 ;
+                /*0030*/                   IADD3 R3, R3, 0x1, RZ ;
+                /*0040*/              @!P0 BRA 0x30 ;
+                /*0050*/                   HMMA.16816.F32 R4, R8, R12, R4 ;
+                /*0060*/              @!P1 BRA 0x10 ;
+                /*0070*/                   EXIT ;
+            """;
+        // Outer loop 0x10..0x60: 6 instructions, 2 HMMA.
+        Assert.Equal(3.0, PtxTools.LoopSassPerHmma(sass), 6);
+        Assert.Equal(0.0, PtxTools.LoopSassPerHmma("/*0000*/ HMMA.16816.F32 R4, R8, R12, R4 ;\n/*0010*/ EXIT ;"), 6);
     }
 
     [Fact]
