@@ -78,30 +78,21 @@ public sealed class KernelRuntime
         var launcher = (Action<AcceleratorStream, KernelConfig, TArgs>)cache.GetOrAdd(
             kernel.Method, _ => acc.LoadKernel(kernel));
         LastFamily = family;
-        if (Device.Kind == DeviceKind.IlgpuCpu)
-        {
-            // The simulator runs emulated inline PTX (the tensor-core kernels); a failure there is recorded, not thrown.
-            long e0 = Stopwatch.GetTimestamp();
-            launcher(acc.DefaultStream, config, args);
-            acc.DefaultStream.Synchronize();
-            if (PtxEmulator.TakeFailure() is { } failure)
-                throw new InvalidOperationException($"{family}: {failure.Message}", failure);
-            if (Profiling)
-            {
-                double ems = Stopwatch.GetElapsedTime(e0).TotalMilliseconds;
-                profile.AddOrUpdate(family, (1, ems), (_, v) => (v.Launches + 1, v.Ms + ems));
-            }
-            return;
-        }
-        if (!Profiling)
+        // The simulator runs emulated inline PTX (the tensor-core kernels), whose failures are recorded, not thrown:
+        // its launches are waited for and checked.
+        bool simulator = Device.Kind == DeviceKind.IlgpuCpu;
+        if (!Profiling && !simulator)
         {
             launcher(acc.DefaultStream, config, args);
             return;
         }
-        acc.DefaultStream.Synchronize();
+        if (Profiling) acc.DefaultStream.Synchronize();
         long t0 = Stopwatch.GetTimestamp();
         launcher(acc.DefaultStream, config, args);
         acc.DefaultStream.Synchronize();
+        if (simulator && PtxEmulator.TakeFailure() is { } failure)
+            throw new InvalidOperationException($"{family}: {failure.Message}", failure);
+        if (!Profiling) return;
         double ms = Stopwatch.GetElapsedTime(t0).TotalMilliseconds;
         profile.AddOrUpdate(family, (1, ms), (_, v) => (v.Launches + 1, v.Ms + ms));
     }

@@ -10,9 +10,10 @@ TOKENIZER="${SD_TOKENIZER:-$ROOT/../shared/reference/configs/sd15/tokenizer}"
 rm -rf "$OUT"
 dotnet publish "$ROOT/src/StableDiffusion.Cli" -c Release -r linux-x64 --self-contained -p:PublishTrimmed=true \
   -p:DebugType=none -o "$OUT" --nologo -v quiet
-mkdir -p "$OUT/tokenizer" "$OUT/bench"
+mkdir -p "$OUT/tokenizer" "$OUT/bench/unet"
 cp "$TOKENIZER/vocab.json" "$TOKENIZER/merges.txt" "$OUT/tokenizer/"
 cp "$ROOT"/bench/gpu/run.sh "$ROOT"/bench/gpu/*.py "$OUT/bench/"
+cp "$ROOT"/bench/gpu/unet/unet_reference.py "$OUT/bench/unet/"
 "$OUT/sd" --version
 du -sh "$OUT"
 size=$(du -sm "$OUT" | cut -f1)

@@ -3,7 +3,8 @@
 # --dump writes each case's inputs and our output, torch_check.py recomputes it in float64), (b) our kernel timings
 # and PyTorch's at the same shapes (CUDA events), (c) end to end on a random-weight SD1.5 fp16 model at 512x512
 # (text encoder, UNet steps at batch 2, VAE decode, 20 and 50 steps, peak device memory, per-op time per step),
-# (d) ILGPU's open questions (launch overhead from C#, >48 KB dynamic shared memory, the libcuda file).
+# (d) ILGPU's open questions (launch overhead from C#, >48 KB dynamic shared memory, the libcuda file), (e) PyTorch's
+# eager UNet call on the same random weights, batch and latent size as (c), for the UNet-step ratio.
 # Every step has a time limit inside one overall budget, and a failing step does not stop the others, so one
 # short GPU session always brings back what could be measured. summary.md and the JSON files go to <output dir>.
 #
@@ -97,6 +98,14 @@ gen() {
 }
 step "(c) sd generate ${SIZE}x${SIZE}, $STEPS_A steps, cfg 7.5 (UNet batch 2), --profile (per-op time per step)"
 gen $STEPS_A "$(left 270)" --profile
+
+step "(e) PyTorch eager UNet call on the same weights (functional SD UNet, SDPA, fp16), batch 2, $((SIZE / 8))x$((SIZE / 8)) latents"
+if [ $DRY = 0 ]; then
+  timeout "$(left 120)" "$PY" "$HERE/torch_unet.py" "$MODEL/unet" "$OUT/torch_unet.json" --batch 2 --size $((SIZE / 8)) 2>&1 \
+    | grep -v "UserWarning\|frombuffer(" | tee "$OUT/torch_unet.txt"
+else
+  python3 "$HERE/torch_unet.py" "$MODEL/unet" "$OUT/torch_unet.json" --batch 2 --size $((SIZE / 8)) --spec-only 2>&1 | tee "$OUT/torch_unet.txt"
+fi
 
 step "(c) sd generate ${SIZE}x${SIZE}, $STEPS_B steps, no profile (unsynchronised step times)"
 # Only when the shorter run says the longer one fits in what is left of the budget (with 30 s to spare).

@@ -174,10 +174,32 @@ def end_to_end(out):
                   "| op | calls/step | ms/step | share of all op time |", "|---|---:|---:|---:|"]
         for o in best["ops"]:
             lines.append(f"| {o['op']} | {fmt(o['calls_per_step'], '.1f')} | {fmt(o['ms_per_step'], '.2f')} | {o['share_pct']:.1f}% |")
+    lines += unet_ratio(out, runs)
     failed = [r["file"] for r in runs if not r["ok"]]
     if failed:
         lines += ["", f"Failed or cut off: {', '.join(failed)} (see the file for its stderr)."]
     return lines + [""]
+
+
+def unet_ratio(out, runs):
+    """(e): PyTorch's eager UNet call on the same weights against our mean step (one batch-2 UNet call plus the
+    sampler's few element-wise ops), preferring the run without --profile (whose ops are synchronised)."""
+    path = os.path.join(out, "torch_unet.json")
+    if not os.path.exists(path):
+        return ["", "(e) PyTorch UNet call: not run (" + ((read(os.path.join(out, "torch_unet.txt")) or "no output").strip().splitlines() or ["?"])[-1] + ")"]
+    j = json.load(open(path))
+    if "ms_median" not in j:
+        return ["", f"(e) PyTorch UNet call: not timed (spec resolved: {len(j.get('spec', {}).get('block_out_channels', []))} levels)"]
+    ok = [r for r in runs if r.get("ok") and r.get("step_mean_s")]
+    ours = min(ok, key=lambda r: (r["profiled"], -r.get("steps", 0)), default=None)
+    lines = ["", f"(e) UNet call, batch {j['spec']['batch']}, {j['spec']['size']}x{j['spec']['size']} latents, fp16: PyTorch "
+             f"{j['torch']} eager (functional model, SDPA, TF32 off) median {j['ms_median']:.2f} ms (min {j['ms_min']:.2f}, "
+             f"peak {j['peak_mib']:.0f} MiB) on {j['device']}."]
+    if ours is not None:
+        ms = ours["step_mean_s"] * 1000
+        lines.append(f"Ours: {ms:.2f} ms per step ({ours['steps']}-step run{', --profile' if ours['profiled'] else ''}); "
+                     f"ours / PyTorch = {ms / j['ms_median']:.2f} (goal: at most 1.5).")
+    return lines
 
 
 def open_questions(out):

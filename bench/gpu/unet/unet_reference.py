@@ -78,7 +78,7 @@ class UNet:
         q = split(F.linear(x, self.w[p + ".to_q.weight"]))
         k = split(F.linear(ctx, self.w[p + ".to_k.weight"]))
         v = split(F.linear(ctx, self.w[p + ".to_v.weight"]))
-        o = torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(d), -1) @ v
+        o = F.scaled_dot_product_attention(q, k, v)  # diffusers' attention; scale 1/sqrt(d)
         return self.linear(p + ".to_out.0", o.transpose(1, 2).reshape(b, -1, inner))
 
     def transformer(self, p, x, ctx, heads, layers):
