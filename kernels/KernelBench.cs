@@ -59,6 +59,11 @@ public static class KernelBench
             foreach (var (b, heads, lq, lk, d) in attn)
                 list.Add(new BenchCase("attention", dt, Dict(("b", b), ("heads", heads), ("lq", lq), ("lk", lk), ("d", d)),
                     4.0 * b * heads * lq * lk * d, (double)e * b * heads * d * (2L * lq + 2L * lk)));
+            // fp16 self-attention once more on the SIMT kernel (simt=1), beside the tensor-core one it replaced.
+            if (dt == DType.F16 && !quick)
+                foreach (var (b, heads, lq, lk, d) in attn.Where(a => a.Item3 == a.Item4 && a.Item3 >= 4096))
+                    list.Add(new BenchCase("attention", dt, Dict(("b", b), ("heads", heads), ("lq", lq), ("lk", lk), ("d", d), ("simt", 1)),
+                        4.0 * b * heads * lq * lk * d, (double)e * b * heads * d * (2L * lq + 2L * lk)));
             var norms = quick ? new[] { (1, 16 * 16, 64) } : new[] { (2, 64 * 64, 320), (1, 512 * 512, 128) };
             foreach (var (n, s, c) in norms)
                 list.Add(new BenchCase("group_norm", dt, Dict(("n", n), ("s", s), ("c", c), ("groups", 32)),
@@ -188,6 +193,12 @@ public static class KernelBench
                 var q = Rand(s["b"], s["lq"], hd);
                 var k = Rand(s["b"], s["lk"], hd);
                 var v = Rand(s["b"], s["lk"], hd);
+                if (s.TryGetValue("simt", out int simt) && simt == 1 && ops is IlgpuOps io)
+                    return (() =>
+                    {
+                        using var o = Tensor.Empty(ops.Device, c.DType, s["b"], s["lq"], hd);
+                        Attention.Run(io.Runtime, q, k, v, o, s["heads"], 1f / MathF.Sqrt(s["d"]), variant: AttentionVariant.Simt);
+                    }, inputs);
                 return (() => ops.Attention(q, k, v, s["heads"]).Dispose(), inputs);
             }
             case "group_norm":
