@@ -395,8 +395,8 @@ public static class Attention
             var cfg = new KernelConfig(new Index3D(KernelMath.CeilDiv(lq, AttentionTcKernels.BQ), bsz * heads, 1),
                 new Index3D(AttentionTcKernels.Threads, 1, 1),
                 SharedMemoryConfig.RequestDynamic<Int4>(AttentionTcKernels.SharedBytes(s.D, s.Bkv) / 16));
-            if (rt.Device.Kind == DeviceKind.IlgpuCpu) rt.Launch("attention_mma", AttentionTcKernels.Flash<TS, EmulatedPtx>, cfg, args);
-            else rt.Launch("attention_mma", AttentionTcKernels.Flash<TS, NativePtx>, cfg, args);
+            rt.LaunchTensorCore("attention_mma", AttentionTcKernels.Flash<TS, NativePtx>, AttentionTcKernels.Flash<TS, EmulatedPtx>,
+                cfg, args);
         }
     }
 

@@ -164,7 +164,6 @@ public static class AttentionTcKernels
         // 8 outputs (16 bytes) per store: rows of the staged tile are (d + 4) floats, a multiple of 16 bytes.
         var staged = shared.Cast<Float4>();
         var o8 = p.O.Cast<Int4>();
-        var e = default(F16Elem);
         long oBase = b * p.BatchO + (long)h * d;
         int runs = d / 8;
         for (int i = tid; i < BQ * runs; i += Threads)
@@ -177,10 +176,10 @@ public static class AttentionTcKernels
                 var lo = staged[at];
                 var hi = staged[at + 1];
                 Int4 v;
-                v.X = Interop.FloatAsInt(e.FromFloat(lo.X)) | (Interop.FloatAsInt(e.FromFloat(lo.Y)) << 16);
-                v.Y = Interop.FloatAsInt(e.FromFloat(lo.Z)) | (Interop.FloatAsInt(e.FromFloat(lo.W)) << 16);
-                v.Z = Interop.FloatAsInt(e.FromFloat(hi.X)) | (Interop.FloatAsInt(e.FromFloat(hi.Y)) << 16);
-                v.W = Interop.FloatAsInt(e.FromFloat(hi.Z)) | (Interop.FloatAsInt(e.FromFloat(hi.W)) << 16);
+                v.X = Fp16x2.Pack(lo.X, lo.Y);
+                v.Y = Fp16x2.Pack(lo.Z, lo.W);
+                v.Z = Fp16x2.Pack(hi.X, hi.Y);
+                v.W = Fp16x2.Pack(hi.Z, hi.W);
                 o8[(oBase + qr * p.LdO + c) >> 3] = v;
             }
         }

@@ -123,10 +123,8 @@ public static class Gemm
         var grid = new Index3D(KernelMath.CeilDiv(n, GemmTensorCoreKernels.BN), KernelMath.CeilDiv(m, GemmTensorCoreKernels.BM), batch);
         var cfg = new KernelConfig(grid, new Index3D(GemmTensorCoreKernels.Threads, 1, 1),
             SharedMemoryConfig.RequestDynamic<Int4>(GemmTensorCoreKernels.SharedBytes / 16));
-        if (rt.Device.Kind == DeviceKind.IlgpuCpu)
-            rt.Launch(family, GemmTensorCoreKernels.Mma128<TA, TB, EmulatedPtx>, cfg, args);
-        else
-            rt.Launch(family, GemmTensorCoreKernels.Mma128<TA, TB, NativePtx>, cfg, args);
+        rt.LaunchTensorCore(family, GemmTensorCoreKernels.Mma128<TA, TB, NativePtx>,
+            GemmTensorCoreKernels.Mma128<TA, TB, EmulatedPtx>, cfg, args);
     }
 
     internal static (int Bm, int Bn, int Threads) TileShape(GemmVariant v) => v switch

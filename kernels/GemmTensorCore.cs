@@ -149,27 +149,26 @@ public struct TcEpilogue
     {
         if (Vector != 0 && n + 8 <= nLimit)
         {
-            var e = default(F16Elem);
             float a = M.Alpha;
             float v0 = a * v.V0, v1 = a * v.V1, v2 = a * v.V2, v3 = a * v.V3;
             float v4 = a * v.V4, v5 = a * v.V5, v6 = a * v.V6, v7 = a * v.V7;
             if (M.HasBias != 0)
             {
                 var b = M.Bias.Cast<Int4>()[n >> 3];
-                v0 += Lo(b.X); v1 += Hi(b.X); v2 += Lo(b.Y); v3 += Hi(b.Y);
-                v4 += Lo(b.Z); v5 += Hi(b.Z); v6 += Lo(b.W); v7 += Hi(b.W);
+                v0 += Fp16x2.Lo(b.X); v1 += Fp16x2.Hi(b.X); v2 += Fp16x2.Lo(b.Y); v3 += Fp16x2.Hi(b.Y);
+                v4 += Fp16x2.Lo(b.Z); v5 += Fp16x2.Hi(b.Z); v6 += Fp16x2.Lo(b.W); v7 += Fp16x2.Hi(b.W);
             }
             if (M.HasResidual != 0)
             {
                 var r = M.Residual.Cast<Int4>()[(batch * M.BatchStrideR + m * M.Ldr + n) >> 3];
-                v0 += Lo(r.X); v1 += Hi(r.X); v2 += Lo(r.Y); v3 += Hi(r.Y);
-                v4 += Lo(r.Z); v5 += Hi(r.Z); v6 += Lo(r.W); v7 += Hi(r.W);
+                v0 += Fp16x2.Lo(r.X); v1 += Fp16x2.Hi(r.X); v2 += Fp16x2.Lo(r.Y); v3 += Fp16x2.Hi(r.Y);
+                v4 += Fp16x2.Lo(r.Z); v5 += Fp16x2.Hi(r.Z); v6 += Fp16x2.Lo(r.W); v7 += Fp16x2.Hi(r.W);
             }
             Int4 o;
-            o.X = Pack(e.FromFloat(v0), e.FromFloat(v1));
-            o.Y = Pack(e.FromFloat(v2), e.FromFloat(v3));
-            o.Z = Pack(e.FromFloat(v4), e.FromFloat(v5));
-            o.W = Pack(e.FromFloat(v6), e.FromFloat(v7));
+            o.X = Fp16x2.Pack(v0, v1);
+            o.Y = Fp16x2.Pack(v2, v3);
+            o.Z = Fp16x2.Pack(v4, v5);
+            o.W = Fp16x2.Pack(v6, v7);
             M.C.Cast<Int4>()[(batch * M.BatchStrideC + m * M.Ldc + n) >> 3] = o;
             return;
         }
@@ -182,12 +181,21 @@ public struct TcEpilogue
         if (n + 6 < nLimit) M.Store(batch, m, n + 6, v.V6);
         if (n + 7 < nLimit) M.Store(batch, m, n + 7, v.V7);
     }
+}
 
-    private static float Lo(int packed) => (float)Interop.IntAsFloat((ushort)(packed & 0xffff));
+/// <summary>Two fp16 values in one 32-bit word (the lower column in the lower half), as 16-byte rows hold them.</summary>
+public static class Fp16x2
+{
+    public static float Lo(int packed) => (float)Interop.IntAsFloat((ushort)(packed & 0xffff));
 
-    private static float Hi(int packed) => (float)Interop.IntAsFloat((ushort)((uint)packed >> 16));
+    public static float Hi(int packed) => (float)Interop.IntAsFloat((ushort)((uint)packed >> 16));
 
-    private static int Pack(Half lo, Half hi) => Interop.FloatAsInt(lo) | (Interop.FloatAsInt(hi) << 16);
+    /// <summary>Rounds both to fp16 (nearest even, as <see cref="F16Elem"/>) and packs them.</summary>
+    public static int Pack(float lo, float hi)
+    {
+        var e = default(F16Elem);
+        return Interop.FloatAsInt(e.FromFloat(lo)) | (Interop.FloatAsInt(e.FromFloat(hi)) << 16);
+    }
 }
 
 /// <summary>

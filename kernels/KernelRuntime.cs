@@ -97,6 +97,15 @@ public sealed class KernelRuntime
         profile.AddOrUpdate(family, (1, ms), (_, v) => (v.Launches + 1, v.Ms + ms));
     }
 
+    /// <summary>
+    /// Launches a tensor-core kernel: its <see cref="NativePtx"/> instantiation on CUDA, its <see cref="EmulatedPtx"/>
+    /// one on the ILGPU CPU accelerator (the launchers allow nothing else).
+    /// </summary>
+    public void LaunchTensorCore<TArgs>(string family, Action<TArgs> native, Action<TArgs> emulated, KernelConfig config,
+        in TArgs args)
+        where TArgs : struct =>
+        Launch(family, Device.Kind == DeviceKind.IlgpuCpu ? emulated : native, config, args);
+
     /// <summary>Every kernel instantiation the CUDA profile launches, for PTX compilation and the report.</summary>
     public static IReadOnlyList<KernelEntry> CudaCatalog() =>
     [

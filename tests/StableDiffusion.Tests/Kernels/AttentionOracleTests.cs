@@ -42,7 +42,14 @@ public class AttentionOracleTests(ITestOutputHelper output)
     public void Attention_matches_libtorch_sdpa(string profile, string dtype, int b, int heads, int lq, int lk, int d, bool causal)
     {
         var ops = Devices.Backend(profile);
-        var dt = Devices.DType(dtype);
+        CheckAgainstSdpa(ops, Devices.DType(dtype), "attention_flash_simt", profile, b, heads, lq, lk, d, causal,
+            (q, k, v) => ops.Attention(q, k, v, heads, causal: causal));
+    }
+
+    /// <summary>Random Q (scale 2), K (scale 2), V in [B, L, H*D]; <paramref name="run"/>'s output against SDPA.</summary>
+    private void CheckAgainstSdpa(IOps ops, DType dt, string kernel, string label, int b, int heads, int lq, int lk, int d,
+        bool causal, Func<StableDiffusion.Runtime.Tensor, StableDiffusion.Runtime.Tensor, StableDiffusion.Runtime.Tensor, StableDiffusion.Runtime.Tensor> run)
+    {
         using var scope = torch.NewDisposeScope();
         int hd = heads * d;
         var q = oracle.Random((long)b * lq * hd, dt, 2f);
@@ -51,13 +58,12 @@ public class AttentionOracleTests(ITestOutputHelper output)
         using var tq = Oracle.Upload(ops, q, dt, b, lq, hd);
         using var tk = Oracle.Upload(ops, k, dt, b, lk, hd);
         using var tv = Oracle.Upload(ops, v, dt, b, lk, hd);
-        using var y = ops.Attention(tq, tk, tv, heads, causal: causal);
+        using var y = run(tq, tk, tv);
 
         TorchSharp.torch.Tensor Heads(float[] x, int l) => Oracle.T(x, b, l, heads, d).transpose(1, 2);
         var want = torch.nn.functional.scaled_dot_product_attention(Heads(q, lq), Heads(k, lk), Heads(v, lk), is_casual: causal)
             .transpose(1, 2).reshape(b, lq, hd);
-        oracle.Check("attention_flash_simt", $"{profile} b{b} h{heads} {lq}x{lk} d{d}{(causal ? " causal" : "")}", y, want,
-            Devices.Tolerance(dt));
+        oracle.Check(kernel, $"{label} b{b} h{heads} {lq}x{lk} d{d}{(causal ? " causal" : "")}", y, want, Devices.Tolerance(dt));
     }
 
     [Fact]
@@ -92,24 +98,13 @@ public class AttentionOracleTests(ITestOutputHelper output)
     public void Tensor_core_attention_matches_libtorch_sdpa(int b, int heads, int lq, int lk, int d, bool causal)
     {
         var ops = Devices.Ops("test");
-        var dt = DType.F16;
-        using var scope = torch.NewDisposeScope();
-        int hd = heads * d;
-        var q = oracle.Random((long)b * lq * hd, dt, 2f);
-        var k = oracle.Random((long)b * lk * hd, dt, 2f);
-        var v = oracle.Random((long)b * lk * hd, dt);
-        using var tq = Oracle.Upload(ops, q, dt, b, lq, hd);
-        using var tk = Oracle.Upload(ops, k, dt, b, lk, hd);
-        using var tv = Oracle.Upload(ops, v, dt, b, lk, hd);
-        using var y = DeviceTensor.Empty(ops.Device, dt, b, lq, hd);
-        Attention.Run(ops.Runtime, tq, tk, tv, y, heads, 1f / MathF.Sqrt(d), causal, variant: AttentionVariant.TensorCore);
-        Assert.Equal("attention_mma", ops.Runtime.LastFamily);
-
-        TorchSharp.torch.Tensor Heads(float[] x, int l) => Oracle.T(x, b, l, heads, d).transpose(1, 2);
-        var want = torch.nn.functional.scaled_dot_product_attention(Heads(q, lq), Heads(k, lk), Heads(v, lk), is_casual: causal)
-            .transpose(1, 2).reshape(b, lq, hd);
-        oracle.Check("attention_flash_mma", $"emulated b{b} h{heads} {lq}x{lk} d{d}{(causal ? " causal" : "")}", y, want,
-            Devices.Tolerance(dt));
+        CheckAgainstSdpa(ops, DType.F16, "attention_flash_mma", "emulated", b, heads, lq, lk, d, causal, (q, k, v) =>
+        {
+            var y = DeviceTensor.Empty(ops.Device, DType.F16, b, lq, heads * d);
+            Attention.Run(ops.Runtime, q, k, v, y, heads, 1f / MathF.Sqrt(d), causal, variant: AttentionVariant.TensorCore);
+            Assert.Equal("attention_mma", ops.Runtime.LastFamily);
+            return y;
+        });
     }
 
     [Fact]
