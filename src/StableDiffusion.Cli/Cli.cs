@@ -26,8 +26,8 @@ public static class Cli
                 [--list]
           random-model --config C --out PATH     random weights in a real layout: C is sd15, sd21, sd15-tiny or sd21-tiny;
                 [--format F] [--dtype D] [--seed N]   F diffusers (a folder, default) or single-file (LDM .safetensors), D fp16 (default) or fp32
-                [--tokenizer DIR]                copy CLIP's vocab.json and merges.txt from DIR into the folder's tokenizer/
-          tokenize (--tokenizer DIR | --model DIR) [--vocab DIR|bpe.txt.gz] "<text>"   CLIP token ids as JSON (start/end, no padding)
+                [--tokenizer DIR]                use DIR's vocab.json and merges.txt (default: CLIP's built-in vocabulary)
+          tokenize [--tokenizer DIR | --model DIR] [--vocab DIR|bpe.txt.gz] [--chunks] "<text>"   CLIP token ids as JSON (default: built-in vocabulary)
           schedule (--model M | --config F) --sampler S --steps N [--schedule karras|exponential|default] [--spacing leading|linspace|trailing]   a sampler's timesteps and sigmas as JSON
           generate --model M --prompt "..."      text-to-image into a PNG with A1111's parameters chunk; M is a diffusers
                    [--negative-prompt "..."]     folder, a .safetensors/.ckpt file or a hub id (org/name)

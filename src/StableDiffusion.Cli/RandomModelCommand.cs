@@ -39,7 +39,7 @@ internal static class RandomModelCommand
         if (!ulong.TryParse(seedText, NumberStyles.None, CultureInfo.InvariantCulture, out var seed))
             throw new UsageException($"--seed '{seedText}' is not a whole number from 0 to {ulong.MaxValue}");
         if (outPath is null || outPath.Length == 0) throw new UsageException("'sd random-model' needs --out (a folder for diffusers, a .safetensors file for single-file)");
-        // The vocabulary is CLIP's, not random: copy it in so the folder is a complete model.
+        // The folder gets CLIP's built-in vocabulary; --tokenizer replaces it with another folder's.
         string[] vocabFiles = ["vocab.json", "merges.txt"];
         if (tokenizer is not null)
         {
@@ -55,8 +55,6 @@ internal static class RandomModelCommand
             $"wrote {preset.Name} ({formatName}, {dtypeName}, seed {seed}) to {outPath}: {bytes / 1048576.0:F1} MiB in {clock.Elapsed.TotalSeconds:F1} s"));
         if (tokenizer is not null)
             foreach (var f in vocabFiles) File.Copy(Path.Combine(tokenizer, f), Path.Combine(outPath, "tokenizer", f), overwrite: true);
-        else if (format == RandomModelFormat.Diffusers)
-            stdout.WriteLine("note: tokenizer/ holds its json files only: copy CLIP's vocab.json and merges.txt into it, or pass --tokenizer DIR (a folder holding them) here or to sd generate");
         return 0;
     }
 

@@ -4,8 +4,8 @@ namespace StableDiffusion.Cli;
 
 /// <summary>
 /// <c>sd tokenize</c>: the CLIP token ids of a text as a JSON array, start and end tokens included, no padding.
-/// The tokenizer comes from a diffusers <c>tokenizer/</c> folder (<c>--tokenizer</c>) or from a diffusers model
-/// folder (<c>--model</c>); <c>--vocab</c> gives the vocabulary separately (a folder with vocab.json and merges.txt,
+/// The tokenizer comes from a diffusers <c>tokenizer/</c> folder (<c>--tokenizer</c>), from a diffusers model
+/// folder (<c>--model</c>) or, with neither, is CLIP's built-in one; <c>--vocab</c> gives the vocabulary separately (a folder with vocab.json and merges.txt,
 /// or CLIP's bpe_simple_vocab_16e6.txt.gz) for tokenizer folders that carry only their json files.
 /// </summary>
 internal static class TokenizeCommand
@@ -29,11 +29,13 @@ internal static class TokenizeCommand
                 default: throw new UsageException("'sd tokenize' takes one text (quote it)");
             }
         }
-        if (text is null) throw new UsageException("'sd tokenize' needs a text, e.g. sd tokenize --tokenizer DIR \"a photo of a cat\"");
-        if ((tokenizer is null) == (model is null))
-            throw new UsageException("'sd tokenize' needs either --tokenizer (a tokenizer folder) or --model (a diffusers model folder)");
+        if (text is null) throw new UsageException("'sd tokenize' needs a text, e.g. sd tokenize \"a photo of a cat\"");
+        if (tokenizer is not null && model is not null)
+            throw new UsageException("'sd tokenize' takes either --tokenizer (a tokenizer folder) or --model (a diffusers model folder), not both");
 
-        var tok = ClipTokenizer.FromFolder(tokenizer ?? TokenizerOf(model!), vocab);
+        var tok = tokenizer is null && model is null
+            ? vocab is null ? ClipTokenizer.BuiltIn() : Directory.Exists(vocab) ? ClipTokenizer.FromFolder(vocab) : ClipTokenizer.FromBpeFile(vocab)
+            : ClipTokenizer.FromFolder(tokenizer ?? TokenizerOf(model!), vocab);
         var ids = tok.Encode(text);
         stdout.WriteLine("[" + string.Join(",", ids) + "]");
         if (ids.Length > tok.MaxLength)

@@ -225,6 +225,7 @@ public static class RandomModel
             WriteText(staging, "text_encoder/config.json", preset.TextEncoderJson);
             WriteText(staging, "tokenizer/tokenizer_config.json", preset.TokenizerConfigJson);
             WriteText(staging, "tokenizer/special_tokens_map.json", preset.SpecialTokensMapJson);
+            ClipTokenizer.BuiltIn().WriteVocabulary(Path.Combine(staging, "tokenizer")); // CLIP's, not random: a complete folder
             WriteText(staging, "unet/config.json", preset.UnetJson);
             WriteText(staging, "vae/config.json", preset.VaeJson);
             foreach (var f in files)

@@ -43,18 +43,19 @@ public sealed class StableDiffusionPipeline : IDisposable
     }
 
     /// <summary>
-    /// Reads the configurations and the tokenizer (cheap; no weights are touched). A single file needs
-    /// <see cref="PipelineOptions.TokenizerDirectory"/>.
+    /// Reads the configurations and the tokenizer (cheap; no weights are touched). The tokenizer is
+    /// <see cref="PipelineOptions.TokenizerDirectory"/>, else the model folder's tokenizer/, else (single files) CLIP's
+    /// built-in vocabulary with the family's pad token.
     /// </summary>
     public static StableDiffusionPipeline Open(ModelSource source, IOps ops, PipelineOptions options)
     {
         if (options.DType is not (DType.F32 or DType.F16)) throw new UsageException($"precision {options.DType.Name()}: use fp16 or fp32");
         var configs = ModelConfigs.For(source);
-        var tokenizerDir = options.TokenizerDirectory ?? source.TokenizerDirectory
-            ?? throw new UsageException(source.Format == "diffusers"
-                ? $"{source.Path}: the model folder has no tokenizer/ folder; pass --tokenizer DIR (a diffusers tokenizer folder)"
-                : $"{source.Path}: a single-file checkpoint carries no tokenizer; pass --tokenizer DIR (the tokenizer/ folder of a diffusers model of the same family, e.g. stable-diffusion-v1-5)");
-        return new StableDiffusionPipeline(source, ops, options, configs, ClipTokenizer.FromFolder(tokenizerDir));
+        var tokenizerDir = options.TokenizerDirectory ?? source.TokenizerDirectory;
+        var tokenizer = tokenizerDir is not null
+            ? ClipTokenizer.FromFolder(tokenizerDir)
+            : ClipTokenizer.BuiltIn(source.Family is ModelFamily.Sd2 or ModelFamily.Sd2Inpaint ? ClipTokenizer.OpenClipPadToken : ClipTokenizer.EndToken);
+        return new StableDiffusionPipeline(source, ops, options, configs, tokenizer);
     }
 
     public ModelConfigs Configs { get; }

@@ -33,6 +33,7 @@ public sealed partial class ClipTokenizer
 
     private readonly BpeTokenizer bpe;
     private readonly Dictionary<int, string> tokens;
+    private readonly IReadOnlyList<string> merges;
 
     private ClipTokenizer(Dictionary<string, int> vocab, IReadOnlyList<string> merges, string padToken, string source, int maxLength)
     {
@@ -44,6 +45,7 @@ public sealed partial class ClipTokenizer
         PadToken = padToken;
         PadId = Id(vocab, padToken, source);
         tokens = vocab.ToDictionary(kv => kv.Value, kv => kv.Key);
+        this.merges = merges;
         var special = new Dictionary<string, int> { [StartToken] = StartId, [EndToken] = EndId };
         bpe = BpeTokenizer.Create(new BpeOptions(vocab)
         {
@@ -67,17 +69,61 @@ public sealed partial class ClipTokenizer
 
     /// <summary>
     /// Reads a diffusers <c>tokenizer/</c> folder: the pad token from special_tokens_map.json, else
-    /// tokenizer_config.json, else &lt;|endoftext|&gt;; the vocabulary from the folder's vocab.json and merges.txt, or
-    /// from <paramref name="vocabulary"/>: another such folder or CLIP's bpe_simple_vocab_16e6.txt.gz (SD2 uses CLIP's
-    /// vocabulary, and some copies of its tokenizer folder carry only the json files).
+    /// tokenizer_config.json, else &lt;|endoftext|&gt;; the vocabulary from <paramref name="vocabulary"/> (another such
+    /// folder or CLIP's bpe_simple_vocab_16e6.txt.gz) when given, else the folder's vocab.json and merges.txt, else
+    /// (a folder with neither, as some copies of SD2's carry only the json files) the built-in CLIP vocabulary.
     /// </summary>
     public static ClipTokenizer FromFolder(string folder, string? vocabulary = null, int maxLength = DefaultMaxLength)
     {
         if (!Directory.Exists(folder)) throw new ConfigException($"{folder}: tokenizer folder not found");
         var pad = ReadPadToken(folder);
+        bool hasVocab = File.Exists(Path.Combine(folder, "vocab.json")), hasMerges = File.Exists(Path.Combine(folder, "merges.txt"));
+        if (vocabulary is null && !hasVocab && !hasMerges)
+        {
+            var (v, m) = BuiltInVocabulary.Value;
+            return new ClipTokenizer(v, m, pad, $"{folder} ({BuiltInSource})", maxLength);
+        }
         var source = vocabulary ?? folder;
         var (vocab, merges) = ReadVocabulary(source, folder);
         return new ClipTokenizer(vocab, merges, pad, folder, maxLength);
+    }
+
+    /// <summary>
+    /// CLIP's vocabulary as sd ships it (bpe_simple_vocab_16e6.txt.gz, embedded): SD1's tokenizer with
+    /// &lt;|endoftext|&gt; padding, OpenCLIP's (SD2, SDXL's second tokenizer) with "!" (<see cref="OpenClipPadToken"/>).
+    /// </summary>
+    public static ClipTokenizer BuiltIn(string padToken = EndToken, int maxLength = DefaultMaxLength)
+    {
+        var (vocab, merges) = BuiltInVocabulary.Value;
+        return new ClipTokenizer(vocab, merges, padToken, BuiltInSource, maxLength);
+    }
+
+    /// <summary>The pad token of OpenCLIP's tokenizer (SD2.x, SDXL's tokenizer_2): "!", id 0.</summary>
+    public const string OpenClipPadToken = "!";
+
+    public const string BuiltInSource = "built-in CLIP vocabulary";
+
+    private static readonly Lazy<(Dictionary<string, int>, List<string>)> BuiltInVocabulary = new(() =>
+    {
+        using var resource = typeof(ClipTokenizer).Assembly.GetManifestResourceStream("clip/bpe_simple_vocab_16e6.txt.gz")
+            ?? throw new ConfigException("the built-in CLIP vocabulary is missing from StableDiffusion.Models (a broken build)");
+        return ReadBpe(resource, BuiltInSource);
+    });
+
+    /// <summary>
+    /// Writes this tokenizer's vocabulary as a diffusers folder holds it: vocab.json (token → id) and merges.txt.
+    /// </summary>
+    public void WriteVocabulary(string folder)
+    {
+        Directory.CreateDirectory(folder);
+        using (var stream = File.Create(Path.Combine(folder, "vocab.json")))
+        using (var json = new Utf8JsonWriter(stream))
+        {
+            json.WriteStartObject();
+            foreach (var (id, token) in tokens.OrderBy(kv => kv.Key)) json.WriteNumber(token, id);
+            json.WriteEndObject();
+        }
+        File.WriteAllText(Path.Combine(folder, "merges.txt"), "#version: 0.2\n" + string.Join("\n", merges) + "\n", new UTF8Encoding(false));
     }
 
     /// <summary>CLIP's own BPE file (bpe_simple_vocab_16e6.txt.gz), the vocabulary of both SD1.x and SD2.x.</summary>
@@ -170,7 +216,7 @@ public sealed partial class ClipTokenizer
         foreach (var p in new[] { vocabPath, mergesPath })
             if (!File.Exists(p))
                 throw new ConfigException(source == folder
-                    ? $"{folder}: tokenizer folder has no {Path.GetFileName(p)} (give the vocabulary separately: a folder with vocab.json and merges.txt, or CLIP's bpe_simple_vocab_16e6.txt.gz)"
+                    ? $"{folder}: tokenizer folder has no {Path.GetFileName(p)} beside its {(p == vocabPath ? "merges.txt" : "vocab.json")} (give both, or neither for the built-in CLIP vocabulary)"
                     : $"{source}: vocabulary folder has no {Path.GetFileName(p)}");
         Dictionary<string, int> vocab;
         using (var doc = ParseJson(vocabPath))
@@ -201,11 +247,21 @@ public sealed partial class ClipTokenizer
     private static (Dictionary<string, int>, List<string>) ReadBpeFile(string path)
     {
         if (!File.Exists(path)) throw new ConfigException($"{path}: BPE vocabulary file not found");
+        using var file = File.OpenRead(path);
+        if (!path.EndsWith(".gz", StringComparison.OrdinalIgnoreCase))
+        {
+            using var reader = new StreamReader(file, Encoding.UTF8);
+            return ReadBpeLines(reader.ReadToEnd().Split('\n'), path);
+        }
+        return ReadBpe(file, path);
+    }
+
+    private static (Dictionary<string, int>, List<string>) ReadBpe(Stream gzip, string path)
+    {
         string[] lines;
         try
         {
-            using var file = File.OpenRead(path);
-            using var stream = path.EndsWith(".gz", StringComparison.OrdinalIgnoreCase) ? new GZipStream(file, CompressionMode.Decompress) : (Stream)file;
+            using var stream = new GZipStream(gzip, CompressionMode.Decompress);
             using var reader = new StreamReader(stream, Encoding.UTF8);
             lines = reader.ReadToEnd().Split('\n');
         }
@@ -213,6 +269,11 @@ public sealed partial class ClipTokenizer
         {
             throw new ConfigException($"{path}: not a gzip file: {e.Message}");
         }
+        return ReadBpeLines(lines, path);
+    }
+
+    private static (Dictionary<string, int>, List<string>) ReadBpeLines(string[] lines, string path)
+    {
         if (lines.Length < MergeCount + 1) throw new ConfigException($"{path}: {lines.Length - 1} merge lines, CLIP's vocabulary needs {MergeCount}");
         var merges = lines.Skip(1).Take(MergeCount).ToList();
         var ordered = new List<string>(MergeCount + 514);

@@ -62,6 +62,33 @@ public class ClipTokenizerTests
     }
 
     [SkippableFact]
+    public void Built_in_vocabulary_gives_every_published_case_and_the_whole_sd15_vocabulary()
+    {
+        var builtIn = ClipTokenizer.BuiltIn();
+        foreach (var (text, ids) in Cases()) Assert.Equal(ids, builtIn.Encode(text));
+        var all = Enumerable.Range(0, 49408).ToArray();
+        Assert.Equal(Sd15Tokenizer().Decode(all), builtIn.Decode(all));
+        Assert.Equal((49406, 49407, 49407), (builtIn.StartId, builtIn.EndId, builtIn.PadId));
+        Assert.Equal(0, ClipTokenizer.BuiltIn(ClipTokenizer.OpenClipPadToken).PadId);
+    }
+
+    [SkippableFact]
+    public void Written_vocabulary_is_the_sd15_folders_vocabulary()
+    {
+        using var dir = new TempFolder("sd-clip-vocab");
+        ClipTokenizer.BuiltIn().WriteVocabulary(dir.Path);
+        var reference = SharedReference.Require("configs", "sd15", "tokenizer");
+        using var mine = JsonDocument.Parse(File.ReadAllText(Path.Combine(dir.Path, "vocab.json")));
+        using var theirs = JsonDocument.Parse(File.ReadAllText(Path.Combine(reference, "vocab.json")));
+        var a = mine.RootElement.EnumerateObject().ToDictionary(p => p.Name, p => p.Value.GetInt32());
+        var b = theirs.RootElement.EnumerateObject().ToDictionary(p => p.Name, p => p.Value.GetInt32());
+        Assert.Equal(b.Count, a.Count);
+        Assert.All(b, kv => Assert.Equal(kv.Value, a[kv.Key]));
+        static string[] Merges(string f) => File.ReadAllLines(f).Where(l => l.Length > 0 && !l.StartsWith('#')).ToArray();
+        Assert.Equal(Merges(Path.Combine(reference, "merges.txt")), Merges(Path.Combine(dir.Path, "merges.txt")));
+    }
+
+    [SkippableFact]
     public void Sd1_pads_with_the_end_token()
     {
         var t = Sd15Tokenizer().Tokenize("a photo of a cat");
@@ -152,14 +179,13 @@ public class ClipTokenizerTests
         var e = Assert.Throws<ConfigException>(() => ClipTokenizer.FromFolder(missing));
         Assert.Equal($"{missing}: tokenizer folder not found", e.Message);
 
-        e = Assert.Throws<ConfigException>(() => ClipTokenizer.FromFolder(dir.Path));
-        Assert.Contains("tokenizer folder has no vocab.json", e.Message);
-        Assert.Contains("bpe_simple_vocab_16e6.txt.gz", e.Message);
-        Assert.DoesNotContain('\n', e.Message);
+        // A folder with neither vocabulary file takes the built-in one; with one of the two it is an error.
+        Assert.Contains(ClipTokenizer.BuiltInSource, ClipTokenizer.FromFolder(dir.Path).Source);
 
         File.WriteAllText(Path.Combine(dir.Path, "vocab.json"), "{}");
         e = Assert.Throws<ConfigException>(() => ClipTokenizer.FromFolder(dir.Path));
         Assert.Contains("no merges.txt", e.Message);
+        Assert.DoesNotContain('\n', e.Message);
 
         File.WriteAllText(Path.Combine(dir.Path, "merges.txt"), "#version: 0.2\na b\n");
         e = Assert.Throws<ConfigException>(() => ClipTokenizer.FromFolder(dir.Path));

@@ -48,9 +48,9 @@ public class TokenizeCommandTests
             var (code, stdout, stderr) = Sd("tokenize", "--model", dir, "--vocab", Reference("clip", "bpe_simple_vocab_16e6.txt.gz"), "An astronaut riding a horse");
             Assert.Equal((0, "[49406,550,18376,6765,320,4558,49407]" + Environment.NewLine, ""), (code, stdout, stderr));
 
-            (code, _, stderr) = Sd("tokenize", "--model", dir, "a cat");
-            Assert.Equal(1, code);
-            Assert.Contains("tokenizer folder has no vocab.json", stderr);
+            // Without --vocab, CLIP's built-in vocabulary stands in.
+            (code, stdout, stderr) = Sd("tokenize", "--model", dir, "An astronaut riding a horse");
+            Assert.Equal((0, "[49406,550,18376,6765,320,4558,49407]" + Environment.NewLine, ""), (code, stdout, stderr));
         }
         finally
         {
@@ -69,20 +69,29 @@ public class TokenizeCommandTests
     }
 
     [Fact]
+    public void Without_a_tokenizer_the_built_in_vocabulary_is_used()
+    {
+        var (code, stdout, stderr) = Sd("tokenize", "a photo of a cat");
+        Assert.Equal((0, "[49406,320,1125,539,320,2368,49407]" + Environment.NewLine, ""), (code, stdout, stderr));
+    }
+
+    [Fact]
     public void Missing_folders_are_one_line_errors()
     {
         var dir = Temp();
         try
         {
             var missing = Path.Combine(dir, "nope");
+            var half = Path.Combine(dir, "half");
+            Directory.CreateDirectory(half);
+            File.WriteAllText(Path.Combine(half, "vocab.json"), "{}");
             var cases = new (string[] Args, int Code, string Message)[]
             {
                 (["tokenize", "--tokenizer", missing, "a cat"], 1, $"{missing}: tokenizer folder not found"),
-                (["tokenize", "--tokenizer", dir, "a cat"], 1, $"{dir}: tokenizer folder has no vocab.json"),
+                (["tokenize", "--tokenizer", half, "a cat"], 1, $"{half}: tokenizer folder has no merges.txt"),
                 (["tokenize", "--model", dir, "a cat"], 1, $"{dir}: the model folder has no tokenizer/ folder"),
                 (["tokenize", "--model", missing, "a cat"], 1, $"{missing}: no such model folder"),
-                (["tokenize", "a cat"], 2, "needs either --tokenizer"),
-                (["tokenize", "--tokenizer", dir, "--model", dir, "a cat"], 2, "needs either --tokenizer"),
+                (["tokenize", "--tokenizer", dir, "--model", dir, "a cat"], 2, "not both"),
                 (["tokenize", "--tokenizer", dir], 2, "needs a text"),
                 (["tokenize", "--tokenizer", dir, "a", "cat"], 2, "takes one text (quote it)"),
                 (["tokenize", "--tokenizer"], 2, "option --tokenizer needs a value"),
@@ -107,6 +116,6 @@ public class TokenizeCommandTests
     [Fact]
     public void Help_lists_tokenize()
     {
-        Assert.Contains("tokenize (--tokenizer DIR | --model DIR)", Sd("--help").Out);
+        Assert.Contains("tokenize [--tokenizer DIR | --model DIR]", Sd("--help").Out);
     }
 }
