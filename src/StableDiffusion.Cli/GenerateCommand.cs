@@ -3,6 +3,7 @@ using System.Globalization;
 using StableDiffusion.IO;
 using StableDiffusion.Kernels;
 using StableDiffusion.Pipelines;
+using StableDiffusion.Pipelines.Adapters;
 using StableDiffusion.Pipelines.Images;
 using StableDiffusion.Runtime;
 using StableDiffusion.Schedulers;
@@ -25,7 +26,7 @@ internal static class GenerateCommand
     private sealed record Options(
         string Model, string Prompt, string NegativePrompt, int Steps, float Cfg, string Sampler, string? Schedule,
         ulong Seed, int? Width, int? Height, int Batch, string? InitImage, float? Strength, string? Mask, string Device,
-        DType? Precision, string Output, bool Overwrite, string? Tokenizer, bool Profile);
+        DType? Precision, string Output, bool Overwrite, string? Tokenizer, bool Profile, LoraArguments Loras);
 
     public static int Run(Args a, TextWriter stdout, TextWriter stderr)
     {
@@ -62,6 +63,7 @@ internal static class GenerateCommand
         var mask = o.Mask is null ? null : ImageFiles.Read(o.Mask);
         var path = ModelArgument.Resolve(o.Model, revision: null, variant: null, stderr);
         using var source = ModelSource.Open(path);
+        using var loras = o.Loras.Open();
         using var device = ComputeDevice.Open(o.Device, stderr);
         var backend = Backends.For(device);
         var profiler = o.Profile ? new ProfilingOps(backend) : null;
@@ -73,6 +75,7 @@ internal static class GenerateCommand
             DType = dtype,
             TokenizerDirectory = o.Tokenizer,
             ReleaseModelsAfterUse = true, // one generation per process: free each model when done with it
+            Loras = loras.Files,
         });
         var scheduler = CreateSampler(o.Sampler, pipeline.SchedulerConfigJson, o.Schedule);
 
@@ -80,8 +83,8 @@ internal static class GenerateCommand
         int multiple = pipeline.SizeMultiple;
         var request = new GenerationRequest
         {
-            Prompt = o.Prompt,
-            NegativePrompt = o.NegativePrompt,
+            Prompt = o.Loras.Prompt, // without its <lora:…> tags; the infotext keeps them, as A1111's does
+            NegativePrompt = o.Loras.NegativePrompt,
             Steps = o.Steps,
             GuidanceScale = o.Cfg,
             Seed = o.Seed,
@@ -95,6 +98,7 @@ internal static class GenerateCommand
         pipeline.Validate(request);
         var hash = new StageTimings();
         var modelHash = hash.Measure("model hash", () => ModelHash.Compute(source));
+        var loraHashes = loras.Files.Count == 0 ? null : hash.Measure("lora hashes", () => LoraMerge.Hashes(loras.Files));
 
         stderr.WriteLine($"sd: {ModeName(pipeline.ModeOf(request))} {request.Width}x{request.Height}, {o.Steps} step{(o.Steps == 1 ? "" : "s")} of {o.Sampler}, " +
                          $"cfg {Num(o.Cfg)}, seed {o.Seed}, {dtype.Name()} on {device.Name}");
@@ -132,6 +136,7 @@ internal static class GenerateCommand
                 DenoisingStrength = init is null ? null : request.Strength,
                 BatchSize = o.Batch,
                 BatchPosition = i,
+                LoraHashes = loraHashes,
             });
             ImageFiles.SavePng(result.Images[i], outputs[i], parameters, o.Overwrite);
             stdout.WriteLine(outputs[i]);
@@ -213,9 +218,10 @@ internal static class GenerateCommand
         bool overwrite = a.Flag("--overwrite");
         var tokenizer = Text("--tokenizer");
         bool profile = a.Flag("--profile");
+        var loras = LoraArguments.Parse(a, prompt, negative);
         a.CheckDone();
         return new Options(model, prompt, negative, steps, cfg, sampler, schedule, seed, width, height, batch, initImage, strength, mask,
-            device, precision, output, overwrite, tokenizer, profile);
+            device, precision, output, overwrite, tokenizer, profile, loras);
     }
 
     private static int Int(Args a, string name, int fallback, int min, int max)

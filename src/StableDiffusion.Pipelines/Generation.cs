@@ -83,4 +83,7 @@ public sealed record PipelineOptions
     /// them again. For one-shot use such as the command line.
     /// </summary>
     public bool ReleaseModelsAfterUse { get; init; }
+
+    /// <summary>LoRAs merged into the UNet and text encoder weights as they load (the files stay open meanwhile).</summary>
+    public IReadOnlyList<IO.LoraFile> Loras { get; init; } = [];
 }

@@ -31,6 +31,7 @@ public sealed class StableDiffusionPipeline : IDisposable
     private UNet2DConditionModel? unet;
     private AutoencoderKL? vae;
     private DType vaeDType;
+    private readonly Dictionary<string, Dictionary<string, List<LoraUpdate>>> lora;
 
     private StableDiffusionPipeline(ModelSource source, IOps ops, PipelineOptions options, ModelConfigs configs, ClipTokenizer tokenizer)
     {
@@ -40,6 +41,7 @@ public sealed class StableDiffusionPipeline : IDisposable
         Configs = configs;
         Tokenizer = tokenizer;
         vaeDType = configs.Vae.ComputeDType(options.DType);
+        lora = Adapters.LoraMerge.Resolve(options.Loras, configs); // a LoRA that does not fit fails here, before any work
     }
 
     /// <summary>
@@ -139,7 +141,7 @@ public sealed class StableDiffusionPipeline : IDisposable
         var model = Load(ref unet, "load unet", () =>
         {
             var m = new UNet2DConditionModel(Configs.Unet);
-            m.Load(Component("unet"), ops, options.DType);
+            m.Load(Component("unet"), ops, options.DType, lora.GetValueOrDefault("unet"));
             return m;
         }, timings);
         for (int i = start; i < timesteps.Count; i++)
@@ -175,7 +177,7 @@ public sealed class StableDiffusionPipeline : IDisposable
         var encoder = Load(ref textEncoder, "load text encoder", () =>
         {
             var m = new ClipTextModel(Configs.TextEncoder);
-            m.Load(Component("text_encoder"), ops, options.DType);
+            m.Load(Component("text_encoder"), ops, options.DType, lora.GetValueOrDefault("text_encoder"));
             return m;
         }, timings);
         var prompts = guidance ? new[] { r.NegativePrompt, r.Prompt } : new[] { r.Prompt };

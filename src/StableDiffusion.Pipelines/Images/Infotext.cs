@@ -25,6 +25,8 @@ public sealed record GenerationParameters
     public int BatchSize { get; init; } = 1;
     /// <summary>0-based position of this image in its batch.</summary>
     public int BatchPosition { get; init; }
+    /// <summary>A1111's "Lora hashes": "name: short hash, …".</summary>
+    public string? LoraHashes { get; init; }
 }
 
 /// <summary>
@@ -72,6 +74,7 @@ public static class Infotext
             ("Denoising strength", p.DenoisingStrength is float s ? Num(s) : null),
             ("Batch size", p.BatchSize > 1 ? Num(p.BatchSize) : null),
             ("Batch pos", p.BatchSize > 1 ? Num(p.BatchPosition) : null),
+            ("Lora hashes", p.LoraHashes),
         };
         var text = new StringBuilder(p.Prompt);
         if (p.NegativePrompt.Length > 0) text.Append("\nNegative prompt: ").Append(p.NegativePrompt);
