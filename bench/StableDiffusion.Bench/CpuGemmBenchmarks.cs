@@ -150,16 +150,16 @@ public static class CpuBench
     public static bool TorchNchw { get; private set; }
 
     /// <summary>
-    /// <c>bench cpu [gemm|ops|unet|generate|all] [--quick] [--threads N] [--out DIR]</c>: the C# CPU backend against
-    /// libtorch, same thread count: GEMM/convolution (default), the other ops, one SD1.5 UNet step, whole generations.
+    /// <c>bench cpu [gemm|ops|unet|generate|lora|all] [--quick] [--threads N] [--out DIR]</c>: the C# CPU backend against
+    /// libtorch, same thread count: GEMM/convolution (default), the other ops, one SD1.5 UNet step, whole generations, the load time a LoRA merge adds.
     /// </summary>
     public static int Run(string[] args, string repoRoot)
     {
         var rest = args.ToList();
         string what = rest.Count > 0 && !rest[0].StartsWith("--", StringComparison.Ordinal) ? rest[0] : "gemm";
         if (rest.Count > 0 && rest[0] == what) rest.RemoveAt(0);
-        if (what is not ("gemm" or "ops" or "unet" or "generate" or "all"))
-            throw new UsageException($"bench cpu: unknown part '{what}'; use gemm, ops, unet, generate or all");
+        if (what is not ("gemm" or "ops" or "unet" or "generate" or "lora" or "all"))
+            throw new UsageException($"bench cpu: unknown part '{what}'; use gemm, ops, unet, generate, lora or all");
         bool quick = rest.Remove("--quick"), probe = rest.Remove("--probe");
         TorchNchw = rest.Remove("--torch-nchw");
         string? outDir = Option(rest, "--out");
@@ -175,6 +175,7 @@ public static class CpuBench
         Directory.CreateDirectory(outDir);
         int failed = 0;
         if (what is "ops" or "all") CpuOpBenchmarks.RunAll(outDir, quick);
+        if (what is "lora" or "all") CpuLoraBench.Run(outDir, cpu);
         if (what is "unet" or "generate" or "all")
         {
             CpuSd15Benchmarks.Threads = CpuParallel.Threads;

@@ -15,7 +15,7 @@ using StableDiffusion.Runtime;
 // bench [--quick] [--device D] [--out DIR]   the kernel suite under BenchmarkDotNet; results, ceilings and a roofline
 //                                            go to DIR (default bench/results/<device>)
 // bench plot RESULTS.json OUT.png            the roofline of a results file (ours or one brought back from a GPU run)
-// bench cpu [gemm|ops|unet|generate|all] [--quick] [--threads N] [--out DIR]   the C# CPU backend against libtorch
+// bench cpu [gemm|ops|unet|generate|lora|all] [--quick] [--threads N] [--out DIR]   the C# CPU backend against libtorch
 try
 {
     if (args.Length > 0 && args[0] == "cpu") return CpuBench.Run(args[1..], RepoRoot());

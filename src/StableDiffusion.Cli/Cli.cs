@@ -43,6 +43,8 @@ public static class Cli
                    [--tokenizer DIR]             a tokenizer/ folder (single-file checkpoints carry none)
                    [--output out.png] [--overwrite]   never replaces a file without --overwrite
                    [--profile]                   time every op (synchronised): per op family, in all and per UNet step
+                   [--lora FILE[:W]]...          merge a LoRA at load with weight W (default 1); repeatable
+                   [--lora-dir weights/loras]    where the prompt's <lora:NAME:W> tags find NAME.safetensors/.ckpt/.pt
 
         options:
           --device D     auto (default: CUDA, then OpenCL, then the C# CPU backend), cuda[:N], opencl[:N], cpu,
