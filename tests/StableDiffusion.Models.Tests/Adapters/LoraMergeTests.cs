@@ -2,6 +2,7 @@ using System.Security.Cryptography;
 using StableDiffusion.IO;
 using StableDiffusion.IO.Tests.Support;
 using StableDiffusion.Models.Clip;
+using StableDiffusion.Models;
 using StableDiffusion.Runtime;
 using StableDiffusion.TestSupport;
 using StableDiffusion.TestSupport.Torch;
@@ -172,8 +173,8 @@ public class LoraMergeTests(ITestOutputHelper output)
 
     [Theory]
     [InlineData("fp32")]
-    [InlineData("fp16")]
     [InlineData("fp32", "cpu")]
+    [InlineData("fp16", "cpu")]
     public void Text_encoder_with_two_loras_matches_libtorch(string dtype, string backend = "test")
     {
         var ops = Devices.Backend(backend);
@@ -318,5 +319,56 @@ public class LoraMergeTests(ITestOutputHelper output)
             new() { ["ss_output_name"] = "other" });
         using var other = LoraFile.Open(again);
         Assert.Equal(want, other.ShortHash());
+    }
+}
+
+/// <summary>LoRAs in kohya's naming built from the real SD1.5 and SDXL layouts, mapped onto sd's SD1.5 modules.</summary>
+public class LoraRealLayoutTests(ITestOutputHelper output)
+{
+    /// <summary>A rank-1 kohya LoRA on every linear layer of the given component layouts (UNet attention blocks, text encoder).</summary>
+    private static string Write(TempFolder dir, string name, params (string Prefix, string Tsv, bool Ldm)[] parts)
+    {
+        var entries = new List<SafetensorsEntry>();
+        foreach (var (prefix, tsv, ldm) in parts)
+            foreach (var (n, _, shape) in SharedReference.Layout(tsv))
+            {
+                if (shape.Length != 2 || !n.EndsWith(".weight", StringComparison.Ordinal) || n.Contains("embed", StringComparison.Ordinal)) continue;
+                if (prefix == "lora_unet_" && !n.Contains("attentions.", StringComparison.Ordinal)) continue;
+                var module = n[..^".weight".Length];
+                if (ldm) module = module.Replace("down_blocks.1.attentions.0.", "input_blocks.4.1.");
+                var stem = prefix + module.Replace('.', '_');
+                entries.Add(new SafetensorsEntry(stem + ".lora_down.weight", WeightDType.F16, [1, shape[1]], s => s.Write(new byte[2 * shape[1]])));
+                entries.Add(new SafetensorsEntry(stem + ".lora_up.weight", WeightDType.F16, [shape[0], 1], s => s.Write(new byte[2 * shape[0]])));
+            }
+        var path = Path.Combine(dir.Path, name);
+        SafetensorsWriter.Write(path, entries);
+        return path;
+    }
+
+    private static IReadOnlyDictionary<string, IReadOnlyDictionary<string, long[]>> Sd15()
+    {
+        using var unet = new StableDiffusion.Models.Unet.UNet2DConditionModel(Presets.Sd15.Unet());
+        using var te = new ClipTextModel(Presets.Sd15.TextEncoder());
+        return new Dictionary<string, IReadOnlyDictionary<string, long[]>> { ["unet"] = unet.ExpectedLayout(), ["text_encoder"] = te.ExpectedLayout() };
+    }
+
+    [SkippableFact]
+    public void A_kohya_lora_on_the_real_sd15_layout_maps_every_module_and_an_sdxl_one_is_refused()
+    {
+        using var dir = new TempFolder();
+        var sd15 = Write(dir, "sd15.safetensors", ("lora_unet_", "sd15_diffusers_unet.tsv", true), ("lora_te_", "sd15_diffusers_text_encoder.tsv", false));
+        using (var lora = LoraFile.Open(sd15))
+        {
+            var updates = LoraFile.ResolveAll([lora], Sd15());
+            Assert.Equal(lora.Modules.Count, updates.Values.Sum(u => u.Count));
+            Assert.Equal(72, updates["text_encoder"].Count);
+            output.WriteLine($"SD1.5: {lora.Modules.Count} kohya modules (UNet {updates["unet"].Count}, text encoder {updates["text_encoder"].Count}), all mapped");
+        }
+        var xl = Write(dir, "sdxl.safetensors", ("lora_unet_", "sdxl_diffusers_unet.tsv", false),
+            ("lora_te1_", "sdxl_diffusers_text_encoder.tsv", false), ("lora_te2_", "sdxl_diffusers_text_encoder_2.tsv", false));
+        using var xlLora = LoraFile.Open(xl);
+        var e = Assert.Throws<WeightsException>(() => LoraFile.ResolveAll([xlLora], Sd15()));
+        output.WriteLine(e.Message);
+        Assert.Matches(@"sdxl\.safetensors: LoRA does not fit this model: \d+ of \d+ modules matched", e.Message);
     }
 }
