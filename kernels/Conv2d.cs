@@ -187,10 +187,7 @@ public static class Conv2d
     {
         foreach (var e in EntriesFor<float, F32Elem>("fp32")) yield return e;
         foreach (var e in EntriesFor<Half, F16Elem>("fp16")) yield return e;
-        yield return KernelRuntime.Entry<TcGemmArgs<TcIm2Col, TcMatrix>>(
-            "conv2d_implicit_gemm_mma", "fp16 128x128x32 t256 3-stage",
-            GemmTensorCoreKernels.Mma128<TcIm2Col, TcMatrix, NativePtx>,
-            GemmTensorCoreKernels.SharedBytes, tensorCore: true);
+        foreach (var e in Gemm.MmaEntries<TcIm2Col, TcMatrix>("conv2d_implicit_gemm_mma")) yield return e;
     }
 
     private static IEnumerable<KernelEntry> EntriesFor<T, TE>(string dt)

@@ -115,17 +115,68 @@ public static class Gemm
 
     internal static long Address(Tensor t) => t.Bytes.LoadEffectiveAddressAsPtr().ToInt64();
 
+    /// <summary>
+    /// Launches a tensor-core GEMM with the configuration and split-K <see cref="KernelRuntime.PlanTensorCore"/> picks
+    /// (the planner behind `sd kernels --plan`); split-K adds the deterministic reduction pass tc_split_reduce.
+    /// </summary>
     internal static void LaunchMma<TA, TB>(KernelRuntime rt, string family, int m, int n, int batch,
         TcGemmArgs<TA, TB> args)
         where TA : struct, ITcOperand
         where TB : struct, ITcOperand
     {
-        var grid = new Index3D(KernelMath.CeilDiv(n, GemmTensorCoreKernels.BN), KernelMath.CeilDiv(m, GemmTensorCoreKernels.BM), batch);
-        var cfg = new KernelConfig(grid, new Index3D(GemmTensorCoreKernels.Threads, 1, 1),
-            SharedMemoryConfig.RequestDynamic<Int4>(GemmTensorCoreKernels.SharedBytes / 16));
-        rt.LaunchTensorCore(family, GemmTensorCoreKernels.Mma128<TA, TB, NativePtx>,
-            GemmTensorCoreKernels.Mma128<TA, TB, EmulatedPtx>, cfg, args);
+        var plan = rt.PlanTensorCore(m, n, args.K, batch);
+        if (plan.Config.LargeShared && !rt.AllowDynamicShared(MmaKernel<TA, TB, NativePtx>(plan.Config), plan.Config.SharedBytes))
+        {
+            if (rt.TensorCoreOverride is not null)
+                throw new KernelArgumentException(
+                    $"{family}: configuration {plan.Config.Name} needs {plan.Config.SharedBytes} bytes of shared memory, which this device refused");
+            plan = rt.PlanTensorCore(m, n, args.K, batch); // re-planned without the > 48 KB configurations
+        }
+        var c = plan.Config;
+        args.Splits = plan.SplitK;
+        args.KTilesPerSplit = plan.KTilesPerSplit;
+        long partials = plan.SplitK > 1 ? (long)plan.SplitK * batch * m * n : 0;
+        if (plan.SplitK > 1) args.Work = rt.Workspace(partials);
+        var grid = new Index3D(KernelMath.CeilDiv(n, c.BN), KernelMath.CeilDiv(m, c.BM), batch * plan.SplitK);
+        var cfg = new KernelConfig(grid, new Index3D(c.Threads, 1, 1), SharedMemoryConfig.RequestDynamic<Int4>(c.SharedBytes / 16));
+        try
+        {
+            rt.LaunchTensorCore(family, MmaKernel<TA, TB, NativePtx>(c), MmaKernel<TA, TB, EmulatedPtx>(c), cfg, args);
+        }
+        catch (Exception e) when (c.LargeShared && rt.TensorCoreOverride is null && rt.Device.Kind == DeviceKind.Cuda
+                                  && e is not KernelArgumentException)
+        {
+            rt.RefuseLargeShared($"{e.GetType().Name}: {e.Message.Split('\n')[0]}");
+            LaunchMma(rt, family, m, n, batch, args);
+            return;
+        }
+        if (plan.SplitK == 1) return;
+        var reduce = new TcSplitArgs { Work = args.Work, C = args.C, Batch = batch, M = m, N = n, Splits = plan.SplitK };
+        long threads = (long)batch * m * KernelMath.CeilDiv(n, 8);
+        rt.Launch("tc_split_reduce", GemmTensorCoreKernels.SplitReduce,
+            new KernelConfig((int)KernelMath.CeilDiv(threads, 256), 256), reduce);
+        rt.LastFamily = family;
     }
+
+    internal static Action<TcGemmArgs<TA, TB>> MmaKernel<TA, TB, TIsa>(TcConfig c)
+        where TA : struct, ITcOperand
+        where TB : struct, ITcOperand
+        where TIsa : struct, IPtxIsa => (c.BM, c.BN, c.Stages) switch
+    {
+        (128, 128, 3) => GemmTensorCoreKernels.Mma<Tc128x128, TA, TB, TIsa>,
+        (128, 128, 4) => GemmTensorCoreKernels.Mma<Tc128x128S4, TA, TB, TIsa>,
+        (128, 64, 3) => GemmTensorCoreKernels.Mma<Tc128x64, TA, TB, TIsa>,
+        (64, 128, 3) => GemmTensorCoreKernels.Mma<Tc64x128, TA, TB, TIsa>,
+        (64, 64, 3) => GemmTensorCoreKernels.Mma<Tc64x64, TA, TB, TIsa>,
+        _ => throw new ArgumentOutOfRangeException(nameof(c), c.Name),
+    };
+
+    /// <summary>One catalog entry per tensor-core configuration of a kernel family (what the PTX report assembles).</summary>
+    internal static IEnumerable<KernelEntry> MmaEntries<TA, TB>(string kernel)
+        where TA : struct, ITcOperand
+        where TB : struct, ITcOperand =>
+        TcPlanner.Configs.Select(c => KernelRuntime.Entry(kernel, $"fp16 {c.Name} t{c.Threads}",
+            MmaKernel<TA, TB, NativePtx>(c), c.SharedBytes, tensorCore: true));
 
     internal static (int Bm, int Bn, int Threads) TileShape(GemmVariant v) => v switch
     {
@@ -237,9 +288,8 @@ public static class Gemm
     {
         foreach (var e in EntriesFor<float, F32Elem>("fp32")) yield return e;
         foreach (var e in EntriesFor<Half, F16Elem>("fp16")) yield return e;
-        yield return KernelRuntime.Entry<TcGemmArgs<TcMatrix, TcMatrix>>(
-            "gemm_mma", "fp16 128x128x32 t256 3-stage", GemmTensorCoreKernels.Mma128<TcMatrix, TcMatrix, NativePtx>,
-            GemmTensorCoreKernels.SharedBytes, tensorCore: true);
+        foreach (var e in MmaEntries<TcMatrix, TcMatrix>("gemm_mma")) yield return e;
+        yield return KernelRuntime.Entry<TcSplitArgs>("tc_split_reduce", "fp32 partials → fp16 t256", GemmTensorCoreKernels.SplitReduce);
     }
 
     private static IEnumerable<KernelEntry> EntriesFor<T, TE>(string dt)

@@ -8,9 +8,10 @@ namespace StableDiffusion.Kernels;
 // GEMM v2: fp16 tensor cores (CUDA only). C = alpha * A * B^T (+ bias, + residual) with A [M, K] and B [N, K], both
 // K-contiguous (a Linear's input and weight; the im2col matrix and OHWI weights of a convolution), fp32 accumulation.
 //
-// Ampere instructions through inline PTX (ILGPU 1.5.3 targets sm_80): a 128x128x32 tile per group of 8 warps
-// (2 x 4, each warp 64x32 = 4 x 4 mma.sync.m16n8k16 tiles), operands streamed global → shared with cp.async in a
-// 3-stage pipeline (48 KB of dynamic shared memory), fragments loaded with ldmatrix.x4. Shared rows are 64 bytes
+// Ampere instructions through inline PTX (ILGPU 1.5.3 targets sm_80): a BM x BN x 32 tile (ITcTile: 128x128,
+// 128x64, 64x128, 64x64) per group of (BM/64) x (BN/32) warps, each warp 64x32 = 4 x 4 mma.sync.m16n8k16 tiles,
+// operands streamed global → shared with cp.async in a 3- or 4-stage pipeline (up to 64 KB of dynamic shared
+// memory), fragments loaded with ldmatrix.x4; optionally split over K (grid z) with a deterministic second pass. Shared rows are 64 bytes
 // (32 halves); the 16-byte chunk index is XOR-swizzled with (row >> 1) & 3 so that the 8 rows an ldmatrix phase reads
 // hit 8 different bank groups. Out-of-range chunks are zero-filled by cp.async's src-size operand, so M and N are
 // arbitrary; K must be a multiple of 8 (16-byte chunks), which the launcher checks.
@@ -125,6 +126,13 @@ public struct TcGemmArgs<TA, TB>
     public TB B;
     public TcEpilogue C;
     public int M, N, K;
+    /// <summary>
+    /// Split-K: grid z is batch × Splits, split s covers k-tiles [s·KTilesPerSplit, (s+1)·KTilesPerSplit) and writes
+    /// its fp32 partial sums to Work[(z·M + m)·N + n]; <see cref="GemmTensorCoreKernels.SplitReduce"/> adds them in
+    /// split order and applies the epilogue. Splits = 1: the tile goes straight through the epilogue.
+    /// </summary>
+    public int Splits, KTilesPerSplit;
+    public ArrayView<float> Work;
 }
 
 /// <summary>
@@ -247,6 +255,13 @@ public static class Ptx
         else CudaAsm.Emit(S);
     }
 
+    public static void CpAsyncWaitTwo<TIsa>() where TIsa : struct, IPtxIsa
+    {
+        const string S = "cp.async.wait_group 2;";
+        if (default(TIsa).Emulated) PtxEmulator.Exec(S);
+        else CudaAsm.Emit(S);
+    }
+
     public static void CpAsyncWaitAll<TIsa>() where TIsa : struct, IPtxIsa
     {
         const string S = "cp.async.wait_group 0;";
@@ -334,18 +349,71 @@ public static class MmaAsm
         "st.shared.v2.f32 [sa0+25440], {acc60, acc61}; st.shared.v2.f32 [sa0+29664], {acc62, acc63}; ";
 }
 
+/// <summary>
+/// A tensor-core tile configuration: BM x BN output tile (64 or 128 each), 32-deep k-tiles, a cp.async pipeline of
+/// Stages k-tiles. Every warp owns a 64x32 piece (the <see cref="MmaAsm"/> strings), so the group is
+/// (BM/64) x (BN/32) warps. A type parameter, so each configuration is its own specialised kernel.
+/// </summary>
+public interface ITcTile
+{
+    int BM { get; }
+    int BN { get; }
+    int Stages { get; }
+}
+
+public struct Tc128x128 : ITcTile
+{
+    public readonly int BM => 128;
+    public readonly int BN => 128;
+    public readonly int Stages => 3;
+}
+
+/// <summary>128x128 with a 4-stage pipeline: 64 KB of dynamic shared memory, which needs the opt-in attribute.</summary>
+public struct Tc128x128S4 : ITcTile
+{
+    public readonly int BM => 128;
+    public readonly int BN => 128;
+    public readonly int Stages => 4;
+}
+
+public struct Tc128x64 : ITcTile
+{
+    public readonly int BM => 128;
+    public readonly int BN => 64;
+    public readonly int Stages => 3;
+}
+
+public struct Tc64x128 : ITcTile
+{
+    public readonly int BM => 64;
+    public readonly int BN => 128;
+    public readonly int Stages => 3;
+}
+
+public struct Tc64x64 : ITcTile
+{
+    public readonly int BM => 64;
+    public readonly int BN => 64;
+    public readonly int Stages => 3;
+}
+
 public static class GemmTensorCoreKernels
 {
-    public const int BM = 128, BN = 128, BK = 32, Threads = 256, Stages = 3;
-    public const int StageBytes = (BM + BN) * BK * 2;       // 16 KB
-    public const int SharedBytes = Stages * StageBytes;      // 48 KB
+    public const int BK = 32;
     public const int EpilogueLd = 132;                       // floats per staged accumulator row
+    /// <summary>The epilogue stages 64 rows of 132 floats through the pipeline buffers.</summary>
+    public const int EpilogueBytes = 64 * EpilogueLd * 4;
+
+    public static int Threads(int bm, int bn) => 32 * (bm / 64) * (bn / 32);
+
+    public static int SharedBytes(int bm, int bn, int stages) => Math.Max(stages * (bm + bn) * BK * 2, EpilogueBytes);
 
     /// <summary>Byte offset of 16-byte chunk <paramref name="chunk"/> (0..3) of tile row <paramref name="row"/>, swizzled.</summary>
     private static uint Swizzle(int row, int chunk) => (uint)(row * 64 + ((chunk ^ ((row >> 1) & 3)) << 4));
 
-    /// <summary>Grid (ceil(N/128), ceil(M/128), batch); 256 threads; 48 KB dynamic shared memory.</summary>
-    public static void Mma128<TA, TB, TIsa>(TcGemmArgs<TA, TB> p)
+    /// <summary>Grid (ceil(N/BN), ceil(M/BM), batch × splits); <see cref="Threads"/> threads; <see cref="SharedBytes"/> of dynamic shared memory.</summary>
+    public static void Mma<TCfg, TA, TB, TIsa>(TcGemmArgs<TA, TB> p)
+        where TCfg : struct, ITcTile
         where TA : struct, ITcOperand
         where TB : struct, ITcOperand
         where TIsa : struct, IPtxIsa
@@ -357,30 +425,56 @@ public static class GemmTensorCoreKernels
             PtxEmulator.Exec(MmaAsm.Declare);
         }
         else CudaAsm.Emit(MmaAsm.Declare);
+        int bm = default(TCfg).BM, bn = default(TCfg).BN, stages = default(TCfg).Stages;
+        int warpsN = bn / 32, threads = 32 * (bm / 64) * warpsN;
+        int rowsPerPass = threads / 4;                      // tile rows one pass of 16-byte copies covers
+        int copiesA = bm / rowsPerPass, copiesB = bn / rowsPerPass; // 2 or 4 each
+        uint stageBytes = (uint)((bm + bn) * BK * 2);
+        uint lastStage = (uint)(stages - 1) * stageBytes;
         const uint sbase = 0; // offsets into the dynamic shared memory; the PTX adds its base
         int tid = Group.IdxX, lane = tid & 31, warp = tid >> 5;
-        int wm = warp >> 2, wn = warp & 3;
-        int m0 = Grid.IdxY * BM, n0 = Grid.IdxX * BN, batch = Grid.IdxZ;
-        int kTiles = (p.K + BK - 1) / BK;
+        int wm = warp / warpsN, wn = warp - wm * warpsN;
+        int splits = p.Splits, z = Grid.IdxZ;
+        int batch = z / splits, split = z - batch * splits;
+        int m0 = Grid.IdxY * bm, n0 = Grid.IdxX * bn;
+        int kt0 = split * p.KTilesPerSplit;
+        int kTiles = Math.Max(0, Math.Min(p.KTilesPerSplit, (p.K + BK - 1) / BK - kt0));
 
-        // This thread copies chunk kc of tile rows r0 and r0 + 64 of A and of B in every k-tile.
+        // This thread copies chunk kc of tile rows r0 + i·rowsPerPass of A and of B in every k-tile; the swizzle only
+        // depends on (row >> 1) & 3, the same for all of them (rowsPerPass is a multiple of 16).
         int r0 = tid >> 2, kc = tid & 3;
-        var rowA0 = p.A.Row(batch, m0 + r0);
-        var rowA1 = p.A.Row(batch, m0 + r0 + 64);
-        var rowB0 = p.B.Row(batch, n0 + r0);
-        var rowB1 = p.B.Row(batch, n0 + r0 + 64);
-        uint dst0 = Swizzle(r0, kc), dst1 = Swizzle(r0 + 64, kc);
+        var rows = new TcRows
+        {
+            A0 = p.A.Row(batch, m0 + r0),
+            A1 = p.A.Row(batch, m0 + r0 + rowsPerPass),
+            A2 = copiesA > 2 ? p.A.Row(batch, m0 + r0 + 2 * rowsPerPass) : default,
+            A3 = copiesA > 2 ? p.A.Row(batch, m0 + r0 + 3 * rowsPerPass) : default,
+            B0 = p.B.Row(batch, n0 + r0),
+            B1 = p.B.Row(batch, n0 + r0 + rowsPerPass),
+            B2 = copiesB > 2 ? p.B.Row(batch, n0 + r0 + 2 * rowsPerPass) : default,
+            B3 = copiesB > 2 ? p.B.Row(batch, n0 + r0 + 3 * rowsPerPass) : default,
+            Dst = Swizzle(r0, kc),
+            Step = (uint)(rowsPerPass * 64),
+        };
 
-        int kLoad = kc * 8; // this thread's k in the next tile to load
+        int kLoad = kt0 * BK + kc * 8; // this thread's k in the next tile to load
         var tapA = p.A.Tap(kLoad);
         var tapB = p.B.Tap(kLoad);
-        if (kTiles > 0) LoadStage<TA, TB, TIsa>(p, sbase, kLoad, tapA, tapB, dst0, dst1, rowA0, rowA1, rowB0, rowB1);
+        if (kTiles > 0) LoadStage<TCfg, TA, TB, TIsa>(p, sbase, kLoad, tapA, tapB, rows);
         Ptx.CpAsyncCommit<TIsa>();
         kLoad += BK;
         tapA = p.A.Advance(tapA, BK);
         tapB = p.B.Advance(tapB, BK);
-        if (kTiles > 1) LoadStage<TA, TB, TIsa>(p, sbase + StageBytes, kLoad, tapA, tapB, dst0, dst1, rowA0, rowA1, rowB0, rowB1);
+        if (kTiles > 1) LoadStage<TCfg, TA, TB, TIsa>(p, sbase + stageBytes, kLoad, tapA, tapB, rows);
         Ptx.CpAsyncCommit<TIsa>();
+        if (stages > 3)
+        {
+            kLoad += BK;
+            tapA = p.A.Advance(tapA, BK);
+            tapB = p.B.Advance(tapB, BK);
+            if (kTiles > 2) LoadStage<TCfg, TA, TB, TIsa>(p, sbase + 2 * stageBytes, kLoad, tapA, tapB, rows);
+            Ptx.CpAsyncCommit<TIsa>();
+        }
 
         if (default(TIsa).Emulated) PtxEmulator.Exec(MmaAsm.Zero);
         else CudaAsm.Emit(MmaAsm.Zero);
@@ -392,22 +486,25 @@ public static class GemmTensorCoreKernels
         uint fa0 = Swizzle(aRow, aChunk), fa1 = Swizzle(aRow + 16, aChunk);
         uint fa2 = Swizzle(aRow + 32, aChunk), fa3 = Swizzle(aRow + 48, aChunk);
         uint fb0 = Swizzle(bRow, bChunk), fb1 = Swizzle(bRow + 16, bChunk);
-        uint readStage = sbase, writeStage = sbase + 2 * StageBytes; // stages of tiles kt and kt + 2, rotating (no % 3)
+        uint bOffset = (uint)(bm * BK * 2);
+        // Stages of tiles kt and kt + stages - 1, rotating (no %).
+        uint readStage = sbase, writeStage = sbase + lastStage;
         for (int kt = 0; kt < kTiles; kt++)
         {
-            Ptx.CpAsyncWaitOne<TIsa>();
+            if (stages > 3) Ptx.CpAsyncWaitTwo<TIsa>();
+            else Ptx.CpAsyncWaitOne<TIsa>();
             SharedBarrier.Sync(); // tile kt is in shared memory, and every warp is done with tile kt - 1's stage
-            if (kt + 2 < kTiles)
+            if (kt + stages - 1 < kTiles)
             {
                 kLoad += BK;
                 tapA = p.A.Advance(tapA, BK);
                 tapB = p.B.Advance(tapB, BK);
-                LoadStage<TA, TB, TIsa>(p, writeStage, kLoad, tapA, tapB, dst0, dst1, rowA0, rowA1, rowB0, rowB1);
+                LoadStage<TCfg, TA, TB, TIsa>(p, writeStage, kLoad, tapA, tapB, rows);
             }
             Ptx.CpAsyncCommit<TIsa>();
 
             uint aBase = readStage;
-            uint bBase = aBase + BM * BK * 2;
+            uint bBase = aBase + bOffset;
             // k16 step 0, then step 1: its chunks are chunk + 2, which flips bit 5 of the swizzled offset.
             if (default(TIsa).Emulated)
             {
@@ -425,16 +522,17 @@ public static class GemmTensorCoreKernels
                     aBase + (fa3 ^ 32), bBase + (fb0 ^ 32), bBase + (fb1 ^ 32));
                 CudaAsm.Emit(MmaAsm.Mma16);
             }
-            readStage = readStage == sbase + 2 * StageBytes ? sbase : readStage + StageBytes;
-            writeStage = writeStage == sbase + 2 * StageBytes ? sbase : writeStage + StageBytes;
+            readStage = readStage == sbase + lastStage ? sbase : readStage + stageBytes;
+            writeStage = writeStage == sbase + lastStage ? sbase : writeStage + stageBytes;
         }
         Ptx.CpAsyncWaitAll<TIsa>();
 
         // Epilogue through shared memory, one 64-row half of the tile at a time (64 x 132 floats fit in the pipeline
-        // buffers): the warps of that half stage their accumulators, then all threads apply bias/residual and write
-        // consecutive columns, so global stores are coalesced.
+        // buffers): the warps of that half stage their accumulators, then all threads apply bias/residual (or, split,
+        // write fp32 partial sums) and write consecutive columns, so global stores are coalesced.
         var staged = shared.Cast<Float4>();
-        for (int half = 0; half < 2; half++)
+        int runs = bn / 8;
+        for (int half = 0; half < bm / 64; half++)
         {
             SharedBarrier.Sync();
             if (wm == half)
@@ -444,37 +542,111 @@ public static class GemmTensorCoreKernels
                 else CudaAsm.Emit(MmaAsm.StageAccumulators, at);
             }
             SharedBarrier.Sync();
-            // 64 rows x 16 runs of 8 columns: four 16-byte stores per thread.
-            for (int e = tid; e < 64 * (BN / 8); e += Threads)
+            // 64 rows x BN/8 runs of 8 columns.
+            for (int e = tid; e < 64 * runs; e += threads)
             {
-                int row = e >> 4, col = (e & 15) << 3;
+                int row = e / runs, col = (e - row * runs) << 3;
                 int gr = m0 + half * 64 + row, gc = n0 + col;
                 if (gr < p.M && gc < p.N)
                 {
                     int at = (row * EpilogueLd + col) >> 2; // 16-byte units: rows are 528 bytes, runs 32
-                    p.C.Store8(batch, gr, gc, Float8.From(staged[at], staged[at + 1]), p.N);
+                    var v = Float8.From(staged[at], staged[at + 1]);
+                    if (splits > 1) StorePartial(p.Work, ((long)z * p.M + gr) * p.N + gc, v, p.N - gc);
+                    else p.C.Store8(batch, gr, gc, v, p.N);
                 }
             }
         }
     }
 
+    private static void StorePartial(ArrayView<float> work, long at, in Float8 v, int left)
+    {
+        work[at] = v.V0;
+        if (left > 1) work[at + 1] = v.V1;
+        if (left > 2) work[at + 2] = v.V2;
+        if (left > 3) work[at + 3] = v.V3;
+        if (left > 4) work[at + 4] = v.V4;
+        if (left > 5) work[at + 5] = v.V5;
+        if (left > 6) work[at + 6] = v.V6;
+        if (left > 7) work[at + 7] = v.V7;
+    }
+
+    /// <summary>
+    /// tc_split_reduce: adds the split-K partial sums of 8 consecutive columns in split order 0, 1, ... (the same
+    /// result on every run) and applies alpha, bias and residual. One thread per run of 8 columns; 1-D grid.
+    /// </summary>
+    public static void SplitReduce(TcSplitArgs p)
+    {
+        long i = (long)Grid.IdxX * Group.DimX + Group.IdxX;
+        int runs = (p.N + 7) >> 3;
+        long total = (long)p.Batch * p.M * runs;
+        if (i >= total) return;
+        int run = (int)(i % runs);
+        long bm = i / runs;
+        int m = (int)(bm % p.M), batch = (int)(bm / p.M);
+        int n = run << 3, left = p.N - n;
+        long plane = (long)p.M * p.N;
+        long at = ((long)batch * p.Splits * p.M + m) * p.N + n;
+        var acc = default(Float8);
+        for (int s = 0; s < p.Splits; s++)
+        {
+            acc.V0 += p.Work[at];
+            if (left > 1) acc.V1 += p.Work[at + 1];
+            if (left > 2) acc.V2 += p.Work[at + 2];
+            if (left > 3) acc.V3 += p.Work[at + 3];
+            if (left > 4) acc.V4 += p.Work[at + 4];
+            if (left > 5) acc.V5 += p.Work[at + 5];
+            if (left > 6) acc.V6 += p.Work[at + 6];
+            if (left > 7) acc.V7 += p.Work[at + 7];
+            at += plane;
+        }
+        p.C.Store8(batch, m, n, acc, p.N);
+    }
+
     /// <summary>Issues this thread's cp.async copies at <paramref name="k"/> (taps ta, tb) of A and B into the stage at <paramref name="aBase"/>.</summary>
-    private static void LoadStage<TA, TB, TIsa>(in TcGemmArgs<TA, TB> p, uint aBase, int k, in TcTap ta, in TcTap tb,
-        uint dst0, uint dst1, in TcRow a0, in TcRow a1, in TcRow b0, in TcRow b1)
+    private static void LoadStage<TCfg, TA, TB, TIsa>(in TcGemmArgs<TA, TB> p, uint aBase, int k, in TcTap ta, in TcTap tb,
+        in TcRows r)
+        where TCfg : struct, ITcTile
         where TA : struct, ITcOperand
         where TB : struct, ITcOperand
         where TIsa : struct, IPtxIsa
     {
-        uint bBase = aBase + BM * BK * 2;
+        int bm = default(TCfg).BM, bn = default(TCfg).BN;
+        int rowsPerPass = Threads(bm, bn) / 4;
+        uint bBase = aBase + (uint)(bm * BK * 2);
         bool inK = k < p.K;
-        Copy<TIsa>(aBase + dst0, inK ? p.A.Chunk(a0, ta) : -1);
-        Copy<TIsa>(aBase + dst1, inK ? p.A.Chunk(a1, ta) : -1);
-        Copy<TIsa>(bBase + dst0, inK ? p.B.Chunk(b0, tb) : -1);
-        Copy<TIsa>(bBase + dst1, inK ? p.B.Chunk(b1, tb) : -1);
+        uint d = r.Dst, s = r.Step;
+        Copy<TIsa>(aBase + d, inK ? p.A.Chunk(r.A0, ta) : -1);
+        Copy<TIsa>(aBase + d + s, inK ? p.A.Chunk(r.A1, ta) : -1);
+        if (bm / rowsPerPass > 2)
+        {
+            Copy<TIsa>(aBase + d + 2 * s, inK ? p.A.Chunk(r.A2, ta) : -1);
+            Copy<TIsa>(aBase + d + 3 * s, inK ? p.A.Chunk(r.A3, ta) : -1);
+        }
+        Copy<TIsa>(bBase + d, inK ? p.B.Chunk(r.B0, tb) : -1);
+        Copy<TIsa>(bBase + d + s, inK ? p.B.Chunk(r.B1, tb) : -1);
+        if (bn / rowsPerPass > 2)
+        {
+            Copy<TIsa>(bBase + d + 2 * s, inK ? p.B.Chunk(r.B2, tb) : -1);
+            Copy<TIsa>(bBase + d + 3 * s, inK ? p.B.Chunk(r.B3, tb) : -1);
+        }
     }
 
     private static void Copy<TIsa>(uint dst, long src) where TIsa : struct, IPtxIsa =>
         Ptx.CpAsync16<TIsa>(dst, src >= 0 ? src : 0, src >= 0 ? 16u : 0u);
+}
+
+/// <summary>The tile rows one thread copies (up to 4 of A and of B), and its first destination and row step in a stage.</summary>
+public struct TcRows
+{
+    public TcRow A0, A1, A2, A3, B0, B1, B2, B3;
+    public uint Dst, Step;
+}
+
+public struct TcSplitArgs
+{
+    public ArrayView<float> Work;
+    public TcEpilogue C;
+    public int Batch, M, N, Splits;
 }
 
 /// <summary>A 16-byte element, for 16-byte aligned dynamic shared memory.</summary>

@@ -1,8 +1,10 @@
 using System.Collections.Concurrent;
 using System.Diagnostics;
 using System.Reflection;
+using System.Runtime.InteropServices;
 using ILGPU;
 using ILGPU.Runtime;
+using ILGPU.Runtime.Cuda;
 using StableDiffusion.Runtime;
 
 namespace StableDiffusion.Kernels;
@@ -56,7 +58,7 @@ public sealed class KernelRuntime
     public IReadOnlyDictionary<string, (long Launches, double Ms)> ProfileTable => profile;
 
     /// <summary>The family of the most recent launch ("gemm", "gemm_mma", ...): which variant an op chose.</summary>
-    public string? LastFamily { get; private set; }
+    public string? LastFamily { get; internal set; }
 
     public void Launch<TArgs>(string family, Action<TArgs> kernel, KernelConfig config, in TArgs args)
         where TArgs : struct
@@ -95,6 +97,107 @@ public sealed class KernelRuntime
         if (!Profiling) return;
         double ms = Stopwatch.GetElapsedTime(t0).TotalMilliseconds;
         profile.AddOrUpdate(family, (1, ms), (_, v) => (v.Launches + 1, v.Ms + ms));
+    }
+
+    /// <summary>
+    /// Forces one tensor-core configuration and split-K on every tensor-core GEMM/convolution (tests and the
+    /// benchmark's per-configuration timings); null lets <see cref="TcPlanner"/> choose.
+    /// </summary>
+    public (TcConfig Config, int SplitK)? TensorCoreOverride { get; set; }
+
+    /// <summary>Where stderr notes go (the one-time large-shared-memory fallback); Console.Error unless set.</summary>
+    public TextWriter Notes { get; set; } = Console.Error;
+
+    private TcDevice? tcDevice;
+    private bool? largeShared;
+    private readonly ConcurrentDictionary<MethodInfo, bool> sharedOptIn = new();
+    private MemoryBuffer1D<float, Stride1D.Dense>? workspace;
+
+    /// <summary>The planner's view of this device: its multiprocessors, and whether > 48 KB configurations may be chosen.</summary>
+    public TcDevice TensorCoreDevice
+    {
+        get
+        {
+            var acc = Device.Accelerator;
+            int sharedPerSm = acc is CudaAccelerator cuda && cuda.Architecture is { } a
+                ? a.Major >= 9 ? 228 * 1024 : a.Major == 8 && a.Minor == 0 ? 164 * 1024 : 100 * 1024
+                : 228 * 1024;
+            tcDevice ??= TcDevice.Hopper(Math.Max(1, acc.NumMultiprocessors)) with { SharedPerSm = sharedPerSm };
+            return tcDevice with { LargeShared = largeShared ?? true };
+        }
+    }
+
+    /// <summary>The plan for one tensor-core GEMM: the override if set, else the planner's choice for this device.</summary>
+    public TcPlan PlanTensorCore(long m, long n, long k, int batch) =>
+        TensorCoreOverride is { } o
+            ? TcPlanner.Evaluate(o.Config, o.SplitK, m, n, k, batch, TensorCoreDevice)
+            : TcPlanner.Plan(m, n, k, batch, TensorCoreDevice);
+
+    /// <summary>A device scratch buffer of at least <paramref name="floats"/> floats (split-K partial sums); launches on one stream share it in order.</summary>
+    public ArrayView<float> Workspace(long floats)
+    {
+        if (workspace is null || workspace.Length < floats)
+        {
+            workspace?.Dispose();
+            workspace = Device.Accelerator.Allocate1D<float>(Math.Max(floats, 1 << 20));
+        }
+        return workspace.View.SubView(0, floats);
+    }
+
+    /// <summary>
+    /// Lets <paramref name="kernel"/> use <paramref name="bytes"/> of dynamic shared memory: above 48 KB CUDA needs
+    /// cuFuncSetAttribute(CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES) on the loaded function, which ILGPU never
+    /// calls. False when the call fails; the first failure is reported once and the planner stops choosing such
+    /// configurations. The CPU accelerator has no such limit.
+    /// </summary>
+    public bool AllowDynamicShared<TArgs>(Action<TArgs> kernel, int bytes) where TArgs : struct
+    {
+        if (bytes <= 48 * 1024 || Device.Accelerator is not CudaAccelerator) return true;
+        if (largeShared == false) return false;
+        bool ok = sharedOptIn.GetOrAdd(kernel.Method, _ =>
+        {
+            var launcher = (Action<AcceleratorStream, KernelConfig, TArgs>)cache.GetOrAdd(
+                kernel.Method, _ => Device.Accelerator.LoadKernel(kernel));
+            string why;
+            if (!launcher.TryGetKernel(out var k) || k is not CudaKernel ck) why = "no CudaKernel behind the launcher";
+            else
+            {
+                int rc = CuFunc.SetMaxDynamicShared(ck.FunctionPtr, bytes);
+                if (rc == 0) return true;
+                why = rc == -1 ? "libcuda has no cuFuncSetAttribute" : $"CUresult {rc}";
+            }
+            Notes.WriteLine($"note: cuFuncSetAttribute(MAX_DYNAMIC_SHARED_SIZE_BYTES, {bytes}) failed ({why}); " +
+                            "tensor-core kernels use configurations of at most 48 KB of shared memory");
+            return false;
+        });
+        if (!ok) largeShared = false;
+        return ok;
+    }
+
+    /// <summary>Stops the planner choosing > 48 KB configurations (a launch with more failed although the attribute was set), reported once.</summary>
+    public void RefuseLargeShared(string why)
+    {
+        if (largeShared == false) return;
+        largeShared = false;
+        Notes.WriteLine($"note: a tensor-core launch with more than 48 KB of shared memory failed ({why}); " +
+                        "tensor-core kernels use configurations of at most 48 KB of shared memory");
+    }
+
+    private static unsafe class CuFunc
+    {
+        private const int MaxDynamicSharedSizeBytes = 8; // CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES
+        private static readonly delegate* unmanaged<IntPtr, int, int, int> Set = Load();
+
+        private static delegate* unmanaged<IntPtr, int, int, int> Load()
+        {
+            foreach (var name in new[] { "libcuda.so.1", "libcuda.so", "nvcuda.dll" })
+                if (NativeLibrary.TryLoad(name, out var lib) && NativeLibrary.TryGetExport(lib, "cuFuncSetAttribute", out var f))
+                    return (delegate* unmanaged<IntPtr, int, int, int>)f;
+            return null;
+        }
+
+        public static int SetMaxDynamicShared(IntPtr function, int bytes) =>
+            Set == null ? -1 : Set(function, MaxDynamicSharedSizeBytes, bytes);
     }
 
     /// <summary>

@@ -4,7 +4,9 @@
 # and PyTorch's at the same shapes (CUDA events), (c) end to end on a random-weight SD1.5 fp16 model at 512x512
 # (text encoder, UNet steps at batch 2, VAE decode, 20 and 50 steps, peak device memory, per-op time per step),
 # (d) ILGPU's open questions (launch overhead from C#, >48 KB dynamic shared memory, the libcuda file), (e) PyTorch's
-# eager UNet call on the same random weights, batch and latent size as (c), for the UNet-step ratio.
+# eager UNet call on the same random weights, batch and latent size as (c), for the UNet-step ratio, (f) the
+# tensor-core plan, every configuration the planner can choose beside PyTorch at the SD1.5 and SDXL UNet shapes and
+# one UNet step layer by layer, (g) an SDXL 1024x1024 step where the build has an SDXL model.
 # Every step has a time limit inside one overall budget, and a failing step does not stop the others, so one
 # short GPU session always brings back what could be measured. summary.md and the JSON files go to <output dir>.
 #
@@ -76,6 +78,37 @@ fi
 step "(b) side by side"
 python3 "$HERE/compare.py" "$OUT/ours.json" "$OUT/torch.json" "$OUT/kernels.md" 2>&1 | tail -n 60
 
+# (f) The tensor-core plan and its configurations at the UNet shapes. unet_case MODEL LATENT LIMIT [--all-configs]: every
+# distinct GEMM/convolution shape of one UNet step (batch 2, fp16) as the planner launches it (and in every
+# configuration), PyTorch at the same cases, and one step laid out layer by layer (unet-MODEL.md).
+unet_case() {
+  local m=$1 lat=$2 limit=$3 t0=$SECONDS
+  timeout "$(left 20)" "$SD" bench --unet $m --latent $lat --batch 2 --list --json "$OUT/unet-$m-suite.json"
+  timeout "$(left $limit)" "$SD" bench --unet $m --latent $lat --batch 2 --device $DEV $QUICK ${4:-} \
+    --json "$OUT/unet-$m-ours.json" > "$OUT/unet-$m-ours.txt" 2>&1
+  echo "exit $?" >> "$OUT/unet-$m-ours.txt"
+  tail -n 4 "$OUT/unet-$m-ours.txt"
+  if [ $DRY = 0 ]; then
+    timeout "$(left 60)" "$PY" "$HERE/torch_bench.py" "$OUT/unet-$m-suite.json" "$OUT/unet-$m-torch.json" --min-seconds 0.05 \
+      > "$OUT/unet-$m-torch.txt" 2>&1
+  fi
+  python3 "$HERE/unet_layers.py" "$OUT/unet-$m-ours.json" "$OUT/unet-$m-torch.json" "$OUT/unet-$m.md" 2>&1 | tail -n 2
+  echo "unet $m: $((SECONDS - t0)) s"
+}
+step "(f) sd kernels --plan: SD1.5 64x64 and SDXL 128x128 latents, batch 2, 132 multiprocessors"
+"$SD" kernels --plan --config sd15 --latent 64 --batch 2 --sms 132 --markdown > "$OUT/plan-sd15-64.md" 2>&1
+"$SD" kernels --plan --config sdxl --latent 128 --batch 2 --sms 132 --markdown > "$OUT/plan-sdxl-128.md" 2>&1
+tail -n 3 "$OUT/plan-sd15-64.md" "$OUT/plan-sdxl-128.md"
+if [ $DRY = 0 ]; then
+  step "(f) every tensor-core configuration beside PyTorch at the SD1.5 and SDXL UNet shapes (batch 2, fp16)"
+  unet_case sd15 64 100 --all-configs
+  unet_case sdxl 128 120 --all-configs
+else
+  step "(f) UNet shapes at 8x8 latents on the C# backend (dry run); SDXL's case list only"
+  unet_case sd15 8 60
+  timeout "$(left 20)" "$SD" bench --unet sdxl --latent 128 --batch 2 --list --json "$OUT/unet-sdxl-suite.json" && echo "sdxl: $(grep -c '"op"' "$OUT/unet-sdxl-suite.json") shapes"
+fi
+
 step "(d) sd debug --what launch --device $DEV (launch overhead, >48 KB shared memory, libcuda)"
 timeout "$(left 90)" "$SD" debug --what launch --device $DEV --json "$OUT/launch.json" > "$OUT/launch.txt" 2>&1
 echo "exit $?" >> "$OUT/launch.txt"
@@ -117,6 +150,23 @@ else
   echo "skipped: the $STEPS_B-step run is estimated at ${EST} s (from the $STEPS_A-step run; -1: it failed) and ${REMAIN} s are left" \
     | tee "$OUT/e2e-$STEPS_B.skipped.txt"
 fi
+
+step "(g) SDXL $((SIZE * 2))x$((SIZE * 2)): 2 steps of a random-weight SDXL model (skipped where this build has no SDXL model)"
+XL=sdxl$([ $DRY = 1 ] && echo -tiny)
+timeout "$(left 150)" "$SD" random-model --config $XL --dtype fp16 --out "$WORK/sdxl" --tokenizer "$TOK" > "$OUT/sdxl-random-model.txt" 2>&1
+rc=$?
+if [ $rc = 2 ] && grep -q -- "$XL" "$OUT/sdxl-random-model.txt"; then
+  echo "skipped: this build has no SDXL model ($(head -n 1 "$OUT/sdxl-random-model.txt"))" | tee "$OUT/sdxl-e2e.skipped.txt"
+elif [ $rc != 0 ]; then
+  echo "FAILED: sd random-model --config $XL exited $rc: $(tail -n 1 "$OUT/sdxl-random-model.txt")" | tee "$OUT/sdxl-e2e.txt"
+else
+  timeout "$(left 120)" "$SD" generate --model "$WORK/sdxl" --prompt "a photograph of an astronaut riding a horse" --steps 2 \
+    --width $((SIZE * 2)) --height $((SIZE * 2)) --seed 1 --device $DEV --output "$WORK/sdxl.png" --overwrite --profile \
+    > "$OUT/sdxl-e2e.stdout.txt" 2> "$OUT/sdxl-e2e.txt"
+  echo "sd-run: exit $?" | tee -a "$OUT/sdxl-e2e.txt"
+  grep -v "^step " "$OUT/sdxl-e2e.txt" | tail -n 20
+fi
+rm -rf "$WORK/sdxl"
 
 step summary
 python3 "$HERE/summarize.py" "$OUT" 2>&1 | tail -n 80

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Time PyTorch on the GPU at exactly the cases `sd bench --list` wrote, the way `sd bench` times ours.
 
-usage: torch_bench.py SUITE.json OUT.json
+usage: torch_bench.py SUITE.json OUT.json [--min-seconds S]   (S: measuring time per case, default 0.3)
 
 Each case runs PyTorch's own kernels (cuDNN convolution in channels-last, cuBLAS linear, SDPA with the
 layout diffusers hands it, group_norm on NCHW as diffusers calls it), timed with CUDA events after warm-up,
@@ -62,8 +62,14 @@ def time_case(fn, min_seconds=0.3, min_iters=5, max_iters=200):
 
 
 def main():
-    if len(sys.argv) != 3:
+    args = sys.argv[1:]
+    min_seconds = 0.3
+    if len(args) == 4 and args[2] == "--min-seconds":
+        min_seconds = float(args[3])
+        args = args[:2]
+    if len(args) != 2:
         raise SystemExit(__doc__)
+    sys.argv[1:] = args
     suite = json.load(open(sys.argv[1]))
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
@@ -75,7 +81,7 @@ def main():
     for case in suite:
         try:
             fn = make(case, dev)
-            iters, median, best = time_case(fn)
+            iters, median, best = time_case(fn, min_seconds)
             del fn
         except Exception as e:  # keep going: one failing case must not cost the whole GPU run
             print(f"{case['op']} {case['dtype']} {case['shape']}: FAILED {type(e).__name__}: {e}")

@@ -12,6 +12,7 @@ internal static class BenchCommand
 {
     public static int Run(Args a, TextWriter stdout, TextWriter stderr)
     {
+        if (a.Value("--unet") is { } unet) return UNetBenchCommand.Run(a, unet, stdout);
         var deviceName = a.Value("--device") ?? "auto";
         var jsonPath = a.Value("--json");
         bool quick = a.Flag("--quick");
@@ -82,7 +83,7 @@ internal static class BenchCommand
         return r;
     }
 
-    private static object CaseJson(BenchCase c) => new
+    internal static object CaseJson(BenchCase c) => new
     {
         op = c.Op,
         dtype = c.DType.Name(),
@@ -91,5 +92,5 @@ internal static class BenchCommand
         bytes = c.Bytes,
     };
 
-    private static readonly JsonSerializerOptions Json = new() { WriteIndented = true };
+    internal static readonly JsonSerializerOptions Json = new() { WriteIndented = true };
 }

@@ -20,6 +20,9 @@ public static class Cli
           kernels [--ptx-report] [--json]        list kernels; with --ptx-report, assemble each CUDA kernel with ptxas
                   [--keep DIR]                   (sm_90) and report registers, shared memory, stack, spills and HMMA count
           kernels --opencl-check [--json]        convert each kernel to OpenCL C (vendors Intel, Other), compile it with clang-15
+          kernels --plan --config sd15|sd21|sdxl --latent H[xW] [--batch 2] [--sms 132] [--json|--markdown]
+                                                 the tensor-core configuration and split-K chosen for every GEMM/convolution
+                                                 of one UNet step, with blocks and waves ([--no-large-shared]: <= 48 KB)
           info <path|org/name> [--json] [--tensors] [--revision R] [--variant fp16]   format, family, dtypes, per-component counts
           bench [--device D] [--quick]           time the kernels at the SD1.5 shapes (CUDA events on CUDA);
                 [--op OP] [--json FILE]          --list writes the case list only (what bench/gpu feeds PyTorch)
@@ -180,6 +183,7 @@ public static class Cli
     private static int Kernels(Args a, TextWriter stdout, TextWriter stderr)
     {
         if (a.Flag("--opencl-check")) return OpenClCheckCommand.Run(a, stdout, stderr);
+        if (a.Flag("--plan")) return PlanCommand.Run(a, stdout);
         bool report = a.Flag("--ptx-report");
         bool json = a.Flag("--json");
         var keep = a.Value("--keep");

@@ -123,4 +123,42 @@ public class Conv2dOracleTests(ITestOutputHelper output)
         oracle.Check("conv2d_implicit_gemm_mma", $"emulated [{n},{h},{w},{cin}] {ks}x{ks}/{stride} p{padTL},{padBR} → {cout}", y,
             want, Devices.Tolerance(dt));
     }
+
+    /// <summary>conv2d_implicit_gemm_mma in every configuration the planner can choose, forced, with split-K over the taps.</summary>
+    [Theory]
+    // configuration, split-K, n, h, w, cin, cout, k, stride
+    [InlineData("128x128x32 4-stage", 1, 1, 9, 10, 16, 20, 3, 1)] // K 144: 5 k-tiles
+    [InlineData("128x128x32 3-stage", 3, 1, 8, 9, 24, 24, 3, 1)]
+    [InlineData("128x64x32 3-stage", 2, 2, 9, 9, 16, 12, 3, 2)]
+    [InlineData("64x128x32 3-stage", 2, 1, 10, 7, 32, 40, 3, 1)]
+    [InlineData("64x64x32 3-stage", 3, 1, 9, 9, 40, 66, 3, 1)]
+    [InlineData("64x64x32 3-stage", 2, 2, 5, 7, 136, 20, 1, 1)] // 1x1: the plain-GEMM operand, split
+    public void Tensor_core_conv2d_configuration_matches_libtorch(string config, int splitK, int n, int h, int w, int cin,
+        int cout, int ks, int stride)
+    {
+        var rt = new KernelRuntime(Devices.Device, KernelProfile.Test) { TensorCoreOverride = (TcPlanner.Find(config), splitK) };
+        var ops = Devices.Ops("test");
+        var dt = DType.F16;
+        int pad = ks / 2;
+        using var scope = torch.NewDisposeScope();
+        int ho = (h + 2 * pad - ks) / stride + 1, wo = (w + 2 * pad - ks) / stride + 1;
+        var x = oracle.Random((long)n * h * w * cin, dt);
+        var wt = oracle.Random((long)cout * ks * ks * cin, dt, 0.3f);
+        var bias = oracle.Random(cout, dt);
+        var res = oracle.Random((long)n * ho * wo * cout, dt);
+        using var tx = Oracle.Upload(ops, x, dt, n, h, w, cin);
+        using var tw = Oracle.Upload(ops, wt, dt, cout, ks, ks, cin);
+        using var tb = Oracle.Upload(ops, bias, dt, cout);
+        using var tr = Oracle.Upload(ops, res, dt, n, ho, wo, cout);
+        using var y = DeviceTensor.Empty(ops.Device, dt, n, ho, wo, cout);
+        StableDiffusion.Kernels.Conv2d.Run(rt, tx, tw, tb, y, stride, new Padding2d(pad, pad, pad, pad), tr, GemmVariant.TensorCore);
+        Assert.Equal("conv2d_mma", rt.LastFamily);
+        var plan = rt.PlanTensorCore((long)n * ho * wo, cout, (long)ks * ks * cin, 1);
+        Assert.Equal(splitK, plan.SplitK);
+
+        var want = torch.nn.functional.conv2d(Oracle.T(x, n, h, w, cin).permute(0, 3, 1, 2), Oracle.T(wt, cout, ks, ks, cin).permute(0, 3, 1, 2),
+            Oracle.T(bias, cout), strides: [stride, stride], padding: [pad, pad]).permute(0, 2, 3, 1) + Oracle.T(res, n, ho, wo, cout);
+        oracle.Check("conv2d_implicit_gemm_mma", $"emulated {config} split-K {splitK} [{n},{h},{w},{cin}] {ks}x{ks}/{stride} → {cout}", y,
+            want, Devices.Tolerance(dt));
+    }
 }

@@ -138,6 +138,44 @@ public class GemmOracleTests(ITestOutputHelper output)
         oracle.Check("gemm_mma", $"emulated b{batch} {m}x{n}x{k}", y, want, Devices.Tolerance(DType.F16));
     }
 
+    /// <summary>
+    /// Every tensor-core configuration the planner can choose, forced, with split-K (the fp32 partials reduced by
+    /// tc_split_reduce in split order): ragged M/N/K, uneven last split, batch, bias, residual, alpha.
+    /// </summary>
+    [Theory]
+    // configuration, split-K, batch, M, N, K, bias, residual, alpha
+    [InlineData("128x128x32 4-stage", 1, 1, 130, 24, 168, true, true, 1f)] // 6 k-tiles: the 4-stage ring wraps
+    [InlineData("128x128x32 3-stage", 2, 1, 33, 129, 104, true, false, 1f)]
+    [InlineData("128x64x32 3-stage", 2, 1, 140, 72, 232, true, true, 0.5f)]
+    [InlineData("64x128x32 3-stage", 3, 2, 70, 136, 264, false, true, 1f)]
+    [InlineData("64x64x32 3-stage", 1, 1, 72, 66, 40, true, false, 0.5f)]
+    [InlineData("64x64x32 3-stage", 4, 1, 65, 63, 296, true, true, 1f)] // splits of 3, 3, 3 and 1 k-tiles
+    public void Tensor_core_configuration_matches_libtorch(string config, int splitK, int batch, int m, int n, int k,
+        bool withBias, bool withResidual, float alpha)
+    {
+        var rt = new KernelRuntime(Devices.Device, KernelProfile.Test) { TensorCoreOverride = (TcPlanner.Find(config), splitK) };
+        using var scope = torch.NewDisposeScope();
+        var a = oracle.Random((long)batch * m * k, DType.F16);
+        var b = oracle.Random((long)n * k, DType.F16);
+        var bias = withBias ? oracle.Random(n, DType.F16) : null;
+        var res = withResidual ? oracle.Random((long)batch * m * n, DType.F16) : null;
+        var ops = Devices.Ops("test");
+        using var ta = Oracle.Upload(ops, a, DType.F16, batch, m, k);
+        using var tb = Oracle.Upload(ops, b, DType.F16, n, k);
+        using var tbias = bias is null ? null : Oracle.Upload(ops, bias, DType.F16, n);
+        using var tres = res is null ? null : Oracle.Upload(ops, res, DType.F16, batch, m, n);
+        using var y = DeviceTensor.Empty(ops.Device, DType.F16, batch, m, n);
+        var plan = rt.PlanTensorCore(m, n, k, batch);
+        Assert.Equal(config, plan.Config.Name);
+        Gemm.Run(rt, new GemmSpec(m, n, k) { Batch = batch, TransB = true, StrideB = 0, Alpha = alpha }, ta, tb, y, tbias, tres,
+            GemmVariant.TensorCore);
+        Assert.Equal("gemm_mma", rt.LastFamily);
+        var want = torch.matmul(Oracle.T(a, batch, m, k), Oracle.T(b, n, k).transpose(0, 1)) * alpha;
+        if (bias is not null) want += Oracle.T(bias, n);
+        if (res is not null) want += Oracle.T(res, batch, m, n);
+        oracle.Check("gemm_mma", $"emulated {config} split-K {plan.SplitK} b{batch} {m}x{n}x{k}", y, want, Devices.Tolerance(DType.F16));
+    }
+
     [Fact]
     public void Tensor_core_variant_is_refused_where_it_cannot_run_and_never_chosen_on_the_simulator()
     {
