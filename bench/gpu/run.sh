@@ -102,7 +102,7 @@ tail -n 3 "$OUT/plan-sd15-64.md" "$OUT/plan-sdxl-128.md"
 if [ $DRY = 0 ]; then
   step "(f) every tensor-core configuration beside PyTorch at the SD1.5 and SDXL UNet shapes (batch 2, fp16)"
   unet_case sd15 64 100 --all-configs
-  unet_case sdxl 128 120 --all-configs
+  unet_case sdxl 128 100 --all-configs
 else
   step "(f) UNet shapes at 8x8 latents on the C# backend (dry run); SDXL's case list only"
   unet_case sd15 8 60

@@ -58,4 +58,22 @@ public class PlanCommandTests
         Assert.Contains(message, stderr);
         Assert.Single(stderr.TrimEnd().Split('\n'));
     }
+
+    [Fact]
+    public void Unet_bench_lists_each_distinct_shape_once_for_the_pytorch_side()
+    {
+        var (code, stdout, _) = Sd("bench", "--unet", "sd15", "--latent", "64", "--batch", "2", "--list");
+        Assert.Equal(0, code);
+        using var doc = JsonDocument.Parse(stdout);
+        var cases = doc.RootElement.EnumerateArray().Select(c => c.GetRawText()).ToList();
+        Assert.Equal(cases.Count, cases.Distinct().Count());
+        var gemms = StableDiffusion.Models.Unet.UNetGemms.Enumerate(StableDiffusion.Models.Unet.UNetGemms.ConfigJson("sd15"), 64, 64, 2);
+        Assert.True(cases.Count < gemms.Count);
+        var ops = doc.RootElement.EnumerateArray().Select(c => c.GetProperty("op").GetString()).ToHashSet();
+        Assert.Equal(new HashSet<string?> { "linear", "conv2d" }, ops);
+        // The stride-2 downsampling convolution at 64x64 → 32x32 and 320 channels, padding 1, as PyTorch is asked to time it.
+        Assert.Contains(doc.RootElement.EnumerateArray(), c => c.GetProperty("op").GetString() == "conv2d"
+            && c.GetProperty("shape").GetProperty("stride").GetInt32() == 2 && c.GetProperty("shape").GetProperty("h").GetInt32() == 64
+            && c.GetProperty("shape").GetProperty("cin").GetInt32() == 320 && c.GetProperty("shape").GetProperty("pad").GetInt32() == 1);
+    }
 }
