@@ -19,6 +19,15 @@ public sealed record ClipTextConfig(
 {
     public int HeadDim => HiddenSize / NumAttentionHeads;
 
+    /// <summary>CLIPTextModelWithProjection's text_projection width ("projection_dim"; SDXL's bigG: 1280).</summary>
+    public int ProjectionDim { get; init; } = 512;
+
+    /// <summary>
+    /// transformers' eos_token_id; 2 (the value old configs carry, SDXL's bigG among them) means "the end-of-text
+    /// position is the argmax of the ids", since the end-of-text token has the highest id in CLIP's vocabulary.
+    /// </summary>
+    public int EosTokenId { get; init; } = 2;
+
     public static ClipTextConfig Load(string path) => From(JsonConfig.Load(path));
 
     public static ClipTextConfig From(JsonConfig c)
@@ -31,7 +40,11 @@ public sealed record ClipTextConfig(
             c.Int("num_attention_heads", 8),
             c.Int("max_position_embeddings", 77),
             ParseActivation(c.String("hidden_act", "quick_gelu"), c.Source),
-            c.Float("layer_norm_eps", 1e-5f));
+            c.Float("layer_norm_eps", 1e-5f))
+        {
+            ProjectionDim = c.Int("projection_dim", 512),
+            EosTokenId = c.Int("eos_token_id", 2),
+        };
         config.Validate(c.Source);
         return config;
     }
@@ -46,6 +59,7 @@ public sealed record ClipTextConfig(
                      ("max_position_embeddings", MaxPositionEmbeddings),
                  })
             if (v <= 0) throw new ConfigException($"{source}: \"{key}\" must be positive, found {v}");
+        if (ProjectionDim <= 0) throw new ConfigException($"{source}: \"projection_dim\" must be positive, found {ProjectionDim}");
         if (HiddenSize % NumAttentionHeads != 0)
             throw new ConfigException($"{source}: hidden_size {HiddenSize} does not split into {NumAttentionHeads} attention heads");
         if (!(LayerNormEps > 0)) throw new ConfigException($"{source}: \"layer_norm_eps\" must be positive, found {LayerNormEps}");

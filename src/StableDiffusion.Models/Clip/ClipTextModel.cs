@@ -131,6 +131,33 @@ public sealed class ClipTextTransformer : Module
     public ClipTextEmbeddings Embeddings { get; }
     public ClipEncoder Encoder { get; }
     public LayerNorm FinalLayerNorm { get; }
+
+    /// <summary>Embeddings, then the first <paramref name="layers"/> encoder layers (no final layer norm).</summary>
+    public Tensor Hidden(IOps ops, Tensor ids, int layers)
+    {
+        var x = Embeddings.Forward(ops, ids);
+        for (int i = 0; i < layers; i++)
+        {
+            var next = Encoder.Layers[i].Forward(ops, x);
+            x.Dispose();
+            x = next;
+        }
+        return x;
+    }
+
+    internal static void CheckIds(ClipTextConfig config, Tensor ids)
+    {
+        if (ids.DType != DType.I32 || ids.Rank != 2)
+            throw new UsageException($"text encoder: token ids must be int32 [batch, length], got {ids}");
+        if (ids.Dim(1) < 1 || ids.Dim(1) > config.MaxPositionEmbeddings)
+            throw new UsageException($"text encoder: {ids.Dim(1)} tokens per prompt, the model takes 1 to {config.MaxPositionEmbeddings}");
+    }
+
+    internal static void CheckSkip(int clipSkip, int layers, int least)
+    {
+        if (clipSkip < 1 || clipSkip > layers - least + 1)
+            throw new UsageException($"clip skip {clipSkip} is out of range: this text encoder has {layers} layers (1 uses all of them)");
+    }
 }
 
 /// <summary>
@@ -159,30 +186,112 @@ public sealed class ClipTextModel : Module
     public Tensor Forward(IOps ops, Tensor ids, int clipSkip = 1)
     {
         int layers = Config.NumHiddenLayers;
-        if (ids.DType != DType.I32 || ids.Rank != 2)
-            throw new UsageException($"text encoder: token ids must be int32 [batch, length], got {ids}");
-        if (ids.Dim(1) < 1 || ids.Dim(1) > Config.MaxPositionEmbeddings)
-            throw new UsageException($"text encoder: {ids.Dim(1)} tokens per prompt, the model takes 1 to {Config.MaxPositionEmbeddings}");
-        if (clipSkip < 1 || clipSkip > layers)
-            throw new UsageException($"clip skip {clipSkip} is out of range: this text encoder has {layers} layers (1 uses all of them)");
+        ClipTextTransformer.CheckIds(Config, ids);
+        ClipTextTransformer.CheckSkip(clipSkip, layers, 1);
+        using var x = TextModel.Hidden(ops, ids, layers - (clipSkip - 1));
+        return TextModel.FinalLayerNorm.Forward(ops, x);
+    }
 
+    /// <summary>
+    /// SDXL's use of this encoder: hidden_states[-(clipSkip + 1)] of transformers' output_hidden_states, without the
+    /// final layer norm (clipSkip 1 = the penultimate layer's output, what SDXL conditions on).
+    /// </summary>
+    public Tensor Penultimate(IOps ops, Tensor ids, int clipSkip = 1)
+    {
+        ClipTextTransformer.CheckIds(Config, ids);
+        ClipTextTransformer.CheckSkip(clipSkip, Config.NumHiddenLayers, 2);
+        return TextModel.Hidden(ops, ids, Config.NumHiddenLayers - clipSkip);
+    }
+
+    /// <summary>Device bytes of the weights in <paramref name="dtype"/> (exact sizes; the pool rounds each up to its size class).</summary>
+    public long WeightBytes(DType dtype) => ParameterCount * dtype.SizeInBytes();
+}
+
+/// <summary>
+/// transformers' CLIPTextModelWithProjection: the CLIP text transformer plus text_projection (no bias), SDXL's
+/// second encoder (OpenCLIP ViT-bigG/14, built from <c>text_encoder_2/config.json</c>).
+/// </summary>
+public sealed class ClipTextModelWithProjection : Module
+{
+    public ClipTextModelWithProjection(ClipTextConfig config)
+    {
+        Config = config;
+        TextModel = Child("text_model", new ClipTextTransformer(config));
+        TextProjection = Child("text_projection", new Linear(config.HiddenSize, config.ProjectionDim, bias: false));
+    }
+
+    public ClipTextConfig Config { get; }
+    public ClipTextTransformer TextModel { get; }
+    public Linear TextProjection { get; }
+
+    public static ClipTextModelWithProjection FromConfig(string configPath) => new(ClipTextConfig.Load(configPath));
+
+    /// <summary>
+    /// ids int32 [B, L] → (hidden_states[-(clipSkip + 1)] [B, L, hidden] without the final layer norm, the SDXL
+    /// context; text_embeds [B, projection_dim]: the final-layer-normed last hidden state at each row's
+    /// end-of-text position, times text_projection). The end-of-text position is found from the ids as transformers
+    /// does: the argmax of the ids when eos_token_id is 2 (SDXL's tokenizer_2 pads with id 0, so the padding cannot
+    /// be mistaken for it), else the first id equal to eos_token_id.
+    /// </summary>
+    public (Tensor Hidden, Tensor Pooled) Encode(IOps ops, Tensor ids, int clipSkip = 1)
+    {
+        ClipTextTransformer.CheckIds(Config, ids);
+        int layers = Config.NumHiddenLayers;
+        ClipTextTransformer.CheckSkip(clipSkip, layers, 2);
+        int b = ids.Dim(0), l = ids.Dim(1);
+        var eos = EndOfTextRows(ids.ToFloatArray().Select(v => (int)v).ToArray(), b, l); // ids < 2^24: exact in fp32
+
+        Tensor? hidden = null;
         var x = TextModel.Embeddings.Forward(ops, ids);
         try
         {
-            for (int i = 0; i < layers - (clipSkip - 1); i++)
+            for (int i = 0; i < layers; i++)
             {
                 var next = TextModel.Encoder.Layers[i].Forward(ops, x);
-                x.Dispose();
+                if (i == layers - clipSkip) hidden = x; // the input of this layer is kept: the context
+                else x.Dispose();
                 x = next;
             }
-            return TextModel.FinalLayerNorm.Forward(ops, x);
+            // The final layer norm acts per token, so only the end-of-text rows need it.
+            using var rows = Tensor.FromInts(ops.Device, eos, b);
+            using var flat = x.Reshape(b * l, Config.HiddenSize);
+            using var picked = ops.Embedding(flat, rows);
+            using var normed = TextModel.FinalLayerNorm.Forward(ops, picked);
+            var pooled = TextProjection.Forward(ops, normed);
+            var result = (hidden!, pooled);
+            hidden = null;
+            return result;
         }
         finally
         {
             x.Dispose();
+            hidden?.Dispose();
         }
     }
 
-    /// <summary>Device bytes of the weights in <paramref name="dtype"/> (exact sizes; the pool rounds each up to its size class).</summary>
+    /// <summary>For each row of ids [b × l], the flat row index (row · l + position) of its end-of-text token.</summary>
+    public int[] EndOfTextRows(int[] ids, int b, int l)
+    {
+        var rows = new int[b];
+        for (int r = 0; r < b; r++)
+        {
+            int at = 0;
+            if (Config.EosTokenId == 2)
+            {
+                for (int j = 1; j < l; j++)
+                    if (ids[r * l + j] > ids[r * l + at]) at = j; // first maximum, like torch.argmax
+            }
+            else
+            {
+                at = -1;
+                for (int j = 0; j < l && at < 0; j++)
+                    if (ids[r * l + j] == Config.EosTokenId) at = j;
+                if (at < 0) throw new UsageException($"text encoder: prompt {r} has no end-of-text token (id {Config.EosTokenId})");
+            }
+            rows[r] = r * l + at;
+        }
+        return rows;
+    }
+
     public long WeightBytes(DType dtype) => ParameterCount * dtype.SizeInBytes();
 }

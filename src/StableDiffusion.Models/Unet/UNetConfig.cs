@@ -1,7 +1,7 @@
 namespace StableDiffusion.Models.Unet;
 
 /// <summary>
-/// The parts of diffusers' UNet2DConditionModel config.json that SD1.x and SD2.x use, resolved per block.
+/// The parts of diffusers' UNet2DConditionModel config.json that SD1.x, SD2.x and SDXL use, resolved per block.
 /// Options those models never set (class/addition embeddings, fourier time embedding, scale-shift resnets, dual or
 /// cross-only attention, other mid blocks) are refused by key rather than silently ignored.
 /// </summary>
@@ -38,6 +38,11 @@ public sealed record UNetConfig
     public int ConvOutKernel { get; init; } = 3;
     /// <summary>"time_embedding_dim": overrides the time embedding width.</summary>
     public int? TimeEmbeddingDim { get; init; }
+    /// <summary>
+    /// SDXL's "addition_embed_type": "text_time": the pooled text embedding and the sinusoidally embedded
+    /// add_time_ids go through add_embedding and are added to the time embedding. Null when absent.
+    /// </summary>
+    public AdditionEmbedding? Addition { get; init; }
 
     /// <summary>Width of the time embedding: 4 × block_out_channels[0] unless time_embedding_dim overrides it.</summary>
     public int TimeEmbedDim => TimeEmbeddingDim ?? 4 * BlockOutChannels[0];
@@ -56,10 +61,10 @@ public sealed record UNetConfig
             throw new ConfigException($"{c.Source}: \"_class_name\" is {cls}, expected UNet2DConditionModel");
 
         // Features of the general diffusers class that no SD1.x/SD2.x checkpoint uses.
-        foreach (var key in new[] { "num_attention_heads", "class_embed_type", "num_class_embeds", "addition_embed_type",
+        foreach (var key in new[] { "class_embed_type", "num_class_embeds",
                      "encoder_hid_dim", "encoder_hid_dim_type", "time_cond_proj_dim", "time_embedding_act_fn",
                      "timestep_post_act", "reverse_transformer_layers_per_block", "cross_attention_norm" })
-            if (c.Has(key)) throw new ConfigException($"{c.Source}: \"{key}\" is not supported (SD1.x/SD2.x leave it null)");
+            if (c.Has(key)) throw new ConfigException($"{c.Source}: \"{key}\" is not supported (SD1.x, SD2.x and SDXL leave it null)");
         Expect(c, "act_fn", "silu");
         Expect(c, "time_embedding_type", "positional");
         Expect(c, "resnet_time_scale_shift", "default");
@@ -96,7 +101,8 @@ public sealed record UNetConfig
             BlockOutChannels = channels,
             LayersPerBlock = c.IntOrArray("layers_per_block", n, 2),
             TransformerLayersPerBlock = c.IntOrArray("transformer_layers_per_block", n, 1),
-            NumAttentionHeads = c.IntOrArray("attention_head_dim", n, 8),
+            // diffusers takes num_attention_heads when set, else attention_head_dim (which counts heads, see above).
+            NumAttentionHeads = c.Has("num_attention_heads") ? c.IntOrArray("num_attention_heads", n) : c.IntOrArray("attention_head_dim", n, 8),
             CrossAttentionDim = c.IntOrArray("cross_attention_dim", n, 1280),
             DownsamplePadding = c.Int("downsample_padding", 1),
             MidBlockScaleFactor = c.Float("mid_block_scale_factor", 1f),
@@ -107,6 +113,7 @@ public sealed record UNetConfig
             ConvInKernel = c.Int("conv_in_kernel", 3),
             ConvOutKernel = c.Int("conv_out_kernel", 3),
             TimeEmbeddingDim = c.Has("time_embedding_dim") ? c.Int("time_embedding_dim") : null,
+            Addition = ReadAddition(c),
         };
         config.Validate(c.Source);
         return config;
@@ -141,7 +148,25 @@ public sealed record UNetConfig
         if (ConvInKernel < 1 || ConvInKernel % 2 == 0) throw new ConfigException($"{source}: \"conv_in_kernel\" must be odd, found {ConvInKernel}");
         if (ConvOutKernel < 1 || ConvOutKernel % 2 == 0) throw new ConfigException($"{source}: \"conv_out_kernel\" must be odd, found {ConvOutKernel}");
         if (DownsamplePadding < 0) throw new ConfigException($"{source}: \"downsample_padding\" must not be negative");
+        if (Addition is { } a)
+        {
+            if (a.TimeEmbedDim % 2 != 0)
+                throw new ConfigException($"{source}: \"addition_time_embed_dim\" must be even, found {a.TimeEmbedDim}");
+            if (a.InputDim <= a.TimeEmbedDim)
+                throw new ConfigException($"{source}: \"projection_class_embeddings_input_dim\" {a.InputDim} leaves no room for the pooled text embedding");
+        }
         if (MidBlockScaleFactor == 0f) throw new ConfigException($"{source}: \"mid_block_scale_factor\" must not be 0");
+    }
+
+    private static AdditionEmbedding? ReadAddition(JsonConfig c)
+    {
+        if (!c.Has("addition_embed_type")) return null;
+        string type = c.String("addition_embed_type");
+        if (type != "text_time")
+            throw new ConfigException($"{c.Source}: \"addition_embed_type\" {type} is not supported (only text_time, SDXL's)");
+        return new AdditionEmbedding(
+            Positive(c, "addition_time_embed_dim", c.Int("addition_time_embed_dim")),
+            Positive(c, "projection_class_embeddings_input_dim", c.Int("projection_class_embeddings_input_dim")));
     }
 
     private static void Expect(JsonConfig c, string key, string value)
@@ -153,3 +178,11 @@ public sealed record UNetConfig
     private static int Positive(JsonConfig c, string key, int v) =>
         v > 0 ? v : throw new ConfigException($"{c.Source}: \"{key}\" must be positive, found {v}");
 }
+
+/// <summary>
+/// SDXL's text_time addition embedding: the pooled text embedding followed by the add_time_ids, each id embedded
+/// sinusoidally at <see cref="TimeEmbedDim"/> channels; <see cref="InputDim"/> in all (base: 1280 + 6 × 256 = 2816,
+/// six ids = original size, crop top-left, target size; refiner: 1280 + 5 × 256 = 2560, the aesthetic score in place
+/// of the target size).
+/// </summary>
+public sealed record AdditionEmbedding(int TimeEmbedDim, int InputDim);

@@ -186,6 +186,17 @@ public sealed class TinyUNets : IDisposable
     /// <summary>The inpainting UNet: latents, mask and masked-image latents concatenated (4 + 1 + 4 channels).</summary>
     public static readonly UNetSpec InpaintTiny = Sd1Tiny with { InChannels = 9 };
 
+    /// <summary>
+    /// SDXL-style: three levels with no attention at the top one, heads 8 wide, transformer depth growing per level
+    /// (1, 2, 3; the real model 1, 2, 10; the mid block takes the deepest), linear projections, and the text_time addition
+    /// embedding (pooled 12 + 6 ids × 8 = 60 inputs; the real model 1280 + 6 × 256 = 2816).
+    /// </summary>
+    public static readonly UNetSpec SdxlTiny = new()
+    {
+        Channels = [16, 24, 32], CrossAttn = [false, true, true], Heads = [2, 3, 4], CrossAttentionDim = 20, Groups = 4,
+        LinearProjection = true, TransformerDepths = [1, 2, 3], AdditionTimeDim = 8, AdditionInputDim = 60,
+    };
+
     private readonly Dictionary<(string, DType), (UNet2DConditionModel, TestWeights)> loaded = [];
 
     public static UNetSpec Spec(string name) => name switch
@@ -193,6 +204,7 @@ public sealed class TinyUNets : IDisposable
         "sd1" => Sd1Tiny,
         "sd2" => Sd2Tiny,
         "sd1-inpaint" => InpaintTiny,
+        "sdxl" => SdxlTiny,
         _ => throw new ArgumentOutOfRangeException(nameof(name), name, null),
     };
 

@@ -59,4 +59,24 @@ public sealed class TorchClip(ClipTextConfig c, Func<string, TorchTensor> w)
         for (int i = 0; i < c.NumHiddenLayers - (clipSkip - 1); i++) x = Layer($"{Prefix}encoder.layers.{i}.", x);
         return LayerNorm(Prefix + "final_layer_norm", x);
     }
+
+    /// <summary>hidden_states[-(skip + 1)] of output_hidden_states (no final layer norm): SDXL's context.</summary>
+    public TorchTensor Penultimate(int[] ids, int b, int l, int skip = 1)
+    {
+        var x = Embeddings(ids, b, l);
+        for (int i = 0; i < c.NumHiddenLayers - skip; i++) x = Layer($"{Prefix}encoder.layers.{i}.", x);
+        return x;
+    }
+
+    /// <summary>
+    /// CLIPTextModelWithProjection's text_embeds: last_hidden_state[arange(b), ids.argmax(-1)] @ text_projection.weightᵀ
+    /// (transformers' legacy eos_token_id == 2 rule, which SDXL's bigG config takes).
+    /// </summary>
+    public TorchTensor Pooled(int[] ids, int b, int l)
+    {
+        var last = Forward(ids, b, l);
+        var idx = torch.tensor(ids.Select(i => (long)i).ToArray(), [b, l], dtype: ScalarType.Int64).argmax(-1);
+        var rows = last[torch.arange(b, dtype: ScalarType.Int64), idx];
+        return F.linear(rows, w("text_projection.weight"));
+    }
 }

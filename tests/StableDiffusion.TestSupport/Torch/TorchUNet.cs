@@ -19,6 +19,12 @@ public sealed record UNetSpec
     public required bool[] CrossAttn { get; init; }
     public int LayersPerBlock { get; init; } = 1;
     public int TransformerLayers { get; init; } = 1;
+    /// <summary>Transformer blocks per down block (SDXL's transformer_layers_per_block list); overrides <see cref="TransformerLayers"/>.</summary>
+    public int[]? TransformerDepths { get; init; }
+    /// <summary>SDXL's text_time addition: width of each time id's sinusoidal embedding (0: none).</summary>
+    public int AdditionTimeDim { get; init; }
+    /// <summary>SDXL: add_embedding's input width (pooled text + ids × <see cref="AdditionTimeDim"/>).</summary>
+    public int AdditionInputDim { get; init; }
     /// <summary>Heads per block (diffusers' "attention_head_dim"); one value is written as a plain integer.</summary>
     public required int[] Heads { get; init; }
     public int CrossAttentionDim { get; init; } = 24;
@@ -46,7 +52,7 @@ public sealed record UNetSpec
             ["freq_shift"] = FreqShift,
             ["in_channels"] = InChannels,
             ["layers_per_block"] = LayersPerBlock,
-            ["transformer_layers_per_block"] = TransformerLayers,
+            ["transformer_layers_per_block"] = TransformerDepths is null ? TransformerLayers : TransformerDepths,
             ["mid_block_scale_factor"] = 1,
             ["norm_eps"] = Eps,
             ["norm_num_groups"] = Groups,
@@ -54,10 +60,18 @@ public sealed record UNetSpec
             ["up_block_types"] = up,
             ["use_linear_projection"] = LinearProjection,
         };
+        if (AdditionTimeDim > 0)
+        {
+            config["addition_embed_type"] = "text_time";
+            config["addition_time_embed_dim"] = AdditionTimeDim;
+            config["projection_class_embeddings_input_dim"] = AdditionInputDim;
+        }
         return JsonSerializer.Serialize(config);
     }
 
     public int HeadsAt(int block) => Heads.Length == 1 ? Heads[0] : Heads[block];
+
+    public int DepthAt(int block) => TransformerDepths?[block] ?? TransformerLayers;
 
     public override string ToString() => string.Create(CultureInfo.InvariantCulture,
         $"in {InChannels}, [{string.Join(",", Channels)}], heads [{string.Join(",", Heads)}], {(LinearProjection ? "linear" : "conv")} proj");
@@ -79,11 +93,21 @@ public sealed class TorchUNet(UNetSpec spec, Func<string, TorchTensor> w)
     /// <summary>Attention through libtorch's fused scaled_dot_product_attention instead of softmax(q kᵀ) v.</summary>
     public bool UseSdpa { get; init; }
 
-    /// <summary>x NCHW, timesteps [N], context [N, L, D] → NCHW.</summary>
-    public TorchTensor Forward(TorchTensor x, float[] timesteps, TorchTensor context)
+    /// <summary>
+    /// x NCHW, timesteps [N], context [N, L, D] → NCHW. SDXL: text_embeds [N, P] and time_ids [N × ids] (row-major):
+    /// emb += add_embedding(cat(text_embeds, add_time_proj(time_ids).reshape(N, -1))).
+    /// </summary>
+    public TorchTensor Forward(TorchTensor x, float[] timesteps, TorchTensor context, TorchTensor? textEmbeds = null, float[]? timeIds = null)
     {
         int n = spec.Channels.Length;
         var temb = Linear("time_embedding.linear_2", F.silu(Linear("time_embedding.linear_1", TimestepEmbedding(timesteps))));
+        if (textEmbeds is not null)
+        {
+            long batch = textEmbeds.shape[0];
+            var timeEmb = Sinusoid(timeIds!, spec.AdditionTimeDim).reshape(batch, -1);
+            var added = torch.cat([textEmbeds.to_type(DType), timeEmb], -1);
+            temb = temb + Linear("add_embedding.linear_2", F.silu(Linear("add_embedding.linear_1", added)));
+        }
 
         var h = Conv("conv_in", x, padding: 1);
         var skips = new List<TorchTensor> { h };
@@ -92,7 +116,7 @@ public sealed class TorchUNet(UNetSpec spec, Func<string, TorchTensor> w)
             for (int j = 0; j < spec.LayersPerBlock; j++)
             {
                 h = Scoped.Run(() => Resnet($"down_blocks.{i}.resnets.{j}", h, temb));
-                if (spec.CrossAttn[i]) h = Scoped.Run(() => Transformer($"down_blocks.{i}.attentions.{j}", h, context, spec.HeadsAt(i)));
+                if (spec.CrossAttn[i]) h = Scoped.Run(() => Transformer($"down_blocks.{i}.attentions.{j}", h, context, spec.HeadsAt(i), spec.DepthAt(i)));
                 skips.Add(h);
             }
             if (i < n - 1)
@@ -103,7 +127,7 @@ public sealed class TorchUNet(UNetSpec spec, Func<string, TorchTensor> w)
         }
 
         h = Scoped.Run(() => Resnet("mid_block.resnets.0", h, temb));
-        h = Scoped.Run(() => Transformer("mid_block.attentions.0", h, context, spec.HeadsAt(n - 1)));
+        h = Scoped.Run(() => Transformer("mid_block.attentions.0", h, context, spec.HeadsAt(n - 1), spec.DepthAt(n - 1)));
         h = Scoped.Run(() => Resnet("mid_block.resnets.1", h, temb));
 
         for (int i = 0; i < n; i++)
@@ -114,7 +138,7 @@ public sealed class TorchUNet(UNetSpec spec, Func<string, TorchTensor> w)
                 var skip = skips[^1];
                 skips.RemoveAt(skips.Count - 1);
                 h = Scoped.Run(() => Resnet($"up_blocks.{i}.resnets.{j}", torch.cat([h, skip], 1), temb));
-                if (spec.CrossAttn[level]) h = Scoped.Run(() => Transformer($"up_blocks.{i}.attentions.{j}", h, context, spec.HeadsAt(level)));
+                if (spec.CrossAttn[level]) h = Scoped.Run(() => Transformer($"up_blocks.{i}.attentions.{j}", h, context, spec.HeadsAt(level), spec.DepthAt(level)));
             }
             if (i < n - 1)
                 h = Conv($"up_blocks.{i}.upsamplers.0.conv",
@@ -127,9 +151,11 @@ public sealed class TorchUNet(UNetSpec spec, Func<string, TorchTensor> w)
     }
 
     /// <summary>diffusers get_timestep_embedding: frequencies and arguments in fp32 as diffusers computes them.</summary>
-    public TorchTensor TimestepEmbedding(float[] timesteps)
+    public TorchTensor TimestepEmbedding(float[] timesteps) => Sinusoid(timesteps, spec.Channels[0]);
+
+    private TorchTensor Sinusoid(float[] timesteps, int channels)
     {
-        int half = spec.Channels[0] / 2;
+        int half = channels / 2;
         var exponent = -Math.Log(10000) * torch.arange(0, half, dtype: ScalarType.Float32) / (half - spec.FreqShift);
         var args = torch.tensor(timesteps)[.., TensorIndex.None] * torch.exp(exponent)[TensorIndex.None, ..];
         args = args.to_type(DType);
@@ -148,7 +174,7 @@ public sealed class TorchUNet(UNetSpec spec, Func<string, TorchTensor> w)
     }
 
     /// <summary>Transformer2DModel on NCHW: group norm (eps 1e-6), proj_in, blocks on [N, HW, C] tokens, proj_out, + input.</summary>
-    public TorchTensor Transformer(string p, TorchTensor x, TorchTensor context, int heads)
+    public TorchTensor Transformer(string p, TorchTensor x, TorchTensor context, int heads, int? depth = null)
     {
         long b = x.shape[0], c = x.shape[1], hh = x.shape[2], ww = x.shape[3];
         var h = GroupNorm($"{p}.norm", x, 1e-6);
@@ -156,7 +182,7 @@ public sealed class TorchUNet(UNetSpec spec, Func<string, TorchTensor> w)
             h = Linear($"{p}.proj_in", h.permute(0, 2, 3, 1).reshape(b, hh * ww, c));
         else
             h = Conv($"{p}.proj_in", h).permute(0, 2, 3, 1).reshape(b, hh * ww, c);
-        for (int i = 0; i < spec.TransformerLayers; i++)
+        for (int i = 0; i < (depth ?? spec.TransformerLayers); i++)
             h = BasicTransformerBlock($"{p}.transformer_blocks.{i}", h, context, heads);
         if (spec.LinearProjection)
             h = Linear($"{p}.proj_out", h).reshape(b, hh, ww, c).permute(0, 3, 1, 2);
