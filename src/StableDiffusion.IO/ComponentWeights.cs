@@ -12,11 +12,32 @@ public sealed record ModelTensor(TensorInfo Info, WeightFile File, string Stored
     public long[] Shape => Info.Shape;
     public WeightDType DType => Info.DType;
 
-    public ReadOnlySpan<byte> Bytes() => File.Bytes(Info);
+    /// <summary>Stored as the transpose of <see cref="Shape"/> (SDXL's bigG text_projection, a bare x @ M matrix).</summary>
+    public bool Transposed { get; init; }
 
-    public Tensor Upload(ComputeDevice device, DType? deviceType = null) => File.Upload(device, Info, deviceType);
+    public ReadOnlySpan<byte> Bytes() => Transposed
+        ? throw new InvalidOperationException($"{StoredName} is stored transposed; read it with ReadFloat32")
+        : File.Bytes(Info);
 
-    public float[] ReadFloat32() => File.ReadFloat32(Info);
+    public Tensor Upload(ComputeDevice device, DType? deviceType = null)
+    {
+        if (!Transposed) return File.Upload(device, Info, deviceType);
+        return Tensor.FromArray(device, ReadFloat32(), deviceType ?? WeightFile.DeviceTypeFor(DType), exact: true,
+            (int)Shape[0], (int)Shape[1]);
+    }
+
+    public float[] ReadFloat32()
+    {
+        var stored = File.ReadFloat32(Info);
+        if (!Transposed) return stored;
+        // Info.Shape is the diffusers [rows, cols]; the stored matrix is [cols, rows].
+        long rows = Shape[0], cols = Shape[1];
+        var t = new float[stored.Length];
+        for (long r = 0; r < rows; r++)
+        for (long c = 0; c < cols; c++)
+            t[r * cols + c] = stored[c * rows + r];
+        return t;
+    }
 }
 
 /// <summary>The weights of one component (unet, vae, text_encoder) in diffusers naming.</summary>

@@ -83,7 +83,7 @@ public sealed class ModelSource : IDisposable
         files.Add(file);
         Format = file.Format;
         Family = ModelFamilies.Detect(file.Tensors.Select(t => (t.Name, t.Shape)));
-        if (!Family.IsSupported())
+        if (!Family.IsSupported() && Family != ModelFamily.Sdxl)
         {
             GroupByPrefix(file);
             return;
@@ -109,7 +109,7 @@ public sealed class ModelSource : IDisposable
                 var shape = m.DiffusersShape(t.Shape)
                     ?? throw new WeightsException($"{Path}: tensor {Text.Q(t.Name)} {t.ShapeString} cannot become {Text.Q(m.Path)}");
                 var info = new TensorInfo(m.Name, t.DType, shape, t.Offset + m.Part * partBytes, partBytes);
-                Add(m.Component, new ModelTensor(info, file, t.Name));
+                Add(m.Component, new ModelTensor(info, file, t.Name) { Transposed = m.Transpose });
             }
         }
     }

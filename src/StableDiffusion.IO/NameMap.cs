@@ -7,6 +7,9 @@ namespace StableDiffusion.IO;
 /// </summary>
 public sealed record MappedName(string Component, string Name, int Part = 0, int Parts = 1, bool Squeeze = false)
 {
+    /// <summary>A bare matrix applied as x @ M (OpenCLIP's text_projection): diffusers' Linear weight is Mᵀ.</summary>
+    public bool Transpose { get; init; }
+
     public string Path => $"{Component}/{Name}";
 
     /// <summary>The diffusers shape of this piece of an LDM tensor of shape <paramref name="ldm"/>, or null if it cannot be.</summary>
@@ -23,6 +26,11 @@ public sealed record MappedName(string Component, string Name, int Part = 0, int
             if (s.Length != 4 || s[2] != 1 || s[3] != 1) return null;
             s = s[..2];
         }
+        if (Transpose)
+        {
+            if (s.Length != 2) return null;
+            s = [s[1], s[0]];
+        }
         return s;
     }
 }
@@ -34,6 +42,11 @@ public enum LdmTextEncoder
     Clip,
     /// <summary>SD2.x: OpenCLIP ViT-H names under <c>cond_stage_model.model.</c>, fused q/k/v.</summary>
     OpenClip,
+    /// <summary>
+    /// SDXL (Stability's SGM naming): CLIP ViT-L under <c>conditioner.embedders.0.transformer.</c> and OpenCLIP
+    /// ViT-bigG under <c>conditioner.embedders.1.model.</c> (every layer kept, text_projection used).
+    /// </summary>
+    Sdxl,
 }
 
 /// <summary>
@@ -50,7 +63,7 @@ public sealed record LdmLayout(int LayersPerBlock, IReadOnlySet<int> UpBlocksWit
     public static LdmLayout Infer(IEnumerable<string> names)
     {
         int firstDown = int.MaxValue, vaeUp = 0, openClip = 0, maxOut = -1;
-        bool openClipSeen = false;
+        bool openClipSeen = false, sgm = false;
         var outWithAttn = new HashSet<int>();
         var upAttn = new HashSet<int>();
         int diffusersLayers = 0;
@@ -71,6 +84,12 @@ public sealed record LdmLayout(int LayersPerBlock, IReadOnlySet<int> UpBlocksWit
                 openClip = Math.Max(openClip, r.Index + 1);
             }
             else if (n.StartsWith("cond_stage_model.model.", StringComparison.Ordinal)) openClipSeen = true;
+            else if (Segments(n, NameMap.BigGPrefix + "transformer.resblocks.", out var g))
+            {
+                sgm = true;
+                openClip = Math.Max(openClip, g.Index + 1);
+            }
+            else if (n.StartsWith("conditioner.embedders.", StringComparison.Ordinal) || n.StartsWith("text_encoder_2/", StringComparison.Ordinal)) sgm = true;
             else if (Segments(n, "unet/up_blocks.", out var ub) && ub.Tail.StartsWith("attentions.", StringComparison.Ordinal)) upAttn.Add(ub.Index);
             else if (Segments(n, "unet/down_blocks.0.resnets.", out var dr)) diffusersLayers = Math.Max(diffusersLayers, dr.Index + 1);
         }
@@ -78,7 +97,7 @@ public sealed record LdmLayout(int LayersPerBlock, IReadOnlySet<int> UpBlocksWit
         if (maxOut >= 0)
             foreach (var i in outWithAttn) upAttn.Add(i / (layers + 1));
         return new LdmLayout(layers, upAttn, vaeUp > 0 ? vaeUp : 4,
-            openClipSeen ? LdmTextEncoder.OpenClip : LdmTextEncoder.Clip, openClip);
+            sgm ? LdmTextEncoder.Sdxl : openClipSeen ? LdmTextEncoder.OpenClip : LdmTextEncoder.Clip, openClip);
     }
 
     internal static bool Segments(string name, string prefix, out (int Index, string Tail) r)
@@ -102,6 +121,10 @@ public static class NameMap
     public const string VaePrefix = "first_stage_model.";
     public const string ClipPrefix = "cond_stage_model.transformer.";
     public const string OpenClipPrefix = "cond_stage_model.model.";
+    /// <summary>SDXL single files (SGM naming): the CLIP ViT-L tower, in Hugging Face names below this prefix.</summary>
+    public const string SgmClipPrefix = "conditioner.embedders.0.transformer.";
+    /// <summary>SDXL single files: the OpenCLIP ViT-bigG tower, in OpenCLIP names below this prefix.</summary>
+    public const string BigGPrefix = "conditioner.embedders.1.model.";
 
     /// <summary>The DDPM schedule buffers LDM checkpoints carry; sd computes its schedules itself.</summary>
     public static readonly IReadOnlySet<string> DdpmBuffers = new HashSet<string>
@@ -139,12 +162,20 @@ public static class NameMap
             return One("text_encoder", rest.StartsWith("text_model.", StringComparison.Ordinal) ? rest : "text_model." + rest);
         }
         if (ldm.StartsWith(OpenClipPrefix, StringComparison.Ordinal))
-            return OpenClip(ldm[OpenClipPrefix.Length..], layout.OpenClipLayers, out ignored);
+            return OpenClip(ldm[OpenClipPrefix.Length..], "text_encoder", layout.OpenClipLayers, out ignored);
+        if (ldm.StartsWith(SgmClipPrefix, StringComparison.Ordinal))
+            return One("text_encoder", ldm[SgmClipPrefix.Length..] is var c && c.StartsWith("text_model.", StringComparison.Ordinal) ? c : null);
+        if (ldm.StartsWith(BigGPrefix, StringComparison.Ordinal))
+            return OpenClip(ldm[BigGPrefix.Length..], "text_encoder_2", 0, out ignored);
         return null;
     }
 
+    /// <summary>Whether the stored tensor behind a diffusers tensor is its transpose (SDXL's bigG text_projection).</summary>
+    public static bool StoredTransposed(string component, string name) => component == "text_encoder_2" && name == "text_projection.weight";
+
     /// <summary>
     /// The LDM tensor a diffusers tensor comes from (and which part of it), or null if the map has no rule for it.
+    /// A transposed one is told by <see cref="StoredTransposed"/>.
     /// </summary>
     public static (string Ldm, int Part, int Parts, bool Squeeze)? ToLdm(string component, string name, LdmLayout layout)
     {
@@ -157,8 +188,12 @@ public static class NameMap
                 return VaeBack(name, layout.VaeUpBlocks);
             case "text_encoder" when layout.TextEncoder == LdmTextEncoder.Clip:
                 return name.StartsWith("text_model.", StringComparison.Ordinal) ? (ClipPrefix + name, 0, 1, false) : null;
+            case "text_encoder" when layout.TextEncoder == LdmTextEncoder.Sdxl:
+                return name.StartsWith("text_model.", StringComparison.Ordinal) ? (SgmClipPrefix + name, 0, 1, false) : null;
             case "text_encoder":
-                return OpenClipBack(name);
+                return OpenClipBack(name, OpenClipPrefix);
+            case "text_encoder_2":
+                return name == "text_projection.weight" ? (BigGPrefix + "text_projection", 0, 1, false) : OpenClipBack(name, BigGPrefix);
             default:
                 return null;
         }
@@ -178,6 +213,8 @@ public static class NameMap
     [
         ("time_embed.0.", "time_embedding.linear_1."), ("time_embed.2.", "time_embedding.linear_2."),
         ("input_blocks.0.0.", "conv_in."), ("out.0.", "conv_norm_out."), ("out.2.", "conv_out."),
+        // SDXL's text_time addition embedding
+        ("label_emb.0.0.", "add_embedding.linear_1."), ("label_emb.0.2.", "add_embedding.linear_2."),
     ];
 
     private static string? Unet(string n, int layers)
@@ -369,7 +406,7 @@ public static class NameMap
 
     private static string Deprecated(string tail) => Rename(tail, DeprecatedAttention, false) ?? tail;
 
-    // ---- OpenCLIP (SD2.x) ----
+    // ---- OpenCLIP (SD2.x ViT-H, SDXL ViT-bigG) ----
 
     private static readonly (string Open, string Hf)[] OpenClipLayerParts =
     [
@@ -379,14 +416,20 @@ public static class NameMap
 
     private static readonly string[] Qkv = ["q_proj", "k_proj", "v_proj"];
 
-    private static MappedName[]? OpenClip(string n, int layers, out string? ignored)
+    // layers: the tower's depth when its last layer is dropped (SD2), 0 when every layer is kept (SDXL's bigG).
+    private static MappedName[]? OpenClip(string n, string te, int layers, out string? ignored)
     {
         ignored = null;
-        const string te = "text_encoder";
+        bool sdxl = te == "text_encoder_2";
         switch (n)
         {
             case "token_embedding.weight": return [new(te, "text_model.embeddings.token_embedding.weight")];
             case "positional_embedding": return [new(te, "text_model.embeddings.position_embedding.weight")];
+            case "text_projection" when sdxl:
+                return [new(te, "text_projection.weight") { Transpose = true }];
+            case "logit_scale" when sdxl:
+                ignored = "OpenCLIP's contrastive temperature, unused by Stable Diffusion";
+                return null;
             case "text_projection" or "logit_scale":
                 ignored = "OpenCLIP's contrastive head, unused by Stable Diffusion";
                 return null;
@@ -394,7 +437,7 @@ public static class NameMap
         if (n.StartsWith("ln_final.", StringComparison.Ordinal))
             return [new(te, "text_model.final_layer_norm." + n["ln_final.".Length..])];
         if (!LdmLayout.Segments(n, "transformer.resblocks.", out var r)) return null;
-        if (r.Index == layers - 1)
+        if (!sdxl && r.Index == layers - 1)
         {
             ignored = "the last OpenCLIP layer, unused: SD2 conditions on the penultimate layer";
             return null;
@@ -408,17 +451,17 @@ public static class NameMap
         return Rename(r.Tail, OpenClipLayerParts, false) is string t ? [new(te, at + t)] : null;
     }
 
-    private static (string, int, int, bool)? OpenClipBack(string n)
+    private static (string, int, int, bool)? OpenClipBack(string n, string prefix)
     {
         switch (n)
         {
-            case "text_model.embeddings.token_embedding.weight": return (OpenClipPrefix + "token_embedding.weight", 0, 1, false);
-            case "text_model.embeddings.position_embedding.weight": return (OpenClipPrefix + "positional_embedding", 0, 1, false);
+            case "text_model.embeddings.token_embedding.weight": return (prefix + "token_embedding.weight", 0, 1, false);
+            case "text_model.embeddings.position_embedding.weight": return (prefix + "positional_embedding", 0, 1, false);
         }
         if (n.StartsWith("text_model.final_layer_norm.", StringComparison.Ordinal))
-            return (OpenClipPrefix + "ln_final." + n["text_model.final_layer_norm.".Length..], 0, 1, false);
+            return (prefix + "ln_final." + n["text_model.final_layer_norm.".Length..], 0, 1, false);
         if (!LdmLayout.Segments(n, "text_model.encoder.layers.", out var l)) return null;
-        string at = $"{OpenClipPrefix}transformer.resblocks.{l.Index}.";
+        string at = $"{prefix}transformer.resblocks.{l.Index}.";
         for (int i = 0; i < Qkv.Length; i++)
             foreach (var kind in new[] { "weight", "bias" })
                 if (l.Tail == $"self_attn.{Qkv[i]}.{kind}") return ($"{at}attn.in_proj_{kind}", i, 3, false);
