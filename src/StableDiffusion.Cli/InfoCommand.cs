@@ -70,8 +70,7 @@ internal static class InfoCommand
         var all = StoredTensors(m).ToList();
         string family = m.Family switch
         {
-            ModelFamily.Sdxl => "sdxl (recognised; sd does not run SDXL models yet)",
-            ModelFamily.Unknown => "unknown (not a Stable Diffusion 1.x/2.x model sd recognises)",
+            ModelFamily.Unknown => "unknown (not a Stable Diffusion 1.x/2.x/XL model sd recognises)",
             var f => f.Name(),
         };
         stdout.WriteLine($"model:   {target}{(target == m.Path ? "" : $" ({m.Path})")}");

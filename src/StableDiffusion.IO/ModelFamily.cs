@@ -23,9 +23,9 @@ public static class ModelFamilies
         _ => "unknown",
     };
 
-    /// <summary>Families sd can load (the SD1.x and SD2.x UNet, VAE and text encoders).</summary>
+    /// <summary>Families sd can load (SD1.x, SD2.x and SDXL).</summary>
     public static bool IsSupported(this ModelFamily f) =>
-        f is ModelFamily.Sd1 or ModelFamily.Sd2 or ModelFamily.Sd1Inpaint or ModelFamily.Sd2Inpaint;
+        f is ModelFamily.Sd1 or ModelFamily.Sd2 or ModelFamily.Sd1Inpaint or ModelFamily.Sd2Inpaint or ModelFamily.Sdxl;
 
     /// <summary>
     /// The family, from tensors in LDM naming or diffusers naming with a component prefix (<c>unet/…</c>): SDXL by

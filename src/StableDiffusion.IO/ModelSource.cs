@@ -44,6 +44,9 @@ public sealed class ModelSource : IDisposable
     /// <summary>The folder with the CLIP tokenizer files (diffusers folders only).</summary>
     public string? TokenizerDirectory { get; private set; }
 
+    /// <summary>SDXL's second tokenizer folder (diffusers folders only).</summary>
+    public string? Tokenizer2Directory { get; private set; }
+
     /// <summary>The scheduler's config.json (diffusers folders only).</summary>
     public string? SchedulerConfig { get; private set; }
 
@@ -53,9 +56,7 @@ public sealed class ModelSource : IDisposable
     public ComponentWeights Require(string name)
     {
         if (!Family.IsSupported())
-            throw new WeightsException(Family == ModelFamily.Sdxl
-                ? $"{Path}: SDXL models are recognised but not yet supported"
-                : $"{Path}: not a Stable Diffusion 1.x or 2.x model (family unknown)");
+            throw new WeightsException($"{Path}: not a Stable Diffusion 1.x, 2.x or XL model (family unknown)");
         return components.GetValueOrDefault(name) ?? throw new WeightsException($"{Path}: has no {name} weights");
     }
 
@@ -83,7 +84,7 @@ public sealed class ModelSource : IDisposable
         files.Add(file);
         Format = file.Format;
         Family = ModelFamilies.Detect(file.Tensors.Select(t => (t.Name, t.Shape)));
-        if (!Family.IsSupported() && Family != ModelFamily.Sdxl)
+        if (!Family.IsSupported())
         {
             GroupByPrefix(file);
             return;
@@ -188,6 +189,8 @@ public sealed class ModelSource : IDisposable
             : ModelFamilies.Detect(components["unet"].Tensors.Select(t => ("unet/" + t.Name, t.Shape)));
         var tokenizer = System.IO.Path.Combine(Path, "tokenizer");
         TokenizerDirectory = Directory.Exists(tokenizer) ? tokenizer : null;
+        var tokenizer2 = System.IO.Path.Combine(Path, "tokenizer_2");
+        Tokenizer2Directory = Directory.Exists(tokenizer2) ? tokenizer2 : null;
         var scheduler = System.IO.Path.Combine(Path, "scheduler", "scheduler_config.json");
         SchedulerConfig = File.Exists(scheduler) ? scheduler : null;
     }

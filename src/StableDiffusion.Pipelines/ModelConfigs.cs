@@ -14,17 +14,28 @@ namespace StableDiffusion.Pipelines;
 /// </summary>
 public sealed record ModelConfigs(UNetConfig Unet, VaeConfig Vae, ClipTextConfig TextEncoder, string SchedulerConfigJson, string SchedulerSource)
 {
+    /// <summary>SDXL's second text encoder (OpenCLIP bigG with projection); null for SD1.x/SD2.x.</summary>
+    public ClipTextConfig? TextEncoder2 { get; init; }
+
+    /// <summary>model_index.json's force_zeros_for_empty_prompt (SDXL; diffusers' default true): an empty negative prompt is zeros.</summary>
+    public bool ForceZerosForEmptyPrompt { get; init; }
+
+    public bool IsSdxl => Unet.Addition is not null;
+
     public static ModelConfigs For(ModelSource source)
     {
-        if (source.Family == ModelFamily.Sdxl)
-            throw new WeightsException($"{source.Path}: SDXL models are recognised but not yet supported");
+        if (source.Family == ModelFamily.Sdxl) return source.Format == "diffusers" ? FromSdxlFolder(source) : SdxlDefaults(source);
         if (source.Format == "diffusers") return FromFolder(source);
         if (!source.Family.IsSupported())
             throw new WeightsException($"{source.Path}: not a Stable Diffusion 1.x or 2.x checkpoint (family unknown), and a single file carries no configs");
         bool sd2 = source.Family is ModelFamily.Sd2 or ModelFamily.Sd2Inpaint;
         bool inpaint = source.Family is ModelFamily.Sd1Inpaint or ModelFamily.Sd2Inpaint;
         var origin = $"built-in {source.Family.Name()} defaults";
-        var unet = UNetConfig.FromJson(JsonConfig.Parse(sd2 ? Sd2Unet : Sd1Unet, $"{origin} (unet)")) with { InChannels = inpaint ? 9 : 4 };
+        var unet = UNetConfig.FromJson(JsonConfig.Parse(sd2 ? Sd2Unet : Sd1Unet, $"{origin} (unet)")) with
+        {
+            InChannels = inpaint ? 9 : 4,
+            SampleSize = sd2 && !inpaint ? 96 : 64, // stable-diffusion-2-1 is a 768 model; the others 512
+        };
         var scheduler = sd2 && !inpaint ? Sd2VScheduler : Scheduler;
         return new ModelConfigs(
             unet,
@@ -43,6 +54,66 @@ public sealed record ModelConfigs(UNetConfig Unet, VaeConfig Vae, ClipTextConfig
             source.SchedulerConfig is string s ? File.ReadAllText(s) : source.Family is ModelFamily.Sd2 ? Sd2VScheduler : Scheduler,
             source.SchedulerConfig ?? $"built-in {source.Family.Name()} defaults (the folder has no scheduler/scheduler_config.json)");
     }
+
+    private static ModelConfigs FromSdxlFolder(ModelSource source)
+    {
+        var configs = FromFolder(source);
+        var te2 = Path.Combine(source.Path, "text_encoder_2", "config.json");
+        if (!File.Exists(te2) || source.Component("text_encoder_2") is null)
+            throw new WeightsException($"{Path.Combine(source.Path, "text_encoder_2")}: missing; an SDXL model needs its second text encoder (text_encoder_2/config.json and weights)");
+        var index = JsonConfig.Load(Path.Combine(source.Path, "model_index.json"));
+        return configs with
+        {
+            TextEncoder2 = ClipTextConfig.Load(te2),
+            ForceZerosForEmptyPrompt = index.Bool("force_zeros_for_empty_prompt", true),
+        };
+    }
+
+    private static ModelConfigs SdxlDefaults(ModelSource source)
+    {
+        var origin = "built-in sdxl defaults";
+        if (source.Component("text_encoder_2") is null)
+            throw new WeightsException($"{source.Path}: an SDXL file without its second text encoder (conditioner.embedders.1.*)");
+        return new ModelConfigs(
+            UNetConfig.FromJson(JsonConfig.Parse(SdxlUnet, $"{origin} (unet)")),
+            VaeConfig.FromJson(JsonConfig.Parse(SdxlVae, $"{origin} (vae)")),
+            ClipTextConfig.From(JsonConfig.Parse(ClipL, $"{origin} (text_encoder)")),
+            SdxlScheduler, $"{origin} (scheduler)")
+        {
+            TextEncoder2 = ClipTextConfig.From(JsonConfig.Parse(OpenClipBigG, $"{origin} (text_encoder_2)")),
+            ForceZerosForEmptyPrompt = true,
+        };
+    }
+
+    // stable-diffusion-xl-base-1.0's configs, reduced to what differs from the defaults or matters.
+
+    private const string SdxlUnet = """
+        {"block_out_channels": [320, 640, 1280], "layers_per_block": 2, "attention_head_dim": [5, 10, 20],
+         "cross_attention_dim": 2048, "norm_num_groups": 32, "use_linear_projection": true,
+         "transformer_layers_per_block": [1, 2, 10], "addition_embed_type": "text_time", "addition_time_embed_dim": 256,
+         "projection_class_embeddings_input_dim": 2816, "sample_size": 128,
+         "down_block_types": ["DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"],
+         "up_block_types": ["CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"]}
+        """;
+
+    private const string SdxlVae = """
+        {"block_out_channels": [128, 256, 512, 512], "layers_per_block": 2, "latent_channels": 4, "norm_num_groups": 32,
+         "scaling_factor": 0.13025, "force_upcast": true,
+         "down_block_types": ["DownEncoderBlock2D", "DownEncoderBlock2D", "DownEncoderBlock2D", "DownEncoderBlock2D"],
+         "up_block_types": ["UpDecoderBlock2D", "UpDecoderBlock2D", "UpDecoderBlock2D", "UpDecoderBlock2D"]}
+        """;
+
+    private const string OpenClipBigG = """
+        {"hidden_size": 1280, "intermediate_size": 5120, "num_hidden_layers": 32, "num_attention_heads": 20,
+         "hidden_act": "gelu", "vocab_size": 49408, "max_position_embeddings": 77, "layer_norm_eps": 1e-05,
+         "projection_dim": 1280, "eos_token_id": 2}
+        """;
+
+    private const string SdxlScheduler = """
+        {"_class_name": "EulerDiscreteScheduler", "beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear",
+         "num_train_timesteps": 1000, "steps_offset": 1, "timestep_spacing": "leading", "interpolation_type": "linear",
+         "use_karras_sigmas": false, "prediction_type": "epsilon"}
+        """;
 
     // The published configs, reduced to the keys whose values differ from the classes' defaults or matter.
 

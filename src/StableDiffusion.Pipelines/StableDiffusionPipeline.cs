@@ -28,18 +28,21 @@ public sealed class StableDiffusionPipeline : IDisposable
     private readonly IOps ops;
     private readonly PipelineOptions options;
     private ClipTextModel? textEncoder;
+    private ClipTextModelWithProjection? textEncoder2;
     private UNet2DConditionModel? unet;
     private AutoencoderKL? vae;
     private DType vaeDType;
     private readonly Dictionary<string, Dictionary<string, List<LoraUpdate>>> lora;
 
-    private StableDiffusionPipeline(ModelSource source, IOps ops, PipelineOptions options, ModelConfigs configs, ClipTokenizer tokenizer)
+    private StableDiffusionPipeline(ModelSource source, IOps ops, PipelineOptions options, ModelConfigs configs, ClipTokenizer tokenizer,
+        ClipTokenizer? tokenizer2)
     {
         this.source = source;
         this.ops = ops;
         this.options = options;
         Configs = configs;
         Tokenizer = tokenizer;
+        Tokenizer2 = tokenizer2;
         vaeDType = configs.Vae.ComputeDType(options.DType);
         lora = Adapters.LoraMerge.Resolve(options.Loras, configs); // a LoRA that does not fit fails here, before any work
     }
@@ -57,11 +60,28 @@ public sealed class StableDiffusionPipeline : IDisposable
         var tokenizer = tokenizerDir is not null
             ? ClipTokenizer.FromFolder(tokenizerDir)
             : ClipTokenizer.BuiltIn(source.Family is ModelFamily.Sd2 or ModelFamily.Sd2Inpaint ? ClipTokenizer.OpenClipPadToken : ClipTokenizer.EndToken);
-        return new StableDiffusionPipeline(source, ops, options, configs, tokenizer);
+        ClipTokenizer? tokenizer2 = null;
+        if (configs.IsSdxl)
+        {
+            // tokenizer_2 (it pads with "!"): the folder's, or the one beside --tokenizer DIR, else the built-in vocabulary.
+            var dir2 = source.Tokenizer2Directory
+                ?? (tokenizerDir is null ? null : Path.Combine(Path.GetDirectoryName(Path.GetFullPath(tokenizerDir))!, "tokenizer_2"));
+            if (dir2 is not null && Directory.Exists(dir2))
+                tokenizer2 = ClipTokenizer.FromFolder(dir2, File.Exists(Path.Combine(dir2, "vocab.json")) ? null : tokenizerDir);
+            else
+                tokenizer2 = ClipTokenizer.BuiltIn(ClipTokenizer.OpenClipPadToken);
+        }
+        return new StableDiffusionPipeline(source, ops, options, configs, tokenizer, tokenizer2);
     }
 
     public ModelConfigs Configs { get; }
     public ClipTokenizer Tokenizer { get; }
+
+    /// <summary>SDXL's second tokenizer (bigG's, padding with "!"); null for SD1.x/SD2.x.</summary>
+    public ClipTokenizer? Tokenizer2 { get; }
+
+    /// <summary>The image side the model was trained at: the UNet's sample_size times the VAE factor (512 SD1, 1024 SDXL); 512 if unstated.</summary>
+    public int DefaultSize => Configs.Unet.SampleSize is int s ? s * VaeScaleFactor : 512;
 
     /// <summary>The scheduler_config.json text the sampler is configured from.</summary>
     public string SchedulerConfigJson => Configs.SchedulerConfigJson;
@@ -108,10 +128,16 @@ public sealed class StableDiffusionPipeline : IDisposable
         var init = r.InitImage?.Resize(r.Width, r.Height);
         var pixelMask = r.Mask?.Resize(r.Width, r.Height).ToMask();
 
-        // 1. The prompt: [unconditional × batch, conditional × batch] embeddings.
+        // 1. The prompt: [unconditional × batch, conditional × batch] embeddings (SDXL: + pooled and time ids).
         cancel.ThrowIfCancellationRequested();
-        using var context = EncodePrompt(r, guidance, timings, notes);
-        if (options.ReleaseModelsAfterUse) Release(ref textEncoder);
+        using var sdxl = Configs.IsSdxl ? EncodeSdxl(r, guidance, timings, notes) : null;
+        using var ownContext = sdxl is null ? EncodePrompt(r, guidance, timings, notes) : null;
+        var context = sdxl?.Context ?? ownContext!;
+        if (options.ReleaseModelsAfterUse)
+        {
+            Release(ref textEncoder);
+            Release(ref textEncoder2);
+        }
 
         // 2. The schedule; an init image starts part-way, as far in as the strength says.
         scheduler.SetTimesteps(r.Steps);
@@ -150,7 +176,7 @@ public sealed class StableDiffusionPipeline : IDisposable
             var clock = System.Diagnostics.Stopwatch.StartNew();
             var modelInput = scheduler.ScaleModelInput(latents, i);
             if (IsInpaintingModel) modelInput = ConcatChannels(modelInput, z, latentMask!, 1, maskedImageLatents!, z);
-            var eps = PredictNoise(model, modelInput, timesteps[i], context, guidance ? r.GuidanceScale : null, batch, h, w);
+            var eps = PredictNoise(model, modelInput, timesteps[i], context, guidance ? r.GuidanceScale : null, batch, h, w, sdxl);
             latents = scheduler.Step(eps, i, latents, () => random.RandnNhwc(batch, z, h, w));
             if (blendLatents)
             {
@@ -166,6 +192,10 @@ public sealed class StableDiffusionPipeline : IDisposable
         // 5. Pixels.
         cancel.ThrowIfCancellationRequested();
         var images = Decode(latents, batch, h, w, timings, notes);
+        if (Configs.IsSdxl && options.DType == DType.F16)
+            notes.Add(vaeDType == DType.F32
+                ? "the SDXL VAE decoded in fp32: it overflows in fp16 unless it is an fp16-safe VAE (madebyollin's sdxl-vae-fp16-fix, force_upcast false)"
+                : "the VAE decoded in fp16: its config says it is fp16-safe (force_upcast false, e.g. madebyollin's sdxl-vae-fp16-fix)");
         if (options.ReleaseModelsAfterUse) Release(ref vae);
         return new GenerationResult(images, latents, h, w, z, timings, notes);
     }
@@ -198,6 +228,25 @@ public sealed class StableDiffusionPipeline : IDisposable
         });
     }
 
+    private SdxlCondition EncodeSdxl(GenerationRequest r, bool guidance, StageTimings timings, List<string> notes)
+    {
+        var encoder = Load(ref textEncoder, "load text encoder", () =>
+        {
+            var m = new ClipTextModel(Configs.TextEncoder);
+            m.Load(Component("text_encoder"), ops, options.DType);
+            return m;
+        }, timings);
+        var encoder2 = Load(ref textEncoder2, "load text encoder 2", () =>
+        {
+            var m = new ClipTextModelWithProjection(Configs.TextEncoder2!);
+            m.Load(Component("text_encoder_2"), ops, options.DType);
+            return m;
+        }, timings);
+        return timings.Measure("text encoder", () => SdxlConditioning.Encode(ops, Tokenizer, Tokenizer2!, encoder, encoder2,
+            r.Prompt, r.NegativePrompt, guidance, r.BatchSize, Configs.ForceZerosForEmptyPrompt,
+            (r.Height, r.Width), (0, 0), (r.Height, r.Width), notes.Add));
+    }
+
     // ---- the UNet ----
 
     /// <summary>
@@ -205,13 +254,13 @@ public sealed class StableDiffusionPipeline : IDisposable
     /// ε_u + g·(ε_c − ε_u); without, one call on x against cond.
     /// </summary>
     private float[] PredictNoise(UNet2DConditionModel model, float[] modelInput, double timestep, Tensor context, float? guidanceScale,
-        int batch, int h, int w)
+        int batch, int h, int w, SdxlCondition? sdxl = null)
     {
         int c = Configs.Unet.InChannels, n = guidanceScale is null ? batch : 2 * batch;
         var input = guidanceScale is null ? modelInput : [.. modelInput, .. modelInput];
         using var x = Tensor.FromArray(ops.Device, input, options.DType, n, h, w, c);
         using var t = Tensor.FromArray(ops.Device, [(float)timestep], DType.F32, 1);
-        using var y = model.Forward(ops, x, t, context);
+        using var y = model.Forward(ops, x, t, context, sdxl?.Pooled, sdxl?.TimeIds);
         var eps = y.ToFloatArray();
         if (guidanceScale is not float g) return eps;
         int half = eps.Length / 2;
@@ -372,6 +421,7 @@ public sealed class StableDiffusionPipeline : IDisposable
     public void Dispose()
     {
         Release(ref textEncoder);
+        Release(ref textEncoder2);
         Release(ref unet);
         Release(ref vae);
     }

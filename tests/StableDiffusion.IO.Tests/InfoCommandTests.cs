@@ -123,9 +123,17 @@ public class InfoCommandTests
             LayoutFiles.Safetensors(dir.File("xl", c, file + ".fp16.safetensors"), LayoutFiles.Rows($"sdxl_diffusers_{c}.tsv", true));
         var info = Json(Path.GetDirectoryName(xl)!);
         Assert.Equal("sdxl", info.GetProperty("family").GetString());
-        Assert.Equal(4, info.GetProperty("components").EnumerateObject().Count());
+        var components = info.GetProperty("components");
+        Assert.Equal(4, components.EnumerateObject().Count());
+        // stable-diffusion-xl-base-1.0's published counts
+        foreach (var (c, tensors, parameters) in new[] { ("unet", 1680, 2_567_463_684L), ("text_encoder", 196, 123_060_480L),
+                     ("text_encoder_2", 517, 694_659_840L), ("vae", 248, 83_653_863L) })
+        {
+            Assert.Equal(tensors, components.GetProperty(c).GetProperty("tensors").GetInt32());
+            Assert.Equal(parameters, components.GetProperty(c).GetProperty("parameters").GetInt64());
+        }
         var (_, text, _) = Sd("info", Path.GetDirectoryName(xl)!);
-        Assert.Contains("not run SDXL models yet", text);
+        Assert.Contains("family:  sdxl", text);
     }
 
     [Fact]

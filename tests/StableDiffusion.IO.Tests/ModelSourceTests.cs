@@ -113,7 +113,7 @@ public class ModelSourceTests
     }
 
     [SkippableFact]
-    public void UnsupportedFamiliesAreRecognisedButRefusedForLoading()
+    public void SdxlFoldersAreRecognisedAndLoadable()
     {
         using var dir = new TempDir();
         var xl = dir.File("xl", "model_index.json");
@@ -122,7 +122,8 @@ public class ModelSourceTests
             LayoutFiles.Safetensors(dir.File("xl", c, file + ".safetensors"), LayoutFiles.Rows($"sdxl_diffusers_{c}.tsv", true));
         using var m = ModelSource.Open(Path.GetDirectoryName(xl)!);
         Assert.Equal(ModelFamily.Sdxl, m.Family);
-        Assert.Contains("SDXL models are recognised but not yet supported", Assert.Throws<WeightsException>(() => m.Require("unet")).Message);
+        Assert.Equal(1680, m.Require("unet").TensorCount);
+        Assert.Equal(517, m.Require("text_encoder_2").TensorCount);
     }
 
     [Fact]

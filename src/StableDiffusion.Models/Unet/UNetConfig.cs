@@ -43,6 +43,8 @@ public sealed record UNetConfig
     /// add_time_ids go through add_embedding and are added to the time embedding. Null when absent.
     /// </summary>
     public AdditionEmbedding? Addition { get; init; }
+    /// <summary>"sample_size": the latent side the model was trained at (64 SD1, 96 SD2-768, 128 SDXL), if stated.</summary>
+    public int? SampleSize { get; init; }
 
     /// <summary>Width of the time embedding: 4 × block_out_channels[0] unless time_embedding_dim overrides it.</summary>
     public int TimeEmbedDim => TimeEmbeddingDim ?? 4 * BlockOutChannels[0];
@@ -114,6 +116,7 @@ public sealed record UNetConfig
             ConvOutKernel = c.Int("conv_out_kernel", 3),
             TimeEmbeddingDim = c.Has("time_embedding_dim") ? c.Int("time_embedding_dim") : null,
             Addition = ReadAddition(c),
+            SampleSize = c.Has("sample_size") ? c.Int("sample_size") : null,
         };
         config.Validate(c.Source);
         return config;

@@ -25,9 +25,9 @@ public class SdxlUNetTests(TinyUNets models, ITestOutputHelper output) : IClassF
 
     // fp16: 3e-3, not the 2e-3 of the SD1/SD2 tiny UNets: the six-deep transformer path (mid block 3, up block 2 on
     // both sides) compounds fp16 rounding of the residual stream; measured 1.9e-3 (ILGPU) and 2.5e-3 (C# CPU backend).
+    // The ILGPU CPU accelerator takes ~25 s for the fp16 case, so it runs fp32 only.
     [Theory]
     [InlineData("fp32")]
-    [InlineData("fp16")]
     [InlineData("fp32", "cpu")]
     [InlineData("fp16", "cpu")]
     public void Sdxl_unet_matches_libtorch(string dtype, string backend = "test")
