@@ -27,7 +27,7 @@ public static class Cli
           bench [--device D] [--quick]           time the kernels at the SD1.5 shapes (CUDA events on CUDA);
                 [--op OP] [--json FILE]          --list writes the case list only (what bench/gpu feeds PyTorch)
                 [--list]
-          random-model --config C --out PATH     random weights in a real layout: C is sd15, sd21, sd15-tiny or sd21-tiny;
+          random-model --config C --out PATH     random weights in a real layout: C is sd15, sd21, sdxl or a -tiny one;
                 [--format F] [--dtype D] [--seed N]   F diffusers (a folder, default) or single-file (LDM .safetensors), D fp16 (default) or fp32
                 [--tokenizer DIR]                use DIR's vocab.json and merges.txt (default: CLIP's built-in vocabulary)
           tokenize [--tokenizer DIR | --model DIR] [--vocab DIR|bpe.txt.gz] [--chunks] "<text>"   CLIP token ids as JSON (default: built-in vocabulary)

@@ -54,7 +54,8 @@ internal static class RandomModelCommand
         stdout.WriteLine(string.Create(CultureInfo.InvariantCulture,
             $"wrote {preset.Name} ({formatName}, {dtypeName}, seed {seed}) to {outPath}: {bytes / 1048576.0:F1} MiB in {clock.Elapsed.TotalSeconds:F1} s"));
         if (tokenizer is not null)
-            foreach (var f in vocabFiles) File.Copy(Path.Combine(tokenizer, f), Path.Combine(outPath, "tokenizer", f), overwrite: true);
+            foreach (var dir in new[] { "tokenizer", "tokenizer_2" }.Where(d => Directory.Exists(Path.Combine(outPath, d))))
+                foreach (var f in vocabFiles) File.Copy(Path.Combine(tokenizer, f), Path.Combine(outPath, dir, f), overwrite: true);
         return 0;
     }
 

@@ -28,6 +28,15 @@ public sealed record ModelPreset(
     public ClipTextConfig TextEncoder() => ClipTextConfig.From(JsonConfig.Parse(TextEncoderJson, $"{Name} text_encoder/config.json"));
 
     public JsonConfig Scheduler() => JsonConfig.Parse(SchedulerJson, $"{Name} scheduler/scheduler_config.json");
+
+    /// <summary>SDXL: text_encoder_2/config.json (OpenCLIP bigG with projection); null otherwise.</summary>
+    public string? TextEncoder2Json { get; init; }
+
+    /// <summary>SDXL: tokenizer_2/special_tokens_map.json (pads with "!").</summary>
+    public string? SpecialTokensMap2Json { get; init; }
+
+    public ClipTextConfig? TextEncoder2() =>
+        TextEncoder2Json is null ? null : ClipTextConfig.From(JsonConfig.Parse(TextEncoder2Json, $"{Name} text_encoder_2/config.json"));
 }
 
 /// <summary>
@@ -379,7 +388,189 @@ public static class Presets
         TextEncoderJson = TinyTextEncoder.Replace("HIDDEN_ACT", "gelu"),
     };
 
-    public static IReadOnlyList<ModelPreset> All { get; } = [Sd15, Sd21, Sd15Tiny, Sd21Tiny];
+    // ---- SDXL base 1.0 (stabilityai/stable-diffusion-xl-base-1.0) ----
+
+    private const string SdxlUnet = """
+        {
+          "_class_name": "UNet2DConditionModel",
+          "_diffusers_version": "0.19.0.dev0",
+          "act_fn": "silu",
+          "addition_embed_type": "text_time",
+          "addition_embed_type_num_heads": 64,
+          "addition_time_embed_dim": 256,
+          "attention_head_dim": [5, 10, 20],
+          "block_out_channels": [320, 640, 1280],
+          "center_input_sample": false,
+          "class_embed_type": null,
+          "class_embeddings_concat": false,
+          "conv_in_kernel": 3,
+          "conv_out_kernel": 3,
+          "cross_attention_dim": 2048,
+          "cross_attention_norm": null,
+          "down_block_types": ["DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"],
+          "downsample_padding": 1,
+          "dual_cross_attention": false,
+          "encoder_hid_dim": null,
+          "encoder_hid_dim_type": null,
+          "flip_sin_to_cos": true,
+          "freq_shift": 0,
+          "in_channels": 4,
+          "layers_per_block": 2,
+          "mid_block_only_cross_attention": null,
+          "mid_block_scale_factor": 1,
+          "mid_block_type": "UNetMidBlock2DCrossAttn",
+          "norm_eps": 1e-05,
+          "norm_num_groups": 32,
+          "num_attention_heads": null,
+          "num_class_embeds": null,
+          "only_cross_attention": false,
+          "out_channels": 4,
+          "projection_class_embeddings_input_dim": 2816,
+          "resnet_out_scale_factor": 1.0,
+          "resnet_skip_time_act": false,
+          "resnet_time_scale_shift": "default",
+          "sample_size": 128,
+          "time_cond_proj_dim": null,
+          "time_embedding_act_fn": null,
+          "time_embedding_dim": null,
+          "time_embedding_type": "positional",
+          "timestep_post_act": null,
+          "transformer_layers_per_block": [1, 2, 10],
+          "up_block_types": ["CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"],
+          "upcast_attention": null,
+          "use_linear_projection": true
+        }
+        """;
+
+    private const string SdxlVae = """
+        {
+          "_class_name": "AutoencoderKL",
+          "_diffusers_version": "0.20.0.dev0",
+          "act_fn": "silu",
+          "block_out_channels": [128, 256, 512, 512],
+          "down_block_types": ["DownEncoderBlock2D", "DownEncoderBlock2D", "DownEncoderBlock2D", "DownEncoderBlock2D"],
+          "force_upcast": true,
+          "in_channels": 3,
+          "latent_channels": 4,
+          "layers_per_block": 2,
+          "norm_num_groups": 32,
+          "out_channels": 3,
+          "sample_size": 1024,
+          "scaling_factor": 0.13025,
+          "up_block_types": ["UpDecoderBlock2D", "UpDecoderBlock2D", "UpDecoderBlock2D", "UpDecoderBlock2D"]
+        }
+        """;
+
+    private const string SdxlTextEncoder2 = """
+        {
+          "architectures": ["CLIPTextModelWithProjection"],
+          "attention_dropout": 0.0,
+          "bos_token_id": 0,
+          "dropout": 0.0,
+          "eos_token_id": 2,
+          "hidden_act": "gelu",
+          "hidden_size": 1280,
+          "initializer_factor": 1.0,
+          "initializer_range": 0.02,
+          "intermediate_size": 5120,
+          "layer_norm_eps": 1e-05,
+          "max_position_embeddings": 77,
+          "model_type": "clip_text_model",
+          "num_attention_heads": 20,
+          "num_hidden_layers": 32,
+          "pad_token_id": 1,
+          "projection_dim": 1280,
+          "torch_dtype": "float16",
+          "transformers_version": "4.32.0.dev0",
+          "vocab_size": 49408
+        }
+        """;
+
+    private const string SdxlScheduler = """
+        {
+          "_class_name": "EulerDiscreteScheduler",
+          "_diffusers_version": "0.19.0.dev0",
+          "beta_end": 0.012,
+          "beta_schedule": "scaled_linear",
+          "beta_start": 0.00085,
+          "clip_sample": false,
+          "interpolation_type": "linear",
+          "num_train_timesteps": 1000,
+          "prediction_type": "epsilon",
+          "sample_max_value": 1.0,
+          "set_alpha_to_one": false,
+          "skip_prk_steps": true,
+          "steps_offset": 1,
+          "timestep_spacing": "leading",
+          "trained_betas": null,
+          "use_karras_sigmas": false
+        }
+        """;
+
+    private const string SdxlModelIndex = """
+        {
+          "_class_name": "StableDiffusionXLPipeline",
+          "_diffusers_version": "0.19.0.dev0",
+          "force_zeros_for_empty_prompt": true,
+          "add_watermarker": null,
+          "scheduler": ["diffusers", "EulerDiscreteScheduler"],
+          "text_encoder": ["transformers", "CLIPTextModel"],
+          "text_encoder_2": ["transformers", "CLIPTextModelWithProjection"],
+          "tokenizer": ["transformers", "CLIPTokenizer"],
+          "tokenizer_2": ["transformers", "CLIPTokenizer"],
+          "unet": ["diffusers", "UNet2DConditionModel"],
+          "vae": ["diffusers", "AutoencoderKL"]
+        }
+        """;
+
+    // Three levels (the first without attention), transformer depth 1/2 growing inwards, heads 8 wide, the text_time
+    // embedding: pooled 32 + 6 ids × 8 = 80; context 32 + 32 = 64.
+    private const string SdxlTinyUnet = """
+        {
+          "_class_name": "UNet2DConditionModel",
+          "act_fn": "silu",
+          "addition_embed_type": "text_time",
+          "addition_time_embed_dim": 8,
+          "attention_head_dim": [4, 4, 8],
+          "block_out_channels": [32, 32, 64],
+          "cross_attention_dim": 64,
+          "down_block_types": ["DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"],
+          "flip_sin_to_cos": true,
+          "freq_shift": 0,
+          "in_channels": 4,
+          "layers_per_block": 1,
+          "norm_eps": 1e-05,
+          "norm_num_groups": 32,
+          "out_channels": 4,
+          "projection_class_embeddings_input_dim": 80,
+          "sample_size": 8,
+          "transformer_layers_per_block": [1, 1, 2],
+          "up_block_types": ["CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"],
+          "use_linear_projection": true
+        }
+        """;
+
+    public static readonly ModelPreset Sdxl = new(
+        "sdxl",
+        SdxlUnet, SdxlVae, Sd15TextEncoder, SdxlScheduler, SdxlModelIndex,
+        TokenizerConfig.Replace("NAME_OR_PATH", "openai/clip-vit-large-patch14"),
+        SpecialTokensMap.Replace("PAD_TOKEN", "\"<|endoftext|>\""),
+        LdmTextEncoder.Sdxl)
+    {
+        TextEncoder2Json = SdxlTextEncoder2,
+        SpecialTokensMap2Json = SpecialTokensMap.Replace("PAD_TOKEN", "\"!\""),
+    };
+
+    public static readonly ModelPreset SdxlTiny = Sdxl with
+    {
+        Name = "sdxl-tiny",
+        UnetJson = SdxlTinyUnet,
+        VaeJson = TinyVae.Replace("\"sample_size\": 64,", "\"sample_size\": 64,\n  \"scaling_factor\": 0.13025,"),
+        TextEncoderJson = TinyTextEncoder.Replace("HIDDEN_ACT", "quick_gelu"),
+        TextEncoder2Json = TinyTextEncoder.Replace("HIDDEN_ACT", "gelu").Replace("\"CLIPTextModel\"", "\"CLIPTextModelWithProjection\""),
+    };
+
+    public static IReadOnlyList<ModelPreset> All { get; } = [Sd15, Sd21, Sd15Tiny, Sd21Tiny, Sdxl, SdxlTiny];
 
     public static ModelPreset? Find(string name) => All.FirstOrDefault(p => p.Name == name);
 }

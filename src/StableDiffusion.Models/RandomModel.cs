@@ -34,10 +34,10 @@ public static class RandomModel
     public static readonly IReadOnlyDictionary<string, string> Metadata = new Dictionary<string, string> { ["format"] = "pt" };
 
     /// <summary>The components a random model ships; model_index.json declares the others absent.</summary>
-    private static readonly string[] Shipped = ["scheduler", "text_encoder", "tokenizer", "unet", "vae"];
+    private static readonly string[] Shipped = ["scheduler", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2", "unet", "vae"];
 
     public static string WeightFileName(string component, WeightDType dtype) =>
-        (component == "text_encoder" ? "model" : "diffusion_pytorch_model") + (dtype == WeightDType.F16 ? ".fp16" : "") + ".safetensors";
+        (component.StartsWith("text_encoder", StringComparison.Ordinal) ? "model" : "diffusion_pytorch_model") + (dtype == WeightDType.F16 ? ".fp16" : "") + ".safetensors";
 
     /// <summary>The three weight files of a diffusers folder: text_encoder, unet, vae.</summary>
     public static IReadOnlyList<RandomModelFile> DiffusersFiles(ModelPreset preset, WeightDType dtype, ulong seed)
@@ -46,11 +46,19 @@ public static class RandomModel
         var unet = new UNet2DConditionModel(preset.Unet());
         var vae = new AutoencoderKL(preset.Vae());
         var text = RandomWeights.Entries(te, seed, dtype, valuePrefix: "text_encoder/").ToList();
-        // transformers keeps position_ids as a buffer, and the SD1.5 and SD2.1 files carry it.
-        text.Add(PositionIds("text_model.embeddings.position_ids", te.Config.MaxPositionEmbeddings));
+        // transformers keeps position_ids as a buffer, and the SD1.5 and SD2.1 files carry it (SDXL's do not).
+        if (preset.TextEncoder2Json is null) text.Add(PositionIds("text_model.embeddings.position_ids", te.Config.MaxPositionEmbeddings));
+        var second = new List<RandomModelFile>();
+        if (preset.TextEncoder2() is { } c2)
+        {
+            // SDXL's text_encoder_2 file carries no position_ids.
+            var te2 = new ClipTextModelWithProjection(c2);
+            second.Add(new($"text_encoder_2/{WeightFileName("text_encoder_2", dtype)}", [.. RandomWeights.Entries(te2, seed, dtype, valuePrefix: "text_encoder_2/")]));
+        }
         return
         [
             new($"text_encoder/{WeightFileName("text_encoder", dtype)}", text),
+            .. second,
             new($"unet/{WeightFileName("unet", dtype)}", [.. RandomWeights.Entries(unet, seed, dtype, valuePrefix: "unet/")]),
             // The real SD1.5 and SD2.1 VAE files use the deprecated attention names (query/key/value/proj_attn);
             // loaders accept both, and writing these keeps the random files identical in layout to the real ones.
@@ -93,6 +101,9 @@ public static class RandomModel
         Map("text_encoder", te);
         // OpenCLIP keeps a last layer that SD2 never uses (it conditions on the penultimate one) and diffusers drops.
         if (openClip) Map("text_encoder", new ClipEncoderLayer(teConfig), $"text_model.encoder.layers.{teConfig.NumHiddenLayers}.");
+        var te2Config = preset.TextEncoder2();
+        ClipTextModelWithProjection? te2 = te2Config is null ? null : new ClipTextModelWithProjection(te2Config);
+        if (te2 is not null) Map("text_encoder_2", te2.TextModel, "text_model."); // text_projection is written below, transposed
 
         var entries = new List<SafetensorsEntry>(tensors.Count + 20);
         foreach (var (name, (parts, squeeze)) in tensors)
@@ -113,7 +124,22 @@ public static class RandomModel
         }
         else
         {
-            entries.Add(PositionIds(NameMap.ClipPrefix + "text_model.embeddings.position_ids", teConfig.MaxPositionEmbeddings));
+            var prefix = preset.TextTower == LdmTextEncoder.Sdxl ? NameMap.SgmClipPrefix : NameMap.ClipPrefix;
+            entries.Add(PositionIds(prefix + "text_model.embeddings.position_ids", teConfig.MaxPositionEmbeddings));
+        }
+        if (te2 is not null)
+        {
+            // OpenCLIP applies text_projection as x @ M: the stored matrix is diffusers' Linear weight transposed,
+            // holding the same values as the diffusers file of this seed.
+            var p = te2.TextProjection.Weight;
+            var values = RandomWeights.Generate(seed, "text_encoder_2/text_projection.weight", p);
+            int rows = (int)p.Shape[0], cols = (int)p.Shape[1];
+            var stored = new double[values.Length];
+            for (int r = 0; r < rows; r++)
+            for (int c = 0; c < cols; c++)
+                stored[(long)c * rows + r] = values[(long)r * cols + c];
+            entries.Add(Floats(NameMap.BigGPrefix + "text_projection", dtype, [cols, rows], stored));
+            entries.Add(Floats(NameMap.BigGPrefix + "logit_scale", dtype, [], [Math.Log(100)]));
         }
         foreach (var (name, values) in DdpmBuffers(preset.Scheduler()))
             entries.Add(Floats(name, dtype, [values.Length], values));
@@ -226,6 +252,13 @@ public static class RandomModel
             WriteText(staging, "tokenizer/tokenizer_config.json", preset.TokenizerConfigJson);
             WriteText(staging, "tokenizer/special_tokens_map.json", preset.SpecialTokensMapJson);
             ClipTokenizer.BuiltIn().WriteVocabulary(Path.Combine(staging, "tokenizer")); // CLIP's, not random: a complete folder
+            if (preset.TextEncoder2Json is string te2Json)
+            {
+                WriteText(staging, "text_encoder_2/config.json", te2Json);
+                WriteText(staging, "tokenizer_2/tokenizer_config.json", preset.TokenizerConfigJson.Replace("\"pad_token\": \"<|endoftext|>\"", "\"pad_token\": \"!\""));
+                WriteText(staging, "tokenizer_2/special_tokens_map.json", preset.SpecialTokensMap2Json ?? preset.SpecialTokensMapJson);
+                ClipTokenizer.BuiltIn().WriteVocabulary(Path.Combine(staging, "tokenizer_2"));
+            }
             WriteText(staging, "unet/config.json", preset.UnetJson);
             WriteText(staging, "vae/config.json", preset.VaeJson);
             foreach (var f in files)
