@@ -141,6 +141,7 @@ public static class RandomModel
             entries.Add(Floats(NameMap.BigGPrefix + "text_projection", dtype, [cols, rows], stored));
             entries.Add(Floats(NameMap.BigGPrefix + "logit_scale", dtype, [], [Math.Log(100)]));
         }
+        if (te2 is not null) return entries; // SGM files carry no LDM schedule buffers or EMA bookkeeping
         foreach (var (name, values) in DdpmBuffers(preset.Scheduler()))
             entries.Add(Floats(name, dtype, [values.Length], values));
         entries.Add(Floats("model_ema.decay", dtype, [], [0.9999]));
