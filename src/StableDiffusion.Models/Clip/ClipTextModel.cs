@@ -17,16 +17,33 @@ public sealed class ClipTextEmbeddings : Module
     public Embedding TokenEmbedding { get; }
     public Embedding PositionEmbedding { get; }
 
-    /// <summary>ids int32 [B, L] → [B, L, C].</summary>
-    public Tensor Forward(IOps ops, Tensor ids)
+    /// <summary>
+    /// ids int32 [B, L] → [B, L, C]. <paramref name="vectors"/> replace the token embeddings of some positions (row
+    /// b·L + t): textual-inversion vectors enter the encoder here, where their placeholder tokens would.
+    /// </summary>
+    public Tensor Forward(IOps ops, Tensor ids, IReadOnlyList<(int Row, float[] Vector)>? vectors = null)
     {
         int length = ids.Dim(1);
-        using var tokens = TokenEmbedding.Forward(ops, ids);
+        using var looked = TokenEmbedding.Forward(ops, ids);
+        using var patched = vectors is { Count: > 0 } ? Patch(ops, looked, vectors) : null;
+        var tokens = patched ?? looked;
         if (length == PositionEmbedding.Count)
             return ops.Add(tokens, PositionEmbedding.Weight.Value); // the whole table, broadcast over the batch
         using var positions = Tensor.FromInts(ops.Device, Enumerable.Range(0, length).ToArray(), length);
         using var table = PositionEmbedding.Forward(ops, positions);
         return ops.Add(tokens, table);
+    }
+
+    private static Tensor Patch(IOps ops, Tensor tokens, IReadOnlyList<(int Row, float[] Vector)> vectors)
+    {
+        int c = tokens.Dim(2);
+        var host = tokens.ToFloatArray();
+        foreach (var (row, v) in vectors)
+        {
+            if (v.Length != c) throw new UsageException($"text encoder: an embedding vector of width {v.Length} for a {c}-wide encoder");
+            v.CopyTo(host, (long)row * c);
+        }
+        return Tensor.FromArray(ops.Device, host, tokens.DType, tokens.Dim(0), tokens.Dim(1), c);
     }
 }
 
@@ -156,7 +173,7 @@ public sealed class ClipTextModel : Module
     /// that output, as diffusers does for its clip_skip (diffusers' clip_skip k is clipSkip k + 1 here, the
     /// convention of the web UIs: "clip skip 2" is the penultimate layer).
     /// </summary>
-    public Tensor Forward(IOps ops, Tensor ids, int clipSkip = 1)
+    public Tensor Forward(IOps ops, Tensor ids, int clipSkip = 1, IReadOnlyList<(int Row, float[] Vector)>? vectors = null)
     {
         int layers = Config.NumHiddenLayers;
         if (ids.DType != DType.I32 || ids.Rank != 2)
@@ -166,7 +183,7 @@ public sealed class ClipTextModel : Module
         if (clipSkip < 1 || clipSkip > layers)
             throw new UsageException($"clip skip {clipSkip} is out of range: this text encoder has {layers} layers (1 uses all of them)");
 
-        var x = TextModel.Embeddings.Forward(ops, ids);
+        var x = TextModel.Embeddings.Forward(ops, ids, vectors);
         try
         {
             for (int i = 0; i < layers - (clipSkip - 1); i++)
