@@ -34,3 +34,22 @@ public class EmbeddingLibraryTests
         Assert.Contains("no such folder", Assert.Throws<UsageException>(() => EmbeddingLibrary.Open(Path.Combine(dir.Path, "nope"))).Message);
     }
 }
+
+public class ClipSkipTests
+{
+    [Fact]
+    public void Clip_skip_counts_from_the_full_encoder_and_sd2s_starts_at_the_penultimate_layer()
+    {
+        Assert.Equal(1, StableDiffusionPipeline.ModelClipSkip(IO.ModelFamily.Sd1, 12, null));
+        Assert.Equal(1, StableDiffusionPipeline.ModelClipSkip(IO.ModelFamily.Sd1, 12, 1));
+        Assert.Equal(2, StableDiffusionPipeline.ModelClipSkip(IO.ModelFamily.Sd1, 12, 2));
+        Assert.Equal(11, StableDiffusionPipeline.ModelClipSkip(IO.ModelFamily.Sd1, 12, 11));
+        Assert.Throws<UsageException>(() => StableDiffusionPipeline.ModelClipSkip(IO.ModelFamily.Sd1, 12, 12));
+        // SD2's published encoder has 23 of OpenCLIP's 24 layers: its last is already the penultimate.
+        Assert.Equal(1, StableDiffusionPipeline.ModelClipSkip(IO.ModelFamily.Sd2, 23, null));
+        Assert.Equal(1, StableDiffusionPipeline.ModelClipSkip(IO.ModelFamily.Sd2, 23, 2));
+        Assert.Equal(2, StableDiffusionPipeline.ModelClipSkip(IO.ModelFamily.Sd2, 23, 3));
+        var e = Assert.Throws<UsageException>(() => StableDiffusionPipeline.ModelClipSkip(IO.ModelFamily.Sd2, 23, 1));
+        Assert.Contains("takes 2 to 23", e.Message);
+    }
+}
