@@ -136,6 +136,7 @@ internal static class GenerateCommand
                 ModelHash = modelHash,
                 Model = ModelName(o.Model),
                 DenoisingStrength = init is null ? null : request.Strength,
+                ClipSkip = o.ClipSkip,
                 BatchSize = o.Batch,
                 BatchPosition = i,
                 LoraHashes = loraHashes,
