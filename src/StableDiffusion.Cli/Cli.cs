@@ -43,7 +43,9 @@ public static class Cli
                    [--strength 0.75]             how far to noise it (1: all the way); inpainting defaults to 1
                    [--mask F]                    inpaint: white is repainted, black kept (needs --init-image)
                    [--precision fp16|fp32]       default fp16 on GPUs, fp32 on the CPU
-                   [--tokenizer DIR]             a tokenizer/ folder (single-file checkpoints carry none)
+                   [--tokenizer DIR]             a tokenizer/ folder (default: the model's, else CLIP's built-in vocabulary)
+                   [--clip-skip N]               1 = last text-encoder layer, 2 = penultimate (default: SD1 1, SD2 2)
+                   [--embeddings-dir DIR]        textual inversions (.pt/.safetensors), named in prompts by file name
                    [--output out.png] [--overwrite]   never replaces a file without --overwrite
                    [--profile]                   time every op (synchronised): per op family, in all and per UNet step
                    [--lora FILE[:W]]...          merge a LoRA at load with weight W (default 1); repeatable

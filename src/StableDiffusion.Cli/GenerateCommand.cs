@@ -26,7 +26,7 @@ internal static class GenerateCommand
     private sealed record Options(
         string Model, string Prompt, string NegativePrompt, int Steps, float Cfg, string Sampler, string? Schedule,
         ulong Seed, int? Width, int? Height, int Batch, string? InitImage, float? Strength, string? Mask, string Device,
-        DType? Precision, string Output, bool Overwrite, string? Tokenizer, bool Profile, LoraArguments Loras);
+        DType? Precision, string Output, bool Overwrite, string? Tokenizer, bool Profile, LoraArguments Loras, int? ClipSkip = null, string? EmbeddingsDir = null);
 
     public static int Run(Args a, TextWriter stdout, TextWriter stderr)
     {
@@ -74,6 +74,8 @@ internal static class GenerateCommand
         {
             DType = dtype,
             TokenizerDirectory = o.Tokenizer,
+            ClipSkip = o.ClipSkip,
+            EmbeddingsDirectory = o.EmbeddingsDir,
             ReleaseModelsAfterUse = true, // one generation per process: free each model when done with it
             Loras = loras.Files,
         });
@@ -134,6 +136,7 @@ internal static class GenerateCommand
                 ModelHash = modelHash,
                 Model = ModelName(o.Model),
                 DenoisingStrength = init is null ? null : request.Strength,
+                ClipSkip = o.ClipSkip,
                 BatchSize = o.Batch,
                 BatchPosition = i,
                 LoraHashes = loraHashes,
@@ -219,9 +222,14 @@ internal static class GenerateCommand
         var tokenizer = Text("--tokenizer");
         bool profile = a.Flag("--profile");
         var loras = LoraArguments.Parse(a, prompt, negative);
+        int? clipSkip = Text("--clip-skip") is string cs
+            ? int.TryParse(cs, NumberStyles.None, CultureInfo.InvariantCulture, out var n) && n >= 1 ? n
+                : throw new UsageException($"--clip-skip '{cs}': must be a whole number from 1 (1 = last layer, 2 = penultimate)")
+            : null;
+        var embeddingsDir = Text("--embeddings-dir");
         a.CheckDone();
         return new Options(model, prompt, negative, steps, cfg, sampler, schedule, seed, width, height, batch, initImage, strength, mask,
-            device, precision, output, overwrite, tokenizer, profile, loras);
+            device, precision, output, overwrite, tokenizer, profile, loras, clipSkip, embeddingsDir);
     }
 
     private static int Int(Args a, string name, int fallback, int min, int max)

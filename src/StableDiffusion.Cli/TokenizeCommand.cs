@@ -1,4 +1,7 @@
+using System.Globalization;
+using System.Text;
 using StableDiffusion.Models.Clip;
+using StableDiffusion.Pipelines.Prompts;
 
 namespace StableDiffusion.Cli;
 
@@ -6,7 +9,8 @@ namespace StableDiffusion.Cli;
 /// <c>sd tokenize</c>: the CLIP token ids of a text as a JSON array, start and end tokens included, no padding.
 /// The tokenizer comes from a diffusers <c>tokenizer/</c> folder (<c>--tokenizer</c>), from a diffusers model
 /// folder (<c>--model</c>) or, with neither, is CLIP's built-in one; <c>--vocab</c> gives the vocabulary separately (a folder with vocab.json and merges.txt,
-/// or CLIP's bpe_simple_vocab_16e6.txt.gz) for tokenizer folders that carry only their json files.
+/// or CLIP's bpe_simple_vocab_16e6.txt.gz) for tokenizer folders that carry only their json files. With
+/// <c>--chunks</c> it prints the prompt as the text encoder gets it: A1111's weights, BREAK and 77-id chunks.
 /// </summary>
 internal static class TokenizeCommand
 {
@@ -14,7 +18,7 @@ internal static class TokenizeCommand
     public static int Run(string[] args, TextWriter stdout, TextWriter stderr)
     {
         string? tokenizer = null, model = null, vocab = null, text = null;
-        bool rest = false;
+        bool rest = false, chunks = false;
         for (int i = 0; i < args.Length; i++)
         {
             switch (args[i])
@@ -23,6 +27,7 @@ internal static class TokenizeCommand
                 case "--tokenizer" when !rest: tokenizer = Value(args, ref i); break;
                 case "--model" when !rest: model = Value(args, ref i); break;
                 case "--vocab" when !rest: vocab = Value(args, ref i); break;
+                case "--chunks" when !rest: chunks = true; break;
                 case var a when !rest && a.StartsWith("--", StringComparison.Ordinal):
                     throw new UsageException($"unexpected option '{a}' for 'sd tokenize'; run 'sd --help'");
                 case var a when text is null: text = a; break;
@@ -36,10 +41,22 @@ internal static class TokenizeCommand
         var tok = tokenizer is null && model is null
             ? vocab is null ? ClipTokenizer.BuiltIn() : Directory.Exists(vocab) ? ClipTokenizer.FromFolder(vocab) : ClipTokenizer.FromBpeFile(vocab)
             : ClipTokenizer.FromFolder(tokenizer ?? TokenizerOf(model!), vocab);
+        if (chunks)
+        {
+            // The prompt as the text encoder gets it: A1111's weights and BREAK, 77 ids per chunk.
+            var parsed = new PromptChunker(tok).Chunk(text);
+            var json = new StringBuilder("{\"chunks\": [");
+            for (int c = 0; c < parsed.Count; c++)
+            {
+                if (c > 0) json.Append(", ");
+                json.Append("{\"ids\": [").AppendJoin(", ", parsed[c].Ids).Append("], \"weights\": [")
+                    .AppendJoin(", ", parsed[c].Weights.Select(w => w.ToString("R", CultureInfo.InvariantCulture))).Append("]}");
+            }
+            stdout.WriteLine(json.Append("]}"));
+            return 0;
+        }
         var ids = tok.Encode(text);
         stdout.WriteLine("[" + string.Join(",", ids) + "]");
-        if (ids.Length > tok.MaxLength)
-            stderr.WriteLine($"sd: note: {ids.Length} tokens; the text encoder takes {tok.MaxLength}, so \"{tok.Decode(ids.AsSpan(tok.MaxLength - 1, ids.Length - tok.MaxLength))}\" would be dropped");
         return 0;
     }
 

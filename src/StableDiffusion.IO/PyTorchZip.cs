@@ -20,12 +20,20 @@ public sealed class PyTorchZipFile : WeightFile
 
     public static new PyTorchZipFile Open(string path) => MappedFile.Read(path, PyTorchZip.Read);
 
+    /// <summary>
+    /// The same, with tensors inside nested dicts too, named by their keys joined with dots (A1111's embeddings keep
+    /// theirs in <c>string_to_param</c>, so the tensor is <c>string_to_param.*</c>).
+    /// </summary>
+    public static PyTorchZipFile OpenNested(string path) => MappedFile.Read(path, f => PyTorchZip.Read(f, nested: true));
+
     internal static PyTorchZipFile Create(MappedFile file, IReadOnlyList<TensorInfo> tensors) => new(file, tensors);
 }
 
 internal static class PyTorchZip
 {
-    public static PyTorchZipFile Read(MappedFile f)
+    public static PyTorchZipFile Read(MappedFile f) => Read(f, nested: false);
+
+    public static PyTorchZipFile Read(MappedFile f, bool nested)
     {
         string path = f.Path;
         var entries = new Dictionary<string, ZipEntry>(StringComparer.Ordinal);
@@ -57,9 +65,16 @@ internal static class PyTorchZip
             throw new WeightsException($"{where} holds a {Py.TypeName(top)}, not a dict of tensors");
 
         var tensors = new List<TensorInfo>();
-        foreach (var (key, value) in dict.Entries)
-            if (key is string name && value is PyTensor t)
-                tensors.Add(Describe(f, entries, root, name, t, where));
+        void Collect(PyDict d, string prefix, int depth)
+        {
+            foreach (var (key, value) in d.Entries)
+            {
+                if (key is not string name) continue;
+                if (value is PyTensor t) tensors.Add(Describe(f, entries, root, prefix + name, t, where));
+                else if (nested && value is PyDict inner && depth < 4) Collect(inner, prefix + name + ".", depth + 1);
+            }
+        }
+        Collect(dict, "", 0);
         if (tensors.Count == 0) throw new WeightsException($"{where} holds no tensors");
         return PyTorchZipFile.Create(f, tensors);
     }

@@ -77,6 +77,12 @@ public sealed record PipelineOptions
     /// <summary>A tokenizer/ folder to use instead of the model's (single files carry none).</summary>
     public string? TokenizerDirectory { get; init; }
 
+    /// <summary>A1111's clip skip: 1 = the text encoder's last layer, 2 = the penultimate; null = the family's own (SD1 1, SD2 2).</summary>
+    public int? ClipSkip { get; init; }
+
+    /// <summary>A folder of textual-inversion embeddings (.pt, .safetensors, .bin), named in prompts by file name.</summary>
+    public string? EmbeddingsDirectory { get; init; }
+
     /// <summary>
     /// Free each model as soon as a generation no longer needs it (text encoder after the prompt, UNet after the last
     /// step, VAE after decoding), so the peak is the largest model rather than all three; the next generation loads

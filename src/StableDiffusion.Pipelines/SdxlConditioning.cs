@@ -1,4 +1,6 @@
 using StableDiffusion.Models.Clip;
+using StableDiffusion.Pipelines.Conditioning;
+using StableDiffusion.Pipelines.Prompts;
 using StableDiffusion.Runtime;
 
 namespace StableDiffusion.Pipelines;
@@ -22,55 +24,62 @@ public sealed class SdxlCondition(Tensor context, Tensor pooled, Tensor timeIds)
 }
 
 /// <summary>
-/// SDXL's prompt encoding as diffusers' StableDiffusionXLPipeline.encode_prompt does it: each prompt through CLIP
-/// ViT-L (tokenizer) and OpenCLIP bigG (tokenizer_2, padding with "!"), hidden_states[-2] of both concatenated along
-/// the channels; the pooled embedding from bigG; an empty negative prompt becomes zeros (context and pooled) when the
-/// model sets force_zeros_for_empty_prompt. add_time_ids = original size (h, w), crop top-left (y, x), target size
-/// (h, w), the same for both halves of the guidance batch.
+/// SDXL's prompt encoding as diffusers' StableDiffusionXLPipeline.encode_prompt does it, with A1111's prompt rules:
+/// each prompt chunked alike for CLIP ViT-L (tokenizer) and OpenCLIP bigG (tokenizer_2, padding with "!"), each chunk's
+/// hidden_states[-2] of both encoders concatenated along the channels, emphasis applied per encoder; the pooled
+/// embedding from bigG on each prompt's first chunk; an empty negative prompt becomes zeros (context and pooled) when
+/// the model sets force_zeros_for_empty_prompt. add_time_ids = original size (h, w), crop top-left (y, x), target size
+/// (h, w) — or, for the refiner, (h, w, y, x, aesthetic score) — the same for every row.
 /// </summary>
 public static class SdxlConditioning
 {
     /// <summary>
     /// Encodes [negative × batch, prompt × batch] (or prompt × batch without guidance) in the encoders' dtype.
+    /// <paramref name="clipSkip"/> 1 = the penultimate layer (SDXL's design); <paramref name="encoder"/> may be null
+    /// (the refiner conditions on bigG alone).
     /// </summary>
-    public static SdxlCondition Encode(IOps ops, ClipTokenizer tokenizer, ClipTokenizer tokenizer2, ClipTextModel encoder,
+    public static SdxlCondition Encode(IOps ops, PromptChunker? chunker, PromptChunker chunker2, ClipTextModel? encoder,
         ClipTextModelWithProjection encoder2, string prompt, string negativePrompt, bool guidance, int batch,
-        bool forceZerosForEmptyNegative, (int Height, int Width) original, (int Top, int Left) crop, (int Height, int Width) target,
-        Action<string>? warn = null)
+        bool forceZerosForEmptyNegative, float[] timeIds, int clipSkip = 1,
+        IReadOnlyDictionary<string, float[][]>? vectors = null, IReadOnlyDictionary<string, float[][]>? vectors2 = null)
     {
         var prompts = guidance ? new[] { negativePrompt, prompt } : new[] { prompt };
-        int n = prompts.Length, length = tokenizer.MaxLength;
-        if (tokenizer2.MaxLength != length)
-            throw new UsageException($"SDXL tokenizers disagree on the prompt length ({length} and {tokenizer2.MaxLength})");
-        var ids1 = prompts.SelectMany(p => tokenizer.Tokenize(p, warn).Ids).ToArray();
-        var ids2 = prompts.SelectMany(p => tokenizer2.Tokenize(p).Ids).ToArray(); // the same text: warned once above
-
-        float[] hidden1, hidden2, pooled;
-        DType dtype;
-        int c1, c2, p;
-        using (var t1 = Tensor.FromInts(ops.Device, ids1, n, length))
-        using (var h1 = encoder.Penultimate(ops, t1))
+        int n = prompts.Length, length = PromptChunker.Length;
+        var chunks2 = chunker2.ChunkAll(prompts);
+        int k = chunks2[0].Count;
+        List<List<PromptChunk>>? chunks1 = null;
+        if (chunker is not null)
         {
-            hidden1 = h1.ToFloatArray();
-            c1 = h1.Dim(2);
-            dtype = h1.DType;
+            chunks1 = chunker.ChunkAll(prompts);
+            if (chunks1[0].Count != k)
+                throw new UsageException($"SDXL's tokenizers split the prompt into {chunks1[0].Count} and {k} chunks; they must use the same vocabulary");
         }
-        using (var t2 = Tensor.FromInts(ops.Device, ids2, n, length))
+
+        float[]? hidden1 = null;
+        int c1 = 0;
+        DType dtype;
+        if (encoder is not null)
         {
-            var (h2, pool) = encoder2.Encode(ops, t2);
-            using (h2)
+            (hidden1, c1) = Hidden(ops, chunks1!, vectors, (t, v) => encoder.Penultimate(ops, t, clipSkip, v), out dtype);
+        }
+        float[]? firstPooled = null;
+        int p = encoder2.Config.ProjectionDim;
+        var (hidden2, c2) = Hidden(ops, chunks2, vectors2, (t, v) =>
+        {
+            var (h, pool) = encoder2.Encode(ops, t, clipSkip, v);
             using (pool)
             {
-                hidden2 = h2.ToFloatArray();
-                pooled = pool.ToFloatArray();
-                c2 = h2.Dim(2);
-                p = pool.Dim(1);
+                // Rows are [prompt 0 chunk 0.., prompt 1 chunk 0..]: the pooled output of each prompt's first chunk.
+                var all = pool.ToFloatArray();
+                firstPooled = new float[n * p];
+                for (int i = 0; i < n; i++) Array.Copy(all, (long)i * k * p, firstPooled, (long)i * p, p);
             }
-        }
+            return h;
+        }, out dtype);
 
-        int c = c1 + c2;
+        int c = c1 + c2, seq = k * length;
         bool zeroNegative = guidance && forceZerosForEmptyNegative && negativePrompt.Length == 0;
-        var context = new float[(long)n * batch * length * c];
+        var context = new float[(long)n * batch * seq * c];
         var pooledOut = new float[(long)n * batch * p];
         for (int i = 0; i < n; i++)
         {
@@ -78,19 +87,46 @@ public static class SdxlConditioning
             for (int b = 0; b < batch; b++)
             {
                 long row = (long)i * batch + b;
-                for (int t = 0; t < length; t++)
+                for (int t = 0; t < seq; t++)
                 {
-                    Array.Copy(hidden1, ((long)i * length + t) * c1, context, (row * length + t) * c, c1);
-                    Array.Copy(hidden2, ((long)i * length + t) * c2, context, (row * length + t) * c + c1, c2);
+                    if (hidden1 is not null) Array.Copy(hidden1, ((long)i * seq + t) * c1, context, (row * seq + t) * c, c1);
+                    Array.Copy(hidden2, ((long)i * seq + t) * c2, context, (row * seq + t) * c + c1, c2);
                 }
-                Array.Copy(pooled, (long)i * p, pooledOut, row * p, p);
+                Array.Copy(firstPooled!, (long)i * p, pooledOut, row * p, p);
             }
         }
-        float[] ids = [original.Height, original.Width, crop.Top, crop.Left, target.Height, target.Width];
-        var timeIds = Enumerable.Range(0, n * batch).SelectMany(_ => ids).ToArray();
+        var ids = Enumerable.Range(0, n * batch).SelectMany(_ => timeIds).ToArray();
         return new SdxlCondition(
-            Tensor.FromArray(ops.Device, context, dtype, n * batch, length, c),
+            Tensor.FromArray(ops.Device, context, dtype, n * batch, seq, c),
             Tensor.FromArray(ops.Device, pooledOut, dtype, n * batch, p),
-            Tensor.FromArray(ops.Device, timeIds, DType.F32, n * batch, ids.Length));
+            Tensor.FromArray(ops.Device, ids, DType.F32, n * batch, timeIds.Length));
     }
+
+    /// <summary>All chunks of all prompts through one encoder in one batch → host [prompts, chunks·77, width], emphasis applied.</summary>
+    private static (float[] Hidden, int Width) Hidden(IOps ops, List<List<PromptChunk>> chunks,
+        IReadOnlyDictionary<string, float[][]>? embeddings, Func<Tensor, List<(int Row, float[] Vector)>, Tensor> run, out DType dtype)
+    {
+        int length = PromptChunker.Length;
+        var all = chunks.SelectMany(x => x).ToList();
+        var vectors = new List<(int Row, float[] Vector)>();
+        for (int r = 0; r < all.Count; r++)
+            foreach (var slot in all[r].Embeddings)
+            {
+                if (embeddings is null || !embeddings.TryGetValue(slot.Name, out var v))
+                    throw new UsageException($"embedding {slot.Name}: no vectors for this text encoder");
+                vectors.Add((r * length + slot.Position, v[slot.Vector]));
+            }
+        using var tokens = Tensor.FromInts(ops.Device, all.SelectMany(x => x.Ids).ToArray(), all.Count, length);
+        using var h = run(tokens, vectors);
+        dtype = h.DType;
+        int width = h.Dim(2);
+        var z = h.ToFloatArray();
+        for (int r = 0; r < all.Count; r++)
+            if (all[r].IsWeighted) PromptEmphasis.Apply(z.AsSpan(r * length * width, length * width), all[r].Weights);
+        return (z, width);
+    }
+
+    /// <summary>The base model's six add_time_ids.</summary>
+    public static float[] TimeIds((int Height, int Width) original, (int Top, int Left) crop, (int Height, int Width) target) =>
+        [original.Height, original.Width, crop.Top, crop.Left, target.Height, target.Width];
 }

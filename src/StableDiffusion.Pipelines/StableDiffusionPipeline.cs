@@ -2,7 +2,9 @@ using StableDiffusion.IO;
 using StableDiffusion.Models.Clip;
 using StableDiffusion.Models.Unet;
 using StableDiffusion.Models.Vae;
+using StableDiffusion.Pipelines.Conditioning;
 using StableDiffusion.Pipelines.Images;
+using StableDiffusion.Pipelines.Prompts;
 using StableDiffusion.Runtime;
 using StableDiffusion.Schedulers;
 
@@ -34,15 +36,21 @@ public sealed class StableDiffusionPipeline : IDisposable
     private DType vaeDType;
     private readonly Dictionary<string, Dictionary<string, List<LoraUpdate>>> lora;
 
+    private readonly ClipEncoderOptions encoderOptions;
+
+    private readonly EmbeddingLibrary embeddings;
+
     private StableDiffusionPipeline(ModelSource source, IOps ops, PipelineOptions options, ModelConfigs configs, ClipTokenizer tokenizer,
-        ClipTokenizer? tokenizer2)
+        ClipTokenizer? tokenizer2, ClipEncoderOptions encoderOptions, EmbeddingLibrary embeddings)
     {
+        this.embeddings = embeddings;
         this.source = source;
         this.ops = ops;
         this.options = options;
         Configs = configs;
         Tokenizer = tokenizer;
         Tokenizer2 = tokenizer2;
+        this.encoderOptions = encoderOptions;
         vaeDType = configs.Vae.ComputeDType(options.DType);
         lora = Adapters.LoraMerge.Resolve(options.Loras, configs); // a LoRA that does not fit fails here, before any work
     }
@@ -71,7 +79,25 @@ public sealed class StableDiffusionPipeline : IDisposable
             else
                 tokenizer2 = ClipTokenizer.BuiltIn(ClipTokenizer.OpenClipPadToken);
         }
-        return new StableDiffusionPipeline(source, ops, options, configs, tokenizer, tokenizer2);
+        int clipSkip = ModelClipSkip(source.Family, configs.TextEncoder.NumHiddenLayers, options.ClipSkip);
+        return new StableDiffusionPipeline(source, ops, options, configs, tokenizer, tokenizer2,
+            new ClipEncoderOptions { ClipSkip = clipSkip, EndId = tokenizer.EndId }, EmbeddingLibrary.Open(options.EmbeddingsDirectory));
+    }
+
+    /// <summary>
+    /// A1111's and stable-diffusion.cpp's clip skip (1 = the last layer, 2 = the penultimate) as layers to leave out of
+    /// the loaded encoder. SD2's encoder, as published, already ends at OpenCLIP's penultimate layer: its default is 2
+    /// and 1 does not exist.
+    /// </summary>
+    public static int ModelClipSkip(ModelFamily family, int layers, int? clipSkip)
+    {
+        int dropped = family is ModelFamily.Sd2 or ModelFamily.Sd2Inpaint || family == ModelFamily.Sdxl ? 1 : 0;
+        if (clipSkip is null) return 1;
+        int skip = clipSkip.Value - dropped, max = Math.Max(1, layers - 1);
+        if (skip < 1 || skip > max)
+            throw new UsageException($"--clip-skip {clipSkip}: this text encoder takes {1 + dropped} to {max + dropped}" +
+                                     (dropped == 1 ? " (SD2 and SDXL already condition on the penultimate layer)" : " (1 = last layer, 2 = penultimate)"));
+        return skip;
     }
 
     public ModelConfigs Configs { get; }
@@ -82,6 +108,28 @@ public sealed class StableDiffusionPipeline : IDisposable
 
     /// <summary>The image side the model was trained at: the UNet's sample_size times the VAE factor (512 SD1, 1024 SDXL); 512 if unstated.</summary>
     public int DefaultSize => Configs.Unet.SampleSize is int s ? s * VaeScaleFactor : 512;
+
+    /// <summary>The prompts' conditioning, as the UNet gets it (loads the text encoder).</summary>
+    public PromptConditioning Condition(IReadOnlyList<string> prompts, StageTimings? timings = null) =>
+        Conditioner(prompts, timings ?? new StageTimings()).Encode(ops, prompts);
+
+    /// <summary>A conditioner for these prompts: the embeddings they name are read now.</summary>
+    private ClipConditioner Conditioner(IReadOnlyList<string> prompts, StageTimings timings)
+    {
+        // SD1's encoder is CLIP ViT-L (an SDXL embedding's clip_l fits it); SD2's is OpenCLIP ViT-H.
+        var key = Configs.TextEncoder.HiddenAct == Activation.QuickGelu ? "clip_l" : "clip_h";
+        var vectors = embeddings.For(prompts, key, Configs.TextEncoder.HiddenSize);
+        var chunker = new PromptChunker(Tokenizer, vectors.ToDictionary(v => v.Key, v => v.Value.Length, StringComparer.OrdinalIgnoreCase));
+        var opts = encoderOptions with { Embeddings = vectors };
+        return new(chunker, () => new ClipPromptEncoder(LoadTextEncoder(timings), opts), options.DType);
+    }
+
+    private ClipTextModel LoadTextEncoder(StageTimings timings) => Load(ref textEncoder, "load text encoder", () =>
+    {
+        var m = new ClipTextModel(Configs.TextEncoder);
+        m.Load(Component("text_encoder"), ops, options.DType, lora.GetValueOrDefault("text_encoder"));
+        return m;
+    }, timings);
 
     /// <summary>The scheduler_config.json text the sampler is configured from.</summary>
     public string SchedulerConfigJson => Configs.SchedulerConfigJson;
@@ -202,49 +250,48 @@ public sealed class StableDiffusionPipeline : IDisposable
 
     // ---- the text encoder ----
 
+    /// <summary>[uncond × batch, cond × batch] contexts, each prompt chunked (the negative padded to the prompt's chunks).</summary>
     private Tensor EncodePrompt(GenerationRequest r, bool guidance, StageTimings timings, List<string> notes)
     {
+        var prompts = guidance ? new[] { r.NegativePrompt, r.Prompt } : new[] { r.Prompt };
+        var conditioner = Conditioner(prompts, timings);
+        LoadTextEncoder(timings);
+        using var c = timings.Measure("text encoder", () => conditioner.Encode(ops, prompts));
+        var context = c.Context;
+        int length = context.Dim(1), width = context.Dim(2);
+        // Each embedding once per image: [uncond × batch, cond × batch], the order the UNet batch uses.
+        var e = context.ToFloatArray();
+        int per = length * width;
+        var repeated = new float[(long)per * prompts.Length * r.BatchSize];
+        for (int p = 0; p < prompts.Length; p++)
+        for (int b = 0; b < r.BatchSize; b++)
+            Array.Copy(e, (long)p * per, repeated, ((long)p * r.BatchSize + b) * per, per);
+        return Tensor.FromArray(ops.Device, repeated, context.DType, prompts.Length * r.BatchSize, length, width);
+    }
+
+    private SdxlCondition EncodeSdxl(GenerationRequest r, bool guidance, StageTimings timings, List<string> notes)
+    {
+        var prompts = guidance ? new[] { r.NegativePrompt, r.Prompt } : new[] { r.Prompt };
+        // An SDXL embedding holds clip_l for text_encoder and clip_g for text_encoder_2.
+        var vectors = embeddings.For(prompts, "clip_l", Configs.TextEncoder.HiddenSize);
+        var vectors2 = embeddings.For(prompts, "clip_g", Configs.TextEncoder2!.HiddenSize);
+        var counts = vectors.ToDictionary(v => v.Key, v => v.Value.Length, StringComparer.OrdinalIgnoreCase);
         var encoder = Load(ref textEncoder, "load text encoder", () =>
         {
             var m = new ClipTextModel(Configs.TextEncoder);
             m.Load(Component("text_encoder"), ops, options.DType, lora.GetValueOrDefault("text_encoder"));
             return m;
         }, timings);
-        var prompts = guidance ? new[] { r.NegativePrompt, r.Prompt } : new[] { r.Prompt };
-        var ids = prompts.SelectMany(p => Tokenizer.Tokenize(p, notes.Add).Ids).ToArray();
-        int length = Tokenizer.MaxLength;
-        return timings.Measure("text encoder", () =>
-        {
-            using var tokens = Tensor.FromInts(ops.Device, ids, prompts.Length, length);
-            using var hidden = encoder.Forward(ops, tokens);
-            // Each embedding once per image: [uncond × batch, cond × batch], the order the UNet batch uses.
-            var e = hidden.ToFloatArray();
-            int per = e.Length / prompts.Length;
-            var repeated = new float[(long)per * prompts.Length * r.BatchSize];
-            for (int p = 0; p < prompts.Length; p++)
-            for (int b = 0; b < r.BatchSize; b++)
-                Array.Copy(e, (long)p * per, repeated, ((long)p * r.BatchSize + b) * per, per);
-            return Tensor.FromArray(ops.Device, repeated, hidden.DType, prompts.Length * r.BatchSize, length, hidden.Dim(2));
-        });
-    }
-
-    private SdxlCondition EncodeSdxl(GenerationRequest r, bool guidance, StageTimings timings, List<string> notes)
-    {
-        var encoder = Load(ref textEncoder, "load text encoder", () =>
-        {
-            var m = new ClipTextModel(Configs.TextEncoder);
-            m.Load(Component("text_encoder"), ops, options.DType);
-            return m;
-        }, timings);
         var encoder2 = Load(ref textEncoder2, "load text encoder 2", () =>
         {
             var m = new ClipTextModelWithProjection(Configs.TextEncoder2!);
-            m.Load(Component("text_encoder_2"), ops, options.DType);
+            m.Load(Component("text_encoder_2"), ops, options.DType, lora.GetValueOrDefault("text_encoder_2"));
             return m;
         }, timings);
-        return timings.Measure("text encoder", () => SdxlConditioning.Encode(ops, Tokenizer, Tokenizer2!, encoder, encoder2,
-            r.Prompt, r.NegativePrompt, guidance, r.BatchSize, Configs.ForceZerosForEmptyPrompt,
-            (r.Height, r.Width), (0, 0), (r.Height, r.Width), notes.Add));
+        return timings.Measure("text encoder", () => SdxlConditioning.Encode(ops, new PromptChunker(Tokenizer, counts),
+            new PromptChunker(Tokenizer2!, counts), encoder, encoder2, r.Prompt, r.NegativePrompt, guidance, r.BatchSize,
+            Configs.ForceZerosForEmptyPrompt, SdxlConditioning.TimeIds((r.Height, r.Width), (0, 0), (r.Height, r.Width)),
+            encoderOptions.ClipSkip, vectors, vectors2));
     }
 
     // ---- the UNet ----

@@ -145,6 +145,9 @@ public class GenerateCommandTests : IDisposable
         { ["--seed", "lucky"], "--seed 'lucky'" },
         { ["--device", "tpu"], "--device 'tpu' is not a device" },
         { ["--frobnicate"], "unexpected argument '--frobnicate'" },
+        { ["--clip-skip", "two"], "--clip-skip 'two': must be a whole number" },
+        { ["--clip-skip", "9"], "--clip-skip 9: this text encoder takes 1 to" },
+        { ["--embeddings-dir", "/nonexistent-embeddings"], "--embeddings-dir /nonexistent-embeddings: no such folder" },
     };
 
     [SkippableTheory]

@@ -48,11 +48,11 @@ public class ImageFileTests : IDisposable
             Infotext.Format(Example));
         // No negative prompt: no line for it; whole numbers print without a fraction; batches say where the image is.
         Assert.Equal(
-            "cat\nSteps: 4, Sampler: Euler, CFG scale: 7, Seed: 1, Size: 64x64, Denoising strength: 0.75, Batch size: 2, Batch pos: 1",
+            "cat\nSteps: 4, Sampler: Euler, CFG scale: 7, Seed: 1, Size: 64x64, Denoising strength: 0.75, Clip skip: 2, Batch size: 2, Batch pos: 1",
             Infotext.Format(new GenerationParameters
             {
                 Prompt = "cat", Steps = 4, Sampler = "euler", CfgScale = 7f, Seed = 1, Width = 64, Height = 64,
-                DenoisingStrength = 0.75f, BatchSize = 2, BatchPosition = 1,
+                DenoisingStrength = 0.75f, ClipSkip = 2, BatchSize = 2, BatchPosition = 1,
             }));
         // A value with a comma or colon is quoted as JSON (A1111's quote()).
         Assert.Equal("\"my, model\"", Infotext.Quote("my, model"));

@@ -17,16 +17,33 @@ public sealed class ClipTextEmbeddings : Module
     public Embedding TokenEmbedding { get; }
     public Embedding PositionEmbedding { get; }
 
-    /// <summary>ids int32 [B, L] → [B, L, C].</summary>
-    public Tensor Forward(IOps ops, Tensor ids)
+    /// <summary>
+    /// ids int32 [B, L] → [B, L, C]. <paramref name="vectors"/> replace the token embeddings of some positions (row
+    /// b·L + t): textual-inversion vectors enter the encoder here, where their placeholder tokens would.
+    /// </summary>
+    public Tensor Forward(IOps ops, Tensor ids, IReadOnlyList<(int Row, float[] Vector)>? vectors = null)
     {
         int length = ids.Dim(1);
-        using var tokens = TokenEmbedding.Forward(ops, ids);
+        using var looked = TokenEmbedding.Forward(ops, ids);
+        using var patched = vectors is { Count: > 0 } ? Patch(ops, looked, vectors) : null;
+        var tokens = patched ?? looked;
         if (length == PositionEmbedding.Count)
             return ops.Add(tokens, PositionEmbedding.Weight.Value); // the whole table, broadcast over the batch
         using var positions = Tensor.FromInts(ops.Device, Enumerable.Range(0, length).ToArray(), length);
         using var table = PositionEmbedding.Forward(ops, positions);
         return ops.Add(tokens, table);
+    }
+
+    private static Tensor Patch(IOps ops, Tensor tokens, IReadOnlyList<(int Row, float[] Vector)> vectors)
+    {
+        int c = tokens.Dim(2);
+        var host = tokens.ToFloatArray();
+        foreach (var (row, v) in vectors)
+        {
+            if (v.Length != c) throw new UsageException($"text encoder: an embedding vector of width {v.Length} for a {c}-wide encoder");
+            v.CopyTo(host, (long)row * c);
+        }
+        return Tensor.FromArray(ops.Device, host, tokens.DType, tokens.Dim(0), tokens.Dim(1), c);
     }
 }
 
@@ -133,9 +150,9 @@ public sealed class ClipTextTransformer : Module
     public LayerNorm FinalLayerNorm { get; }
 
     /// <summary>Embeddings, then the first <paramref name="layers"/> encoder layers (no final layer norm).</summary>
-    public Tensor Hidden(IOps ops, Tensor ids, int layers)
+    public Tensor Hidden(IOps ops, Tensor ids, int layers, IReadOnlyList<(int Row, float[] Vector)>? vectors = null)
     {
-        var x = Embeddings.Forward(ops, ids);
+        var x = Embeddings.Forward(ops, ids, vectors);
         for (int i = 0; i < layers; i++)
         {
             var next = Encoder.Layers[i].Forward(ops, x);
@@ -183,12 +200,12 @@ public sealed class ClipTextModel : Module
     /// that output, as diffusers does for its clip_skip (diffusers' clip_skip k is clipSkip k + 1 here, the
     /// convention of the web UIs: "clip skip 2" is the penultimate layer).
     /// </summary>
-    public Tensor Forward(IOps ops, Tensor ids, int clipSkip = 1)
+    public Tensor Forward(IOps ops, Tensor ids, int clipSkip = 1, IReadOnlyList<(int Row, float[] Vector)>? vectors = null)
     {
         int layers = Config.NumHiddenLayers;
         ClipTextTransformer.CheckIds(Config, ids);
         ClipTextTransformer.CheckSkip(clipSkip, layers, 1);
-        using var x = TextModel.Hidden(ops, ids, layers - (clipSkip - 1));
+        using var x = TextModel.Hidden(ops, ids, layers - (clipSkip - 1), vectors);
         return TextModel.FinalLayerNorm.Forward(ops, x);
     }
 
@@ -196,11 +213,11 @@ public sealed class ClipTextModel : Module
     /// SDXL's use of this encoder: hidden_states[-(clipSkip + 1)] of transformers' output_hidden_states, without the
     /// final layer norm (clipSkip 1 = the penultimate layer's output, what SDXL conditions on).
     /// </summary>
-    public Tensor Penultimate(IOps ops, Tensor ids, int clipSkip = 1)
+    public Tensor Penultimate(IOps ops, Tensor ids, int clipSkip = 1, IReadOnlyList<(int Row, float[] Vector)>? vectors = null)
     {
         ClipTextTransformer.CheckIds(Config, ids);
         ClipTextTransformer.CheckSkip(clipSkip, Config.NumHiddenLayers, 2);
-        return TextModel.Hidden(ops, ids, Config.NumHiddenLayers - clipSkip);
+        return TextModel.Hidden(ops, ids, Config.NumHiddenLayers - clipSkip, vectors);
     }
 
     /// <summary>Device bytes of the weights in <paramref name="dtype"/> (exact sizes; the pool rounds each up to its size class).</summary>
@@ -233,7 +250,7 @@ public sealed class ClipTextModelWithProjection : Module
     /// does: the argmax of the ids when eos_token_id is 2 (SDXL's tokenizer_2 pads with id 0, so the padding cannot
     /// be mistaken for it), else the first id equal to eos_token_id.
     /// </summary>
-    public (Tensor Hidden, Tensor Pooled) Encode(IOps ops, Tensor ids, int clipSkip = 1)
+    public (Tensor Hidden, Tensor Pooled) Encode(IOps ops, Tensor ids, int clipSkip = 1, IReadOnlyList<(int Row, float[] Vector)>? vectors = null)
     {
         ClipTextTransformer.CheckIds(Config, ids);
         int layers = Config.NumHiddenLayers;
@@ -242,7 +259,7 @@ public sealed class ClipTextModelWithProjection : Module
         var eos = EndOfTextRows(ids.ToFloatArray().Select(v => (int)v).ToArray(), b, l); // ids < 2^24: exact in fp32
 
         Tensor? hidden = null;
-        var x = TextModel.Embeddings.Forward(ops, ids);
+        var x = TextModel.Embeddings.Forward(ops, ids, vectors);
         try
         {
             for (int i = 0; i < layers; i++)

@@ -14,11 +14,17 @@ public static class LoraMerge
         // Declaring the modules touches no weights: only their parameter names and shapes are read.
         using var unet = new UNet2DConditionModel(configs.Unet);
         using var textEncoder = new ClipTextModel(configs.TextEncoder);
-        return LoraFile.ResolveAll(loras, new Dictionary<string, IReadOnlyDictionary<string, long[]>>
+        var layouts = new Dictionary<string, IReadOnlyDictionary<string, long[]>>
         {
             ["unet"] = unet.ExpectedLayout(),
             ["text_encoder"] = textEncoder.ExpectedLayout(),
-        });
+        };
+        if (configs.TextEncoder2 is { } c2)
+        {
+            using var textEncoder2 = new ClipTextModelWithProjection(c2);
+            layouts["text_encoder_2"] = textEncoder2.ExpectedLayout();
+        }
+        return LoraFile.ResolveAll(loras, layouts);
     }
 
     /// <summary>A1111's <c>Lora hashes</c> infotext value: "name: hash, …" (names without ':' and ',').</summary>

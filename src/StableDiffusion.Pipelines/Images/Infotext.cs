@@ -22,6 +22,8 @@ public sealed record GenerationParameters
     public string? Model { get; init; }
     /// <summary>Image-to-image and inpainting strength.</summary>
     public float? DenoisingStrength { get; init; }
+    /// <summary>Written, as A1111 does, only above 1.</summary>
+    public int? ClipSkip { get; init; }
     public int BatchSize { get; init; } = 1;
     /// <summary>0-based position of this image in its batch.</summary>
     public int BatchPosition { get; init; }
@@ -72,6 +74,7 @@ public static class Infotext
             ("Model hash", p.ModelHash),
             ("Model", p.Model),
             ("Denoising strength", p.DenoisingStrength is float s ? Num(s) : null),
+            ("Clip skip", p.ClipSkip is > 1 ? Num(p.ClipSkip.Value) : null),
             ("Batch size", p.BatchSize > 1 ? Num(p.BatchSize) : null),
             ("Batch pos", p.BatchSize > 1 ? Num(p.BatchPosition) : null),
             ("Lora hashes", p.LoraHashes),

@@ -84,6 +84,31 @@ public class UNetOracleTests(TinyUNets models, ITestOutputHelper output) : IClas
         oracle.Check("BasicTransformerBlock", $"dim {dim}, {heads} heads, ctx {ctxDim}, L {l}/{lc}", y, want, Devices.Tolerance(dt));
     }
 
+    /// <summary>Prompts past 77 tokens: the cross-attention takes 2 and 3 chunks' context (154, 231 tokens).</summary>
+    [Theory]
+    [InlineData("fp32", 154)]
+    [InlineData("fp16", 231)]
+    [InlineData("fp32", 231, "cpu")]
+    [InlineData("fp16", 154, "cpu")]
+    public void BasicTransformerBlock_takes_a_long_context(string dtype, int lc, string backend = "test")
+    {
+        var ops = Devices.Backend(backend);
+        var dt = Devices.DType(dtype);
+        using var scope = torch.NewDisposeScope();
+        int dim = 32, heads = 2, ctxDim = 24, b = 2, l = 6;
+        using var block = new BasicTransformerBlock(dim, heads, dim / heads, ctxDim);
+        using var w = TestWeights.LoadInto(block, ops, dt, seed: 15);
+        var x = oracle.Random((long)b * l * dim, dt, 2f);
+        var ctx = oracle.Random((long)b * lc * ctxDim, dt, 2f);
+        using var tx = Oracle.Upload(ops, x, dt, b, l, dim);
+        using var tc = Oracle.Upload(ops, ctx, dt, b, lc, ctxDim);
+        using var y = block.Forward(ops, tx, tc);
+
+        var reference = new TorchUNet(TinyUNets.Sd1Tiny, name => w.Torch(name.TrimStart('.')));
+        var want = reference.BasicTransformerBlock("", Oracle.T(x, b, l, dim), Oracle.T(ctx, b, lc, ctxDim), heads);
+        oracle.Check("BasicTransformerBlock", $"dim {dim}, {heads} heads, ctx {ctxDim}, L {l}/{lc} (long context)", y, want, Devices.Tolerance(dt));
+    }
+
     [Theory]
     [InlineData("fp32", false)]
     [InlineData("fp32", true)]

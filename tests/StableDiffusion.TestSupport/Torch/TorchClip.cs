@@ -53,9 +53,12 @@ public sealed class TorchClip(ClipTextConfig c, Func<string, TorchTensor> w)
     }
 
     /// <summary>hidden_states[-clipSkip] of CLIPTextModel(output_hidden_states=True), through final_layer_norm.</summary>
-    public TorchTensor Forward(int[] ids, int b, int l, int clipSkip = 1)
+    public TorchTensor Forward(int[] ids, int b, int l, int clipSkip = 1) => Forward(Embeddings(ids, b, l), clipSkip);
+
+    /// <summary>The same from the embedding layer's output [b, l, C] (token plus position embeddings).</summary>
+    public TorchTensor Forward(TorchTensor embeddings, int clipSkip = 1)
     {
-        var x = Embeddings(ids, b, l);
+        var x = embeddings;
         for (int i = 0; i < c.NumHiddenLayers - (clipSkip - 1); i++) x = Layer($"{Prefix}encoder.layers.{i}.", x);
         return LayerNorm(Prefix + "final_layer_norm", x);
     }

@@ -58,14 +58,31 @@ public class TokenizeCommandTests
         }
     }
 
-    [SkippableFact]
-    public void A_text_longer_than_77_tokens_prints_every_id_and_notes_what_the_encoder_would_drop()
+    [Fact]
+    public void A_text_longer_than_77_tokens_prints_every_id()
     {
         var text = string.Join(' ', Enumerable.Repeat("cat", 80));
-        var (code, stdout, stderr) = Sd("tokenize", "--tokenizer", Reference("configs", "sd15", "tokenizer"), "--", text);
-        Assert.Equal(0, code);
+        var (code, stdout, stderr) = Sd("tokenize", "--", text);
+        Assert.Equal((0, ""), (code, stderr));
         Assert.Equal(82, stdout.Split(',').Length);
-        Assert.Contains("82 tokens; the text encoder takes 77, so \"cat cat cat cat cat\" would be dropped", stderr);
+    }
+
+    [Fact]
+    public void Chunks_print_ids_and_weights_per_chunk()
+    {
+        var (code, stdout, stderr) = Sd("tokenize", "--chunks", "a (cat:1.5) BREAK [dog]");
+        Assert.Equal((0, ""), (code, stderr));
+        using var doc = System.Text.Json.JsonDocument.Parse(stdout);
+        var chunks = doc.RootElement.GetProperty("chunks").EnumerateArray().ToList();
+        Assert.Equal(2, chunks.Count);
+        var ids = chunks.Select(c => c.GetProperty("ids").EnumerateArray().Select(e => e.GetInt32()).ToArray()).ToList();
+        var weights = chunks.Select(c => c.GetProperty("weights").EnumerateArray().Select(e => e.GetSingle()).ToArray()).ToList();
+        Assert.All(ids, i => Assert.Equal(77, i.Length));
+        Assert.All(weights, w => Assert.Equal(77, w.Length));
+        Assert.Equal([49406, 320, 2368, 49407, 49407], ids[0][..5]); // a cat: start, "a", "cat", end, padding
+        Assert.Equal([1f, 1f, 1.5f, 1f, 1f], weights[0][..5]);
+        Assert.Equal([49406, 1929, 49407], ids[1][..3]);
+        Assert.Equal((float)(1 / 1.1), weights[1][1]);
     }
 
     [Fact]
