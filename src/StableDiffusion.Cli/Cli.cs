@@ -32,6 +32,7 @@ public static class Cli
                 [--tokenizer DIR]                use DIR's vocab.json and merges.txt (default: CLIP's built-in vocabulary)
           tokenize [--tokenizer DIR | --model DIR] [--vocab DIR|bpe.txt.gz] [--chunks] "<text>"   CLIP token ids as JSON (default: built-in vocabulary)
           schedule (--model M | --config F) --sampler S --steps N [--schedule karras|exponential|default] [--spacing leading|linspace|trailing]   a sampler's timesteps and sigmas as JSON
+                   [--prediction-type epsilon|v]   with --model: as sd generate takes it
           generate --model M --prompt "..."      text-to-image into a PNG with A1111's parameters chunk; M is a diffusers
                    [--negative-prompt "..."]     folder, a .safetensors/.ckpt file or a hub id (org/name)
                    [--steps 20] [--cfg 7.5]      denoising steps; classifier-free guidance scale (1 or less: none)
@@ -44,6 +45,8 @@ public static class Cli
                    [--mask F]                    inpaint: white is repainted, black kept (needs --init-image)
                    [--precision fp16|fp32]       default fp16 on GPUs, fp32 on the CPU
                    [--tokenizer DIR]             a tokenizer/ folder (single-file checkpoints carry none)
+                   [--prediction-type epsilon|v] what the UNet predicts (default: the scheduler config's; SD2.x single
+                                                 files: detected by running the UNet once); v makes the default size 768
                    [--output out.png] [--overwrite]   never replaces a file without --overwrite
                    [--profile]                   time every op (synchronised): per op family, in all and per UNet step
                    [--lora FILE[:W]]...          merge a LoRA at load with weight W (default 1); repeatable

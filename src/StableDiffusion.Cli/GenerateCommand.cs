@@ -26,7 +26,7 @@ internal static class GenerateCommand
     private sealed record Options(
         string Model, string Prompt, string NegativePrompt, int Steps, float Cfg, string Sampler, string? Schedule,
         ulong Seed, int? Width, int? Height, int Batch, string? InitImage, float? Strength, string? Mask, string Device,
-        DType? Precision, string Output, bool Overwrite, string? Tokenizer, bool Profile, LoraArguments Loras);
+        DType? Precision, string Output, bool Overwrite, string? Tokenizer, bool Profile, LoraArguments Loras, PredictionType? Prediction = null);
 
     public static int Run(Args a, TextWriter stdout, TextWriter stderr)
     {
@@ -76,6 +76,8 @@ internal static class GenerateCommand
             TokenizerDirectory = o.Tokenizer,
             ReleaseModelsAfterUse = true, // one generation per process: free each model when done with it
             Loras = loras.Files,
+            PredictionType = o.Prediction,
+            Notice = line => stderr.WriteLine($"sd: {line}"),
         });
         var scheduler = CreateSampler(o.Sampler, pipeline.SchedulerConfigJson, o.Schedule);
 
@@ -219,9 +221,10 @@ internal static class GenerateCommand
         var tokenizer = Text("--tokenizer");
         bool profile = a.Flag("--profile");
         var loras = LoraArguments.Parse(a, prompt, negative);
+        PredictionType? prediction = Text("--prediction-type") is string pt ? PredictionTypes.Parse(pt) : null;
         a.CheckDone();
         return new Options(model, prompt, negative, steps, cfg, sampler, schedule, seed, width, height, batch, initImage, strength, mask,
-            device, precision, output, overwrite, tokenizer, profile, loras);
+            device, precision, output, overwrite, tokenizer, profile, loras, prediction);
     }
 
     private static int Int(Args a, string name, int fallback, int min, int max)
