@@ -32,6 +32,7 @@ public static class Cli
                 [--tokenizer DIR]                use DIR's vocab.json and merges.txt (default: CLIP's built-in vocabulary)
           tokenize [--tokenizer DIR | --model DIR] [--vocab DIR|bpe.txt.gz] [--chunks] "<text>"   CLIP token ids as JSON (default: built-in vocabulary)
           schedule (--model M | --config F) --sampler S --steps N [--schedule karras|exponential|default] [--spacing leading|linspace|trailing]   a sampler's timesteps and sigmas as JSON
+                   [--prediction-type epsilon|v]   with --model: as sd generate takes it
           generate --model M --prompt "..."      text-to-image into a PNG with A1111's parameters chunk; M is a diffusers
                    [--negative-prompt "..."]     folder, a .safetensors/.ckpt file or a hub id (org/name)
                    [--steps 20] [--cfg 7.5]      denoising steps; classifier-free guidance scale (1 or less: none)
@@ -46,6 +47,8 @@ public static class Cli
                    [--tokenizer DIR]             a tokenizer/ folder (default: the model's, else CLIP's built-in vocabulary)
                    [--clip-skip N]               1 = last text-encoder layer, 2 = penultimate (default: SD1 1, SD2 2)
                    [--embeddings-dir DIR]        textual inversions (.pt/.safetensors), named in prompts by file name
+                   [--prediction-type epsilon|v] what the UNet predicts (default: the scheduler config's; SD2.x single
+                                                 files: detected by running the UNet once); v makes the default size 768
                    [--output out.png] [--overwrite]   never replaces a file without --overwrite
                    [--profile]                   time every op (synchronised): per op family, in all and per UNet step
                    [--lora FILE[:W]]...          merge a LoRA at load with weight W (default 1); repeatable

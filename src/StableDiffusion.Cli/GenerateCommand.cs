@@ -26,7 +26,8 @@ internal static class GenerateCommand
     private sealed record Options(
         string Model, string Prompt, string NegativePrompt, int Steps, float Cfg, string Sampler, string? Schedule,
         ulong Seed, int? Width, int? Height, int Batch, string? InitImage, float? Strength, string? Mask, string Device,
-        DType? Precision, string Output, bool Overwrite, string? Tokenizer, bool Profile, LoraArguments Loras, int? ClipSkip = null, string? EmbeddingsDir = null);
+        DType? Precision, string Output, bool Overwrite, string? Tokenizer, bool Profile, LoraArguments Loras, int? ClipSkip = null, string? EmbeddingsDir = null,
+        PredictionType? Prediction = null);
 
     public static int Run(Args a, TextWriter stdout, TextWriter stderr)
     {
@@ -78,6 +79,8 @@ internal static class GenerateCommand
             EmbeddingsDirectory = o.EmbeddingsDir,
             ReleaseModelsAfterUse = true, // one generation per process: free each model when done with it
             Loras = loras.Files,
+            PredictionType = o.Prediction,
+            Notice = line => stderr.WriteLine($"sd: {line}"),
         });
         var scheduler = CreateSampler(o.Sampler, pipeline.SchedulerConfigJson, o.Schedule);
 
@@ -227,9 +230,10 @@ internal static class GenerateCommand
                 : throw new UsageException($"--clip-skip '{cs}': must be a whole number from 1 (1 = last layer, 2 = penultimate)")
             : null;
         var embeddingsDir = Text("--embeddings-dir");
+        PredictionType? prediction = Text("--prediction-type") is string pt ? PredictionTypes.Parse(pt) : null;
         a.CheckDone();
         return new Options(model, prompt, negative, steps, cfg, sampler, schedule, seed, width, height, batch, initImage, strength, mask,
-            device, precision, output, overwrite, tokenizer, profile, loras, clipSkip, embeddingsDir);
+            device, precision, output, overwrite, tokenizer, profile, loras, clipSkip, embeddingsDir, prediction);
     }
 
     private static int Int(Args a, string name, int fallback, int min, int max)

@@ -1,5 +1,10 @@
 using System.Globalization;
 using System.Text;
+using System.Text.Json.Nodes;
+using StableDiffusion.IO;
+using StableDiffusion.Kernels;
+using StableDiffusion.Pipelines;
+using StableDiffusion.Runtime;
 using StableDiffusion.Schedulers;
 
 namespace StableDiffusion.Cli;
@@ -19,6 +24,7 @@ internal static class ScheduleCommand
         var stepsText = a.Value("--steps");
         var scheduleText = a.Value("--schedule");
         var spacingText = a.Value("--spacing");
+        PredictionType? prediction = a.Value("--prediction-type") is string p ? PredictionTypes.Parse(p) : null;
         a.CheckDone();
 
         if ((model is null) == (configPath is null))
@@ -31,28 +37,51 @@ internal static class ScheduleCommand
         SigmaSchedule? schedule = scheduleText is null ? null : Samplers.ParseSchedule(scheduleText);
         TimestepSpacing? spacing = spacingText is null ? null : Samplers.ParseSpacing(spacingText);
 
-        var config = configPath is not null ? SchedulerConfig.Load(configPath) : ConfigOf(model!, stderr);
+        if (prediction is not null && configPath is not null)
+            throw new UsageException("--prediction-type goes with --model (a --config file says its own prediction_type)");
+        var config = configPath is not null ? SchedulerConfig.Load(configPath) : ConfigOf(model!, prediction, stderr);
         var s = Samplers.Create(sampler, config, schedule, spacing);
         s.SetTimesteps(steps);
         stdout.WriteLine($"{{\"timesteps\": {Json(s.Timesteps)}, \"sigmas\": {Json(s.Sigmas)}}}");
         return 0;
     }
 
-    private static SchedulerConfig ConfigOf(string model, TextWriter stderr)
+    /// <summary>
+    /// A folder's scheduler config (its prediction_type replaced by --prediction-type if given); otherwise the
+    /// configs <c>sd generate</c> would use (<see cref="ModelConfigs.For"/>): a folder without one gets its family's
+    /// defaults, an SD2.x single file the 512-base or 768-v ones as its UNet, run once on the CPU, or
+    /// --prediction-type says.
+    /// </summary>
+    private static SchedulerConfig ConfigOf(string model, PredictionType? prediction, TextWriter stderr)
     {
+        if (!Directory.Exists(model) && !File.Exists(model)) throw new ConfigException($"{model}: no such model folder or file");
         if (Directory.Exists(model))
         {
             foreach (var p in new[] { Path.Combine(model, "scheduler", "scheduler_config.json"), Path.Combine(model, "scheduler_config.json") })
-                if (File.Exists(p)) return SchedulerConfig.Load(p);
-            throw new ConfigException($"{model}: the model folder has no scheduler/scheduler_config.json; give one with --config");
+                if (File.Exists(p))
+                    return prediction is null ? SchedulerConfig.Load(p) : SchedulerConfig.Parse(WithPrediction(File.ReadAllText(p), prediction.Value), $"{p}, {prediction.Value.Describe()} as asked");
+            if (!File.Exists(Path.Combine(model, "model_index.json")))
+                throw new ConfigException($"{model}: the model folder has no scheduler/scheduler_config.json; give one with --config");
         }
-        if (File.Exists(model))
+        using var source = ModelSource.Open(model);
+        ModelConfigs configs;
+        if (ModelConfigs.NeedsPrediction(source) && prediction is null)
         {
-            // A single-file checkpoint carries no scheduler config; SD1.x, SD2.x and SDXL share this noise schedule.
-            stderr.WriteLine($"sd: note: {model} is a single file; using {SchedulerConfig.StableDiffusion15.Source}");
-            return SchedulerConfig.StableDiffusion15;
+            using var device = ComputeDevice.Open("cpu");
+            configs = PredictionProbe.Resolve(source, Backends.For(device), DType.F32, null, line => stderr.WriteLine($"sd: {line}"), out var unet);
+            unet?.Dispose();
         }
-        throw new ConfigException($"{model}: no such model folder or file");
+        else
+            configs = ModelConfigs.For(source, prediction);
+        stderr.WriteLine($"sd: note: {model}: using {configs.SchedulerSource}");
+        return SchedulerConfig.Parse(configs.SchedulerConfigJson, configs.SchedulerSource);
+    }
+
+    private static string WithPrediction(string json, PredictionType p)
+    {
+        var o = JsonNode.Parse(json)!.AsObject();
+        o["prediction_type"] = p == PredictionType.V ? "v_prediction" : "epsilon";
+        return o.ToJsonString();
     }
 
     /// <summary>A JSON array of the values as float32 (what diffusers keeps), shortest round-trip form.</summary>

@@ -142,8 +142,10 @@ public static class RandomModel
             entries.Add(Floats(NameMap.BigGPrefix + "logit_scale", dtype, [], [Math.Log(100)]));
         }
         if (te2 is not null) return entries; // SGM files carry no LDM schedule buffers or EMA bookkeeping
+        // Float32 whatever the weights' dtype, as LDM registers them: readers that take their noise schedule from the
+        // file (stable-diffusion.cpp builds its sigmas from alphas_cumprod) would sample another one from fp16 values.
         foreach (var (name, values) in DdpmBuffers(preset.Scheduler()))
-            entries.Add(Floats(name, dtype, [values.Length], values));
+            entries.Add(Floats(name, WeightDType.F32, [values.Length], values));
         entries.Add(Floats("model_ema.decay", dtype, [], [0.9999]));
         entries.Add(SafetensorsEntry.FromBytes("model_ema.num_updates", WeightDType.I32, [], new byte[4]));
         return entries;
@@ -151,7 +153,7 @@ public static class RandomModel
 
     /// <summary>
     /// The schedule buffers an LDM checkpoint carries (ldm.models.diffusion.ddpm.DDPM.register_schedule, computed in
-    /// float64 from the scheduler config's betas, with v_posterior 0).
+    /// float64 from the scheduler config's betas, with v_posterior 0; the betas as torch.linspace spaces them).
     /// </summary>
     public static IReadOnlyList<(string Name, double[] Values)> DdpmBuffers(JsonConfig scheduler)
     {
@@ -159,17 +161,13 @@ public static class RandomModel
         int n = scheduler.Int("num_train_timesteps", 1000);
         double start = scheduler.Double("beta_start", 0.0001), end = scheduler.Double("beta_end", 0.02);
         if (n < 2) throw new ConfigException($"{scheduler.Source}: \"num_train_timesteps\" must be at least 2, found {n}");
-        var betas = new double[n];
-        for (int i = 0; i < n; i++)
+        // LDM's "linear" is diffusers' scaled_linear: linspace(sqrt(start), sqrt(end)) ** 2.
+        var betas = schedule switch
         {
-            double t = (double)i / (n - 1);
-            betas[i] = schedule switch
-            {
-                "scaled_linear" => Math.Pow(Math.Sqrt(start) + t * (Math.Sqrt(end) - Math.Sqrt(start)), 2),
-                "linear" => start + t * (end - start),
-                _ => throw new ConfigException($"{scheduler.Source}: \"beta_schedule\" {schedule} is not supported for LDM buffers (scaled_linear or linear)"),
-            };
-        }
+            "scaled_linear" => Linspace(Math.Sqrt(start), Math.Sqrt(end), n).Select(b => b * b).ToArray(),
+            "linear" => Linspace(start, end, n),
+            _ => throw new ConfigException($"{scheduler.Source}: \"beta_schedule\" {schedule} is not supported for LDM buffers (scaled_linear or linear)"),
+        };
         var ac = new double[n];
         var prev = new double[n];
         double product = 1;
@@ -196,6 +194,13 @@ public static class RandomModel
             ("posterior_mean_coef1", Map(i => betas[i] * Math.Sqrt(prev[i]) / (1 - ac[i]))),
             ("posterior_mean_coef2", Map(i => (1 - prev[i]) * Math.Sqrt(1 - betas[i]) / (1 - ac[i]))),
         ];
+    }
+
+    /// <summary>torch.linspace in float64: the first half stepped from the start, the second half back from the end.</summary>
+    private static double[] Linspace(double start, double end, int n)
+    {
+        double step = (end - start) / (n - 1);
+        return Enumerable.Range(0, n).Select(i => i < n / 2 ? start + step * i : end - step * (n - 1 - i)).ToArray();
     }
 
     /// <summary>

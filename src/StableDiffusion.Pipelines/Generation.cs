@@ -92,4 +92,10 @@ public sealed record PipelineOptions
 
     /// <summary>LoRAs merged into the UNet and text encoder weights as they load (the files stay open meanwhile).</summary>
     public IReadOnlyList<IO.LoraFile> Loras { get; init; } = [];
+
+    /// <summary>What the UNet predicts, overriding the model's scheduler config or (SD2.x single files) the detection.</summary>
+    public PredictionType? PredictionType { get; init; }
+
+    /// <summary>Receives a line on what was decided about the model (the detected prediction type).</summary>
+    public Action<string>? Notice { get; init; }
 }

@@ -1,3 +1,4 @@
+using System.Text.Json.Nodes;
 using StableDiffusion.IO;
 using StableDiffusion.Models;
 using StableDiffusion.Models.Clip;
@@ -9,8 +10,10 @@ namespace StableDiffusion.Pipelines;
 /// <summary>
 /// The configurations a pipeline builds its models and sampler from. A diffusers folder brings its own config.json
 /// files; a single checkpoint file brings none, so its family's published configurations stand in (what diffusers'
-/// from_single_file does): SD1.x → stable-diffusion-v1-5, SD2.x → stable-diffusion-2-1 (768, v-prediction),
-/// inpainting variants → the same with a 9-channel UNet (stable-diffusion-2-inpainting predicts ε).
+/// from_single_file does): SD1.x → stable-diffusion-v1-5, SD2.x → stable-diffusion-2-1-base (512, ε) or
+/// stable-diffusion-2-1 (768, v-prediction), inpainting variants → the same with a 9-channel UNet. The two SD2.x
+/// kinds have the same tensors, so which one a file is comes from <c>prediction</c> (given) or <c>detect</c> (its
+/// UNet run once, <see cref="PredictionProbe"/>). A given prediction type also overrides a diffusers folder's.
 /// </summary>
 public sealed record ModelConfigs(UNetConfig Unet, VaeConfig Vae, ClipTextConfig TextEncoder, string SchedulerConfigJson, string SchedulerSource)
 {
@@ -22,42 +25,60 @@ public sealed record ModelConfigs(UNetConfig Unet, VaeConfig Vae, ClipTextConfig
 
     public bool IsSdxl => Unet.Addition is not null;
 
-    public static ModelConfigs For(ModelSource source)
+    /// <summary>What the scheduler config says the UNet predicts.</summary>
+    public PredictionType Prediction =>
+        JsonNode.Parse(SchedulerConfigJson)?["prediction_type"]?.GetValue<string>() == "v_prediction" ? PredictionType.V : PredictionType.Epsilon;
+
+    /// <summary>The side a generation takes without --width/--height: the UNet's sample_size in pixels (SD2.x: 768 for v, 512 for ε).</summary>
+    public int DefaultSize => Unet.SampleSize is int s ? s * Vae.DownscaleFactor : 512;
+
+    /// <summary>Whether <see cref="For"/> needs a prediction type for this source: an SD2.x single file without one.</summary>
+    public static bool NeedsPrediction(ModelSource source) =>
+        source.Format != "diffusers" && source.Family is ModelFamily.Sd2 or ModelFamily.Sd2Inpaint;
+
+    public static ModelConfigs For(ModelSource source, PredictionType? prediction = null, Func<UNetConfig, PredictionType>? detect = null)
     {
         if (source.Family == ModelFamily.Sdxl) return source.Format == "diffusers" ? FromSdxlFolder(source) : SdxlDefaults(source);
-        if (source.Format == "diffusers") return FromFolder(source);
+        if (source.Format == "diffusers") return FromFolder(source, prediction);
         if (!source.Family.IsSupported())
             throw new WeightsException($"{source.Path}: not a Stable Diffusion 1.x or 2.x checkpoint (family unknown), and a single file carries no configs");
         bool sd2 = source.Family is ModelFamily.Sd2 or ModelFamily.Sd2Inpaint;
         bool inpaint = source.Family is ModelFamily.Sd1Inpaint or ModelFamily.Sd2Inpaint;
         var origin = $"built-in {source.Family.Name()} defaults";
-        var unet = UNetConfig.FromJson(JsonConfig.Parse(sd2 ? Sd2Unet : Sd1Unet, $"{origin} (unet)")) with
-        {
-            InChannels = inpaint ? 9 : 4,
-            SampleSize = sd2 && !inpaint ? 96 : 64, // stable-diffusion-2-1 is a 768 model; the others 512
-        };
-        var scheduler = sd2 && !inpaint ? Sd2VScheduler : Scheduler;
+        var unet = UNetConfig.FromJson(JsonConfig.Parse(sd2 ? Sd2Unet : Sd1Unet, $"{origin} (unet)")) with { InChannels = inpaint ? 9 : 4 };
+        var p = prediction
+                ?? (sd2 ? detect?.Invoke(unet) : PredictionType.Epsilon)
+                ?? throw new ConfigException($"{source.Path}: an SD2.x single file predicts ε (512-base) or v (768-v), which only its UNet tells; give --prediction-type epsilon or v");
+        unet = unet with { SampleSize = sd2 && p == PredictionType.V ? 96 : 64 }; // stable-diffusion-2-1 is a 768 model; the others 512
         return new ModelConfigs(
             unet,
             VaeConfig.FromJson(JsonConfig.Parse(SdVae, $"{origin} (vae)")),
             ClipTextConfig.From(JsonConfig.Parse(sd2 ? OpenClipH : ClipL, $"{origin} (text_encoder)")),
-            scheduler, $"{origin} (scheduler)");
+            p == PredictionType.V ? Sd2VScheduler : Scheduler, $"{origin} (scheduler, {p.Describe()})");
     }
 
-    private static ModelConfigs FromFolder(ModelSource source)
+    private static ModelConfigs FromFolder(ModelSource source, PredictionType? prediction)
     {
         string Config(string component) => Path.Combine(source.Path, component, "config.json");
+        var scheduler = source.SchedulerConfig is string s ? File.ReadAllText(s) : source.Family is ModelFamily.Sd2 ? Sd2VScheduler : Scheduler;
+        var origin = source.SchedulerConfig ?? $"built-in {source.Family.Name()} defaults (the folder has no scheduler/scheduler_config.json)";
+        if (prediction is PredictionType p)
+        {
+            var json = JsonNode.Parse(scheduler)!.AsObject();
+            json["prediction_type"] = p == PredictionType.V ? "v_prediction" : "epsilon";
+            scheduler = json.ToJsonString();
+            origin += $", {p.Describe()} as asked";
+        }
         return new ModelConfigs(
             UNetConfig.Load(Config("unet")),
             VaeConfig.Load(Config("vae")),
             ClipTextConfig.Load(Config("text_encoder")),
-            source.SchedulerConfig is string s ? File.ReadAllText(s) : source.Family is ModelFamily.Sd2 ? Sd2VScheduler : Scheduler,
-            source.SchedulerConfig ?? $"built-in {source.Family.Name()} defaults (the folder has no scheduler/scheduler_config.json)");
+            scheduler, origin);
     }
 
     private static ModelConfigs FromSdxlFolder(ModelSource source)
     {
-        var configs = FromFolder(source);
+        var configs = FromFolder(source, null);
         var te2 = Path.Combine(source.Path, "text_encoder_2", "config.json");
         if (!File.Exists(te2) || source.Component("text_encoder_2") is null)
             throw new WeightsException($"{Path.Combine(source.Path, "text_encoder_2")}: missing; an SDXL model needs its second text encoder (text_encoder_2/config.json and weights)");
@@ -147,7 +168,7 @@ public sealed record ModelConfigs(UNetConfig Unet, VaeConfig Vae, ClipTextConfig
          "hidden_act": "gelu", "vocab_size": 49408, "max_position_embeddings": 77, "layer_norm_eps": 1e-05}
         """;
 
-    /// <summary>stable-diffusion-v1-5's (and stable-diffusion-2-inpainting's) scheduler_config.json.</summary>
+    /// <summary>stable-diffusion-v1-5's (and stable-diffusion-2-1-base's, stable-diffusion-2-inpainting's) scheduler_config.json.</summary>
     private const string Scheduler = """
         {"_class_name": "PNDMScheduler", "beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear",
          "num_train_timesteps": 1000, "set_alpha_to_one": false, "skip_prk_steps": true, "steps_offset": 1,

@@ -56,32 +56,45 @@ public sealed class StableDiffusionPipeline : IDisposable
     }
 
     /// <summary>
-    /// Reads the configurations and the tokenizer (cheap; no weights are touched). The tokenizer is
-    /// <see cref="PipelineOptions.TokenizerDirectory"/>, else the model folder's tokenizer/, else (single files) CLIP's
-    /// built-in vocabulary with the family's pad token.
+    /// Reads the configurations and the tokenizer (cheap; no weights are touched, except an SD2.x single file's UNet
+    /// when <see cref="PipelineOptions.PredictionType"/> is not given: it is loaded and run once to tell ε from v, see
+    /// <see cref="PredictionProbe"/>, and kept). The tokenizer is <see cref="PipelineOptions.TokenizerDirectory"/>, else
+    /// the model folder's tokenizer/, else (single files) CLIP's built-in vocabulary with the family's pad token.
     /// </summary>
     public static StableDiffusionPipeline Open(ModelSource source, IOps ops, PipelineOptions options)
     {
         if (options.DType is not (DType.F32 or DType.F16)) throw new UsageException($"precision {options.DType.Name()}: use fp16 or fp32");
-        var configs = ModelConfigs.For(source);
         var tokenizerDir = options.TokenizerDirectory ?? source.TokenizerDirectory;
         var tokenizer = tokenizerDir is not null
             ? ClipTokenizer.FromFolder(tokenizerDir)
             : ClipTokenizer.BuiltIn(source.Family is ModelFamily.Sd2 or ModelFamily.Sd2Inpaint ? ClipTokenizer.OpenClipPadToken : ClipTokenizer.EndToken);
-        ClipTokenizer? tokenizer2 = null;
-        if (configs.IsSdxl)
+        var configs = PredictionProbe.Resolve(source, ops, options.DType, options.PredictionType, options.Notice, out var probed);
+        try
         {
-            // tokenizer_2 (it pads with "!"): the folder's, or the one beside --tokenizer DIR, else the built-in vocabulary.
-            var dir2 = source.Tokenizer2Directory
-                ?? (tokenizerDir is null ? null : Path.Combine(Path.GetDirectoryName(Path.GetFullPath(tokenizerDir))!, "tokenizer_2"));
-            if (dir2 is not null && Directory.Exists(dir2))
-                tokenizer2 = ClipTokenizer.FromFolder(dir2, File.Exists(Path.Combine(dir2, "vocab.json")) ? null : tokenizerDir);
-            else
-                tokenizer2 = ClipTokenizer.BuiltIn(ClipTokenizer.OpenClipPadToken);
+            ClipTokenizer? tokenizer2 = null;
+            if (configs.IsSdxl)
+            {
+                // tokenizer_2 (it pads with "!"): the folder's, or the one beside --tokenizer DIR, else the built-in vocabulary.
+                var dir2 = source.Tokenizer2Directory
+                    ?? (tokenizerDir is null ? null : Path.Combine(Path.GetDirectoryName(Path.GetFullPath(tokenizerDir))!, "tokenizer_2"));
+                if (dir2 is not null && Directory.Exists(dir2))
+                    tokenizer2 = ClipTokenizer.FromFolder(dir2, File.Exists(Path.Combine(dir2, "vocab.json")) ? null : tokenizerDir);
+                else
+                    tokenizer2 = ClipTokenizer.BuiltIn(ClipTokenizer.OpenClipPadToken);
+            }
+            int clipSkip = ModelClipSkip(source.Family, configs.TextEncoder.NumHiddenLayers, options.ClipSkip);
+            var pipeline = new StableDiffusionPipeline(source, ops, options, configs, tokenizer, tokenizer2,
+                new ClipEncoderOptions { ClipSkip = clipSkip, EndId = tokenizer.EndId }, EmbeddingLibrary.Open(options.EmbeddingsDirectory));
+            // The probe judged the file's own weights; with a LoRA on the UNet it loads again, merged.
+            if (pipeline.lora.ContainsKey("unet")) probed?.Dispose();
+            else pipeline.unet = probed;
+            return pipeline;
         }
-        int clipSkip = ModelClipSkip(source.Family, configs.TextEncoder.NumHiddenLayers, options.ClipSkip);
-        return new StableDiffusionPipeline(source, ops, options, configs, tokenizer, tokenizer2,
-            new ClipEncoderOptions { ClipSkip = clipSkip, EndId = tokenizer.EndId }, EmbeddingLibrary.Open(options.EmbeddingsDirectory));
+        catch
+        {
+            probed?.Dispose();
+            throw;
+        }
     }
 
     /// <summary>
