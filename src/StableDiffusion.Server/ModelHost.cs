@@ -31,7 +31,15 @@ public sealed class ModelHost : IDisposable
         Device = ComputeDevice.Open(options.Device, log);
         Ops = Backends.For(Device);
         DType = options.Precision ?? (Device.Kind is DeviceKind.IlgpuCpu or DeviceKind.Cpu || !Device.SupportsFp16 ? DType.F32 : DType.F16);
-        Switch(Catalog[0]);
+        try
+        {
+            Switch(Catalog[0]);
+        }
+        catch
+        {
+            Device.Dispose();
+            throw;
+        }
     }
 
     public TextWriter Log { get; }
