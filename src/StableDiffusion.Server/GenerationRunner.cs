@@ -26,7 +26,7 @@ public sealed class GenerationRunner(ModelHost host)
         var spec = job.Spec!;
         if (job.Cancel.IsCancellationRequested)
         {
-            job.Cancelled("cancelled before it started");
+            job.Cancelled(job.CancelReason ?? "cancelled before it started");
             return;
         }
         job.Start(spec.Steps * spec.Iterations);
@@ -43,7 +43,7 @@ public sealed class GenerationRunner(ModelHost host)
         }
         catch (OperationCanceledException)
         {
-            job.Cancelled("cancelled");
+            job.Cancelled(job.CancelReason ?? "cancelled");
         }
         catch (ApiException e)
         {

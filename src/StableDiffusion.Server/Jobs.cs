@@ -34,6 +34,8 @@ public sealed class Job
     public CancellationTokenSource Cancel { get; } = new();
     /// <summary>Set by A1111's interrupt: stop after the current step but decode what was reached (not an error).</summary>
     public volatile bool Interrupt;
+    /// <summary>Why a running job was cancelled (DELETE, a client gone, shutdown), for its error detail.</summary>
+    public volatile string? CancelReason;
 
     public JobStatus Status { get; private set; } = JobStatus.Queued;
     public int Step { get; private set; }
@@ -192,7 +194,11 @@ public sealed class JobQueue : IDisposable
             job.Cancelled(why);
             Retire(job);
         }
-        else job.Cancel.Cancel();
+        else
+        {
+            job.CancelReason ??= why;
+            job.Cancel.Cancel();
+        }
     }
 
     private void Loop()
@@ -254,7 +260,11 @@ public sealed class JobQueue : IDisposable
             stopping.Cancel();
             dropped = [.. waiting];
             waiting.Clear();
-            Running?.Cancel.Cancel();
+            if (Running is { } running)
+            {
+                running.CancelReason ??= "the server is stopping";
+                running.Cancel.Cancel();
+            }
         }
         foreach (var j in dropped) j.Cancelled("the server is stopping");
         worker.Join(wait);

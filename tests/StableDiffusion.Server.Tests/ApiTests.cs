@@ -251,6 +251,7 @@ public sealed class ApiTests(ServerFixture server, ITestOutputHelper output) : I
         Assert.Equal(200, (await Client.Json(HttpMethod.Delete, $"/v1/jobs/{id}")).Status);
         var state = await WaitUntilFinished(id);
         Assert.Equal("cancelled", state.GetProperty("status").GetString());
+        Assert.Equal("cancelled by DELETE", state.GetProperty("detail").GetString());
         Assert.InRange(state.GetProperty("step").GetInt32(), 1, 999);
         Assert.False(state.TryGetProperty("result", out _));
     }

@@ -101,6 +101,7 @@ public sealed class SecurityTests(ServerFixture server)
         var (status, body) = await generating;
         Assert.Equal(409, status);
         Assert.Equal("cancelled", body.GetProperty("error").GetString());
+        Assert.Equal("the server is stopping", body.GetProperty("detail").GetString());
         await app.DisposeAsync();
     }
 }
