@@ -25,7 +25,7 @@ public sealed class SecurityTests(ServerFixture server)
         }
     }
 
-    [SkippableFact]
+    [Fact]
     public async Task An_api_key_is_required_as_a_bearer_token_except_for_the_page()
     {
         await With(server.Options() with { Listen = "0.0.0.0:0", ApiKey = "s3cret-key" }, async (client, _) =>
@@ -43,7 +43,7 @@ public sealed class SecurityTests(ServerFixture server)
         });
     }
 
-    [SkippableFact]
+    [Fact]
     public async Task Basic_credentials_work_as_a1111s_api_auth()
     {
         await With(server.Options() with { Listen = "0.0.0.0:0", ApiAuth = "user:pass" }, async (client, _) =>
@@ -57,7 +57,7 @@ public sealed class SecurityTests(ServerFixture server)
         });
     }
 
-    [SkippableFact]
+    [Fact]
     public void A_non_loopback_address_without_credentials_is_refused()
     {
         server.RequireModels();
@@ -70,7 +70,7 @@ public sealed class SecurityTests(ServerFixture server)
         Assert.Equal(2, Cli.Cli.Run(["serve", "--model", server.ModelPath, "--max-queue", "-3"], o, err));
     }
 
-    [SkippableFact]
+    [Fact]
     public async Task Cors_headers_only_with_cors_origin()
     {
         async Task<string?> AllowOrigin(HttpClient client)
@@ -85,7 +85,7 @@ public sealed class SecurityTests(ServerFixture server)
         Assert.Equal("https://ui.example", await With(server.Options() with { CorsOrigin = "https://ui.example" }, (client, _) => AllowOrigin(client)));
     }
 
-    [SkippableFact]
+    [Fact]
     public async Task Stopping_cancels_the_running_job_and_answers_its_caller()
     {
         server.RequireModels();

@@ -9,9 +9,9 @@ using StableDiffusion.TestSupport;
 namespace StableDiffusion.Server.Tests;
 
 /// <summary>
-/// Tiny random SD1.5 models as <c>sd random-model --config sd15-tiny</c> writes them (with CLIP's vocabulary from
-/// ../shared/reference: the tests skip where it is absent), and <c>sd serve</c> on them through ASP.NET Core's test
-/// host on the C# CPU backend, loaded once for the collection.
+/// Tiny random SD1.5 models as <c>sd random-model --config sd15-tiny</c> writes them (CLIP's built-in vocabulary in
+/// tokenizer/), and <c>sd serve</c> on them through ASP.NET Core's test host on the C# CPU backend, loaded once for
+/// the collection.
 /// </summary>
 public sealed class ServerFixture : IDisposable
 {
@@ -26,19 +26,14 @@ public sealed class ServerFixture : IDisposable
     public string LoraDir => Path.Combine(folder.Path, "loras");
     public StringWriter Log { get; } = new();
 
-    /// <summary>Writes the models once; skips the calling test without the reference tokenizer.</summary>
+    /// <summary>Writes the models once.</summary>
     public void RequireModels()
     {
-        var tokenizer = SharedReference.Require("configs", "sd15", "tokenizer");
         lock (gate)
         {
             if (Directory.Exists(ModelPath)) return;
             foreach (var (path, seed) in new[] { (ModelPath, 0UL), (OtherModelPath, 1UL) })
-            {
                 RandomModel.Write(Presets.Sd15Tiny, RandomModelFormat.Diffusers, WeightDType.F16, seed, path);
-                foreach (var f in new[] { "vocab.json", "merges.txt" })
-                    File.Copy(Path.Combine(tokenizer, f), Path.Combine(path, "tokenizer", f));
-            }
             Directory.CreateDirectory(LoraDir);
             File.WriteAllBytes(Path.Combine(LoraDir, "detail-tweaker.safetensors"), []);
         }
