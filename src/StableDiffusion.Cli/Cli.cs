@@ -51,7 +51,7 @@ public static class Cli
           serve --model M                        keep models loaded and answer HTTP: A1111's /sdapi/v1, OpenAI's
                 [--listen 127.0.0.1:7860]        /v1/images/generations, /v1/jobs with streamed progress, a page at /;
                 [--max-queue 16]                 one generation at a time, the rest queued (429 past --max-queue);
-                [--models-dir D] [--lora-dir D]  models to switch to (sd_model_checkpoint); LoRAs/embeddings listed;
+                [--models-dir D] [--lora-dir D]  models to switch to; <lora:NAME:W> from --lora-dir;
                 [--embeddings-dir D]             --api-key KEY (Bearer) or --api-auth user:pass, needed off loopback;
                 [--api-key KEY] [--api-auth U:P] --cors-origin URL allows that origin; --precision, --tokenizer as
                 [--cors-origin URL]              for generate

@@ -62,8 +62,9 @@ public sealed class GenerationRunner(ModelHost host)
 
     private JobResult? Generate(Job job, GenerationSpec spec)
     {
-        if (spec.Model is not null)
-            host.Switch(host.Find(spec.Model) ?? throw ApiException.Invalid($"model '{spec.Model}' is not one of {string.Join(", ", host.Catalog.Select(e => e.Name))}"));
+        var entry = spec.Model is null ? host.Current
+            : host.Find(spec.Model) ?? throw ApiException.Invalid($"model '{spec.Model}' is not one of {string.Join(", ", host.Catalog.Select(e => e.Name))}");
+        host.Switch(entry, spec.Loras);
         var pipeline = host.Pipeline;
         var pngs = new List<byte[]>();
         var infotexts = new List<string>();
@@ -79,7 +80,7 @@ public sealed class GenerationRunner(ModelHost host)
                 spec.Schedule is null ? null : Samplers.ParseSchedule(spec.Schedule));
             var request = new GenerationRequest
             {
-                Prompt = spec.Prompt, NegativePrompt = spec.NegativePrompt, Steps = spec.Steps, GuidanceScale = spec.Cfg, Seed = seed,
+                Prompt = spec.CleanPrompt, NegativePrompt = spec.CleanNegativePrompt, Steps = spec.Steps, GuidanceScale = spec.Cfg, Seed = seed,
                 Width = spec.Width, Height = spec.Height, BatchSize = spec.BatchSize, InitImage = spec.InitImage, Mask = spec.Mask,
                 Strength = spec.Strength,
             };
@@ -116,7 +117,7 @@ public sealed class GenerationRunner(ModelHost host)
                     Schedule = spec.Schedule, CfgScale = spec.Cfg, Seed = seed, Width = spec.Width, Height = spec.Height,
                     ModelHash = host.CurrentHash, Model = host.Current.Name,
                     DenoisingStrength = spec.InitImage is null ? null : spec.Strength,
-                    BatchSize = spec.BatchSize, BatchPosition = i,
+                    BatchSize = spec.BatchSize, BatchPosition = i, LoraHashes = host.CurrentLoraHashes,
                 });
                 pngs.Add(ImageFiles.EncodePng(images[i], text));
                 infotexts.Add(text);

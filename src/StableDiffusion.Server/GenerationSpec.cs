@@ -2,6 +2,7 @@ using System.Globalization;
 using System.Text.Json;
 using System.Text.Json.Nodes;
 using StableDiffusion.Pipelines;
+using StableDiffusion.Pipelines.Adapters;
 using StableDiffusion.Pipelines.Images;
 using StableDiffusion.Schedulers;
 
@@ -28,6 +29,11 @@ public sealed record GenerationSpec
     public RgbImage? InitImage { get; init; }
     public RgbImage? Mask { get; init; }
     public float Strength { get; init; } = 0.75f;
+    /// <summary>The prompts without their &lt;lora:NAME:W&gt; tags (what the tokenizer sees; the infotext keeps the tags).</summary>
+    public string CleanPrompt { get; init; } = "";
+    public string CleanNegativePrompt { get; init; } = "";
+    /// <summary>The tags' LoRAs, found in --lora-dir and merged at load.</summary>
+    public IReadOnlyList<(string Name, float Weight)> Loras { get; init; } = [];
     /// <summary>A model to switch to first (a catalog name or title); null keeps the loaded one.</summary>
     public string? Model { get; init; }
     /// <summary>The request's fields as A1111 echoes them back in "parameters".</summary>
@@ -86,13 +92,13 @@ public static class A1111Request
             width ??= Math.Max(GenerationLimits.SideMultiple, Math.Min(GenerationLimits.MaxSide, init.Width) / 8 * 8);
             height ??= Math.Max(GenerationLimits.SideMultiple, Math.Min(GenerationLimits.MaxSide, init.Height) / 8 * 8);
         }
-        return new GenerationSpec
+        return WithLoras(new GenerationSpec
         {
             Prompt = prompt, NegativePrompt = negative, Steps = steps, Cfg = cfg, Width = width ?? 512, Height = height ?? 512,
             Seed = seed, Sampler = sampler, Schedule = schedule, BatchSize = batch, Iterations = iterations,
             InitImage = init, Mask = mask, Strength = strength, Model = model,
             Parameters = Echo(body),
-        };
+        });
     }
 
     /// <summary>The request's fields without the images (A1111 echoes the request; the images would double the answer).</summary>
@@ -108,8 +114,21 @@ public static class A1111Request
     {
         if (prompt.Length + negative.Length > GenerationLimits.MaxPromptChars)
             throw ApiException.Invalid($"prompt and negative_prompt: {prompt.Length + negative.Length} characters; at most {GenerationLimits.MaxPromptChars}");
-        if (prompt.Contains("<lora:", StringComparison.OrdinalIgnoreCase) || negative.Contains("<lora:", StringComparison.OrdinalIgnoreCase))
-            throw ApiException.Invalid("prompt: <lora:...> tags are listed by /sdapi/v1/loras but not applied by this engine yet");
+    }
+
+    /// <summary>The spec with its prompts' LoRA tags taken out (a malformed tag is a 422).</summary>
+    public static GenerationSpec WithLoras(GenerationSpec spec)
+    {
+        try
+        {
+            var (prompt, tags) = LoraTags.Extract(spec.Prompt);
+            var (negative, negativeTags) = LoraTags.Extract(spec.NegativePrompt);
+            return spec with { CleanPrompt = prompt, CleanNegativePrompt = negative, Loras = [.. tags, .. negativeTags] };
+        }
+        catch (UsageException e)
+        {
+            throw ApiException.Invalid(e.Message);
+        }
     }
 
     /// <summary>A1111's sampler name ("DPM++ 2M", "Euler a", also "DPM++ 2M Karras") and scheduler ("Automatic", "Karras", "Exponential").</summary>

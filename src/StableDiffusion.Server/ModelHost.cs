@@ -1,6 +1,7 @@
 using StableDiffusion.IO;
 using StableDiffusion.Kernels;
 using StableDiffusion.Pipelines;
+using StableDiffusion.Pipelines.Adapters;
 using StableDiffusion.Runtime;
 
 namespace StableDiffusion.Server;
@@ -22,6 +23,8 @@ public sealed class ModelHost : IDisposable
     private readonly object gate = new();
     private ModelSource? source;
     private StableDiffusionPipeline? pipeline;
+    private List<LoraFile> loraFiles = [];
+    private string loraKey = "";
 
     public ModelHost(ServerOptions options, TextWriter log)
     {
@@ -49,6 +52,8 @@ public sealed class ModelHost : IDisposable
     public IReadOnlyList<ModelEntry> Catalog { get; }
     public ModelEntry Current { get; private set; } = null!;
     public string CurrentHash { get; private set; } = "";
+    /// <summary>A1111's "Lora hashes" of the LoRAs merged into the loaded model, or null.</summary>
+    public string? CurrentLoraHashes { get; private set; }
 
     public StableDiffusionPipeline Pipeline => pipeline ?? throw new InvalidOperationException("no model loaded");
 
@@ -69,34 +74,63 @@ public sealed class ModelHost : IDisposable
         return Catalog.FirstOrDefault(e => e.Name == bare || e.Path == n || Path.GetFileName(e.Path) == bare);
     }
 
-    /// <summary>Loads <paramref name="entry"/> in place of the current model (worker thread only).</summary>
-    public void Switch(ModelEntry entry)
+    /// <summary>
+    /// Loads <paramref name="entry"/> with <paramref name="loras"/> merged in place of the current model (worker thread
+    /// only). LoRAs are merged into the weights at load, so another set of LoRAs loads the model again.
+    /// </summary>
+    public void Switch(ModelEntry entry, IReadOnlyList<(string Name, float Weight)>? loras = null)
     {
-        if (pipeline is not null && Current == entry) return;
+        loras ??= [];
+        var key = string.Join("|", loras.Select(l => $"{l.Name}:{l.Weight}"));
+        if (pipeline is not null && Current == entry && key == loraKey) return;
         var clock = System.Diagnostics.Stopwatch.StartNew();
-        var newSource = ModelSource.Open(entry.Path);
+        var files = new List<LoraFile>();
+        ModelSource? newSource = null;
         StableDiffusionPipeline newPipeline;
         string hash;
+        string? loraHashes;
         try
         {
-            newPipeline = StableDiffusionPipeline.Open(newSource, Ops, new PipelineOptions { DType = DType, TokenizerDirectory = options.Tokenizer });
+            foreach (var (name, weight) in loras) files.Add(LoraFile.Open(FindLora(name), weight));
+            newSource = ModelSource.Open(entry.Path);
+            newPipeline = StableDiffusionPipeline.Open(newSource, Ops,
+                new PipelineOptions { DType = DType, TokenizerDirectory = options.Tokenizer, Loras = files });
             hash = ModelHash.Compute(newSource);
+            loraHashes = files.Count == 0 ? null : LoraMerge.Hashes(files);
         }
         catch
         {
-            newSource.Dispose();
+            newSource?.Dispose();
+            foreach (var f in files) f.Dispose();
             throw;
         }
         pipeline?.Dispose();
         source?.Dispose();
-        (pipeline, source) = (newPipeline, newSource);
+        foreach (var f in loraFiles) f.Dispose();
+        (pipeline, source, loraFiles, loraKey) = (newPipeline, newSource, files, key);
         lock (gate)
         {
             hashes[entry.Path] = hash;
             Current = entry;
             CurrentHash = hash;
+            CurrentLoraHashes = loraHashes;
         }
-        Log.WriteLine($"sd serve: model {entry.Name} [{hash}] ({entry.Path}) ready in {clock.Elapsed.TotalSeconds:F2} s, {DType.Name()} on {Device.Name}");
+        Log.WriteLine($"sd serve: model {entry.Name} [{hash}]{(key.Length == 0 ? "" : $" with LoRAs {key}")} ({entry.Path}) ready in " +
+                      $"{clock.Elapsed.TotalSeconds:F2} s, {DType.Name()} on {Device.Name}");
+    }
+
+    /// <summary>NAME.safetensors, .ckpt or .pt in --lora-dir.</summary>
+    private string FindLora(string name)
+    {
+        if (options.LoraDir is null) throw ApiException.Invalid($"<lora:{name}>: the server was started without --lora-dir");
+        if (name.Contains('/') || name.Contains('\\') || name is "." or "..")
+            throw ApiException.Invalid($"<lora:{name}>: a LoRA tag names a file in --lora-dir, without a path");
+        foreach (var ext in new[] { ".safetensors", ".ckpt", ".pt" })
+        {
+            var path = Path.Combine(options.LoraDir, name + ext);
+            if (File.Exists(path)) return path;
+        }
+        throw ApiException.Invalid($"<lora:{name}>: no {name}.safetensors, {name}.ckpt or {name}.pt in --lora-dir (GET /sdapi/v1/loras lists them)");
     }
 
     private static List<ModelEntry> BuildCatalog(ServerOptions o)
@@ -127,6 +161,7 @@ public sealed class ModelHost : IDisposable
     {
         pipeline?.Dispose();
         source?.Dispose();
+        foreach (var f in loraFiles) f.Dispose();
         Device.Dispose();
     }
 }

@@ -47,10 +47,10 @@ public static class OpenAiApi
             throw ApiException.Invalid($"size '{size}': use WxH with multiples of {GenerationLimits.SideMultiple} from {GenerationLimits.MinSide} to {GenerationLimits.MaxSide}, e.g. 512x512");
         // OpenAI clients always send a model (dall-e-2, …): one of ours is honoured, any other name means "the loaded one".
         var model = A1111Request.Str(body, "model") is string m && host.Find(m) is not null ? m : null;
-        return new GenerationSpec
+        return A1111Request.WithLoras(new GenerationSpec
         {
             Prompt = prompt, Width = w, Height = h, BatchSize = n, Seed = (ulong)Random.Shared.NextInt64(0, 1L << 32), Model = model,
             Parameters = System.Text.Json.Nodes.JsonNode.Parse(body.GetRawText())!.AsObject(),
-        };
+        });
     }
 }
