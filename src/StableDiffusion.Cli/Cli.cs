@@ -53,6 +53,13 @@ public static class Cli
                    [--profile]                   time every op (synchronised): per op family, in all and per UNet step
                    [--lora FILE[:W]]...          merge a LoRA at load with weight W (default 1); repeatable
                    [--lora-dir weights/loras]    where the prompt's <lora:NAME:W> tags find NAME.safetensors/.ckpt/.pt
+          serve --model M                        keep models loaded and answer HTTP: A1111's /sdapi/v1, OpenAI's
+                [--listen 127.0.0.1:7860]        /v1/images/generations, /v1/jobs with streamed progress, a page at /;
+                [--max-queue 16]                 one generation at a time, the rest queued (429 past --max-queue);
+                [--models-dir D] [--lora-dir D]  models to switch to; <lora:NAME:W> from --lora-dir;
+                [--embeddings-dir D]             --api-key KEY (Bearer) or --api-auth user:pass, needed off loopback;
+                [--api-key KEY] [--api-auth U:P] --cors-origin URL allows that origin; --precision, --tokenizer as
+                [--cors-origin URL]              for generate
 
         options:
           --device D     auto (default: CUDA, then OpenCL, then the C# CPU backend), cuda[:N], opencl[:N], cpu,
@@ -96,6 +103,9 @@ public static class Cli
                 "tokenize" => TokenizeCommand.Run(args.Where(x => x != "--verbose").Skip(1).ToArray(), stdout, stderr),
                 "schedule" => ScheduleCommand.Run(a, stdout, stderr),
                 "generate" => GenerateCommand.Run(a, stdout, stderr),
+#if !SD_NO_SERVER
+                "serve" => ServeCommand.Run(a, stdout, stderr),
+#endif
                 _ => throw new UsageException($"unknown command '{a.Command}'; run 'sd --help'"),
             };
         }

@@ -193,8 +193,10 @@ internal static class GenerateCommand
         var model = Text("--model") ?? throw new UsageException("'sd generate' needs --model (a diffusers folder, a .safetensors/.ckpt file or a hub id org/name)");
         var prompt = Text("--prompt") ?? throw new UsageException("'sd generate' needs --prompt \"...\"");
         var negative = Text("--negative-prompt") ?? "";
-        int steps = Int(a, "--steps", 20, 1, 1000);
-        float cfg = Float(a, "--cfg", 7.5f, 0f, 100f);
+        if (prompt.Length + negative.Length > GenerationLimits.MaxPromptChars)
+            throw new UsageException($"--prompt and --negative-prompt: {prompt.Length + negative.Length} characters; at most {GenerationLimits.MaxPromptChars}");
+        int steps = Int(a, "--steps", 20, GenerationLimits.MinSteps, GenerationLimits.MaxSteps);
+        float cfg = Float(a, "--cfg", 7.5f, GenerationLimits.MinCfg, GenerationLimits.MaxCfg);
         var sampler = Text("--sampler") ?? DefaultSampler;
         if (Samplers.Canonical(sampler) is null)
             throw new UsageException($"--sampler '{sampler}' is unknown; valid: {string.Join(", ", Samplers.Names)} (or a diffusers class name)");
@@ -203,7 +205,7 @@ internal static class GenerateCommand
             throw new UsageException($"--schedule '{schedule}': use default, karras or exponential");
         ulong seed = Seed(Text("--seed"));
         int? width = Size(a, "--width"), height = Size(a, "--height");
-        int batch = Int(a, "--batch", 1, 1, 64);
+        int batch = Int(a, "--batch", 1, GenerationLimits.MinBatch, GenerationLimits.MaxBatch);
         var initImage = Text("--init-image");
         float? strength = a.Value("--strength") is string s ? ParseFloat("--strength", s, 0f, 1f) : null;
         var mask = Text("--mask");
@@ -258,8 +260,8 @@ internal static class GenerateCommand
     {
         var s = a.Value(name);
         if (s is null) return null;
-        if (!int.TryParse(s, NumberStyles.Integer, CultureInfo.InvariantCulture, out var v) || v < 8 || v > 8192 || v % 8 != 0)
-            throw new UsageException($"{name} '{s}': must be a multiple of 8 from 8 to 8192");
+        if (!int.TryParse(s, NumberStyles.Integer, CultureInfo.InvariantCulture, out var v) || !GenerationLimits.IsSide(v))
+            throw new UsageException($"{name} '{s}': must be a multiple of {GenerationLimits.SideMultiple} from {GenerationLimits.MinSide} to {GenerationLimits.MaxSide}");
         return v;
     }
 

@@ -33,7 +33,13 @@ public enum GenerationMode
 }
 
 /// <summary>Reported after every denoising step.</summary>
-public readonly record struct StepProgress(int Step, int Steps, double Timestep, TimeSpan StepTime);
+public readonly record struct StepProgress(int Step, int Steps, double Timestep, TimeSpan StepTime)
+{
+    /// <summary>The latents after this step, channels-last [batch, h, w, channels] (for previews; do not modify).</summary>
+    public float[]? Latents { get; init; }
+    public int LatentHeight { get; init; }
+    public int LatentWidth { get; init; }
+}
 
 /// <summary>The images, the final latents (channels-last [batch, h, w, channels], before decoding) and what took how long.</summary>
 public sealed record GenerationResult(

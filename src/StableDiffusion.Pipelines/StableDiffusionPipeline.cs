@@ -246,7 +246,8 @@ public sealed class StableDiffusionPipeline : IDisposable
                 latents = Blend(proper, latents, latentMask!, z);
             }
             timings.Add(StageTimings.UnetStep, clock.Elapsed);
-            progress?.Report(new StepProgress(i - start + 1, timesteps.Count - start, timesteps[i], clock.Elapsed));
+            progress?.Report(new StepProgress(i - start + 1, timesteps.Count - start, timesteps[i], clock.Elapsed)
+                { Latents = latents, LatentHeight = h, LatentWidth = w });
         }
         if (options.ReleaseModelsAfterUse) Release(ref unet);
 
@@ -259,6 +260,17 @@ public sealed class StableDiffusionPipeline : IDisposable
                 : "the VAE decoded in fp16: its config says it is fp16-safe (force_upcast false, e.g. madebyollin's sdxl-vae-fp16-fix)");
         if (options.ReleaseModelsAfterUse) Release(ref vae);
         return new GenerationResult(images, latents, h, w, z, timings, notes);
+    }
+
+    /// <summary>
+    /// Decodes latents [batch, h, w, channels] (e.g. <see cref="StepProgress.Latents"/> of a generation stopped early)
+    /// into images, as the end of <see cref="Generate"/> does.
+    /// </summary>
+    public IReadOnlyList<RgbImage> DecodeLatents(float[] latents, int batch, int latentHeight, int latentWidth, List<string>? notes = null)
+    {
+        var images = Decode(latents, batch, latentHeight, latentWidth, new StageTimings(), notes ?? []);
+        if (options.ReleaseModelsAfterUse) Release(ref vae);
+        return images;
     }
 
     // ---- the text encoder ----

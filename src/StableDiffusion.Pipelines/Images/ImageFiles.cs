@@ -36,33 +36,70 @@ public static class ImageFiles
     /// </summary>
     public static RgbImage Read(string path, long maxPixels = DefaultMaxPixels)
     {
+        byte[] bytes;
         try
         {
             var info = new FileInfo(path);
             if (!info.Exists) throw new ImageException($"{Text.Q(path)}: no such image file");
             if (info.Length > MaxFileBytes)
                 throw new ImageException($"{Text.Q(path)}: {info.Length / 1048576.0:F0} MiB is more than an input image may be ({MaxFileBytes >> 20} MiB)");
-            var bytes = File.ReadAllBytes(path);
-            var header = Image.Identify(Decoders, bytes, out IImageFormat? format);
-            if (header is null || format is null)
-                throw new ImageException($"{Text.Q(path)}: not a PNG, JPEG, BMP or WebP image");
-            long pixels = (long)header.Width * header.Height;
-            if (header.Width <= 0 || header.Height <= 0 || pixels > maxPixels)
-                throw new ImageException($"{Text.Q(path)}: {header.Width}x{header.Height} {format.Name} image is larger than {maxPixels:N0} pixels");
-            using var image = Image.Load<Rgb24>(Decoders, bytes);
-            if (image.Width != header.Width || image.Height != header.Height)
-                throw new ImageException($"{Text.Q(path)}: decoded {image.Width}x{image.Height}, but the header says {header.Width}x{header.Height}");
-            image.Mutate(c => c.AutoOrient());
-            return RgbImage.FromImageSharp(image);
-        }
-        catch (Exception e) when (e is ImageFormatException or NotSupportedException or SixLabors.ImageSharp.Memory.InvalidMemoryOperationException)
-        {
-            throw new ImageException($"{Text.Q(path)}: cannot decode: {Text.OneLine(e.Message)}", e);
+            bytes = File.ReadAllBytes(path);
         }
         catch (Exception e) when (e is IOException or UnauthorizedAccessException)
         {
             throw new ImageException($"{Text.Q(path)}: cannot read: {Text.OneLine(e.Message)}", e);
         }
+        return Decode(bytes, Text.Q(path), maxPixels);
+    }
+
+    /// <summary>
+    /// <see cref="Read"/> for an image already in memory (e.g. sent to the server); <paramref name="name"/> names it in
+    /// errors. The same checks: the format, then the declared size from the header, then the decode.
+    /// </summary>
+    public static RgbImage Decode(byte[] bytes, string name, long maxPixels = DefaultMaxPixels)
+    {
+        try
+        {
+            if (bytes.LongLength > MaxFileBytes)
+                throw new ImageException($"{name}: {bytes.LongLength / 1048576.0:F0} MiB is more than an input image may be ({MaxFileBytes >> 20} MiB)");
+            var header = Image.Identify(Decoders, bytes, out IImageFormat? format);
+            if (header is null || format is null)
+                throw new ImageException($"{name}: not a PNG, JPEG, BMP or WebP image");
+            long pixels = (long)header.Width * header.Height;
+            if (header.Width <= 0 || header.Height <= 0 || pixels > maxPixels)
+                throw new ImageException($"{name}: {header.Width}x{header.Height} {format.Name} image is larger than {maxPixels:N0} pixels");
+            using var image = Image.Load<Rgb24>(Decoders, bytes);
+            if (image.Width != header.Width || image.Height != header.Height)
+                throw new ImageException($"{name}: decoded {image.Width}x{image.Height}, but the header says {header.Width}x{header.Height}");
+            image.Mutate(c => c.AutoOrient());
+            return RgbImage.FromImageSharp(image);
+        }
+        catch (Exception e) when (e is ImageFormatException or NotSupportedException or SixLabors.ImageSharp.Memory.InvalidMemoryOperationException)
+        {
+            throw new ImageException($"{name}: cannot decode: {Text.OneLine(e.Message)}", e);
+        }
+    }
+
+    /// <summary>The PNG <see cref="SavePng"/> writes, in memory.</summary>
+    public static byte[] EncodePng(RgbImage image, string? parameters)
+    {
+        using var stream = new MemoryStream();
+        WritePng(image, parameters, stream);
+        return stream.ToArray();
+    }
+
+    private static void WritePng(RgbImage image, string? parameters, Stream stream)
+    {
+        using var img = image.ToImageSharp();
+        if (parameters is not null)
+            img.Metadata.GetPngMetadata().TextData.Add(new PngTextData(ParametersKeyword, parameters, "", ""));
+        img.SaveAsPng(stream, new PngEncoder
+        {
+            ColorType = PngColorType.Rgb,
+            BitDepth = PngBitDepth.Bit8,
+            // ImageSharp compresses text over 1 KiB into zTXt by default; A1111 writes plain tEXt.
+            TextCompressionThreshold = int.MaxValue,
+        });
     }
 
     /// <summary>
@@ -80,19 +117,8 @@ public static class ImageFiles
         var temp = Path.Combine(dir, $".{Path.GetFileName(full)}.{Environment.ProcessId}.{Guid.NewGuid():N}.tmp");
         try
         {
-            using (var img = image.ToImageSharp())
-            {
-                if (parameters is not null)
-                    img.Metadata.GetPngMetadata().TextData.Add(new PngTextData(ParametersKeyword, parameters, "", ""));
-                using var stream = new FileStream(temp, FileMode.CreateNew, FileAccess.Write);
-                img.SaveAsPng(stream, new PngEncoder
-                {
-                    ColorType = PngColorType.Rgb,
-                    BitDepth = PngBitDepth.Bit8,
-                    // ImageSharp compresses text over 1 KiB into zTXt by default; A1111 writes plain tEXt.
-                    TextCompressionThreshold = int.MaxValue,
-                });
-            }
+            using (var stream = new FileStream(temp, FileMode.CreateNew, FileAccess.Write))
+                WritePng(image, parameters, stream);
             File.Move(temp, full, overwrite);
         }
         catch (Exception e) when (e is IOException or UnauthorizedAccessException)
@@ -104,6 +130,21 @@ public static class ImageFiles
         finally
         {
             if (File.Exists(temp)) File.Delete(temp);
+        }
+    }
+
+    /// <summary>The text chunks of PNG bytes by keyword; <paramref name="name"/> names them in errors.</summary>
+    public static IReadOnlyDictionary<string, string> ReadPngText(byte[] png, string name)
+    {
+        try
+        {
+            using var image = Image.Load<Rgb24>(new Configuration(new PngConfigurationModule()), png);
+            return image.Metadata.GetPngMetadata().TextData
+                .GroupBy(t => t.Keyword).ToDictionary(g => g.Key, g => g.First().Value, StringComparer.Ordinal);
+        }
+        catch (Exception e) when (e is ImageFormatException or NotSupportedException or SixLabors.ImageSharp.Memory.InvalidMemoryOperationException)
+        {
+            throw new ImageException($"{name}: cannot read as PNG: {Text.OneLine(e.Message)}", e);
         }
     }
 
