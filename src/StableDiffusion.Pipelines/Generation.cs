@@ -33,7 +33,11 @@ public enum GenerationMode
 }
 
 /// <summary>Reported after every denoising step.</summary>
-public readonly record struct StepProgress(int Step, int Steps, double Timestep, TimeSpan StepTime);
+public readonly record struct StepProgress(int Step, int Steps, double Timestep, TimeSpan StepTime)
+{
+    /// <summary>The latents after this step, channels-last [batch, h, w, channels] on the host (for previews; do not modify).</summary>
+    public float[]? Latents { get; init; }
+}
 
 /// <summary>The images, the final latents (channels-last [batch, h, w, channels], before decoding) and what took how long.</summary>
 public sealed record GenerationResult(
@@ -86,4 +90,16 @@ public sealed record PipelineOptions
 
     /// <summary>LoRAs merged into the UNet and text encoder weights as they load (the files stay open meanwhile).</summary>
     public IReadOnlyList<IO.LoraFile> Loras { get; init; } = [];
+
+    /// <summary>A tiny autoencoder (TAESD: a diffusers AutoencoderTiny folder or .safetensors, or taesd_*.pth) that decodes and encodes instead of the VAE.</summary>
+    public string? TinyAutoencoder { get; init; }
+
+    /// <summary>Decode and encode in overlapping tiles (<see cref="VaeTiling"/>) even when the whole image would fit the memory budget.</summary>
+    public bool VaeTiling { get; init; }
+
+    /// <summary>The tile side in image pixels (a multiple of 64).</summary>
+    public int VaeTilePixels { get; init; } = Pipelines.VaeTiling.DefaultTilePixels;
+
+    /// <summary>Bytes the VAE's activations may take before it tiles on its own; null: what the device has free.</summary>
+    public long? MemoryBudgetBytes { get; init; }
 }
