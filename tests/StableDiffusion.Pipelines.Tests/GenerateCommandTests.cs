@@ -145,6 +145,12 @@ public class GenerateCommandTests : IDisposable
         { ["--seed", "lucky"], "--seed 'lucky'" },
         { ["--device", "tpu"], "--device 'tpu' is not a device" },
         { ["--frobnicate"], "unexpected argument '--frobnicate'" },
+        { ["--preview", "jpeg"], "--preview 'jpeg': use latent2rgb or taesd" },
+        { ["--preview", "taesd"], "--preview taesd needs --taesd" },
+        { ["--preview-every", "2"], "--preview-every and --preview-file need --preview" },
+        { ["--preview", "latent2rgb", "--preview-every", "0"], "--preview-every '0'" },
+        { ["--preview", "latent2rgb", "--preview-file", "p.jpg"], "--preview-file 'p.jpg'" },
+        { ["--taesd", "no/such/dir/x.pth"], "--taesd 'no/such/dir/x.pth'" },
     };
 
     [SkippableTheory]
