@@ -50,7 +50,7 @@ public static class Cli
                    [--lora FILE[:W]]...          merge a LoRA at load with weight W (default 1); repeatable
                    [--lora-dir weights/loras]    where the prompt's <lora:NAME:W> tags find NAME.safetensors/.ckpt/.pt
                    [--taesd PATH|org/name]       decode (and encode) with a tiny autoencoder (TAESD) instead of the VAE
-                   [--vae-tiling]                VAE in overlapping 512-pixel tiles (automatic when memory is short)
+                   [--vae-tiling] [--vae-tile 512]   VAE in overlapping tiles of that many pixels (automatic when memory is short)
                    [--preview latent2rgb|taesd]  write the image while sampling, every --preview-every N steps (1),
                    [--preview-every N] [--preview-file preview.png]   to --preview-file (preview.png)
 

@@ -30,6 +30,7 @@ internal static class GenerateCommand
     {
         public string? Taesd { get; init; }
         public bool VaeTiling { get; init; }
+        public int VaeTile { get; init; } = Pipelines.VaeTiling.DefaultTilePixels;
         public PreviewMethod? Preview { get; init; }
         public int PreviewEvery { get; init; } = 1;
         public string PreviewFile { get; init; } = "preview.png";
@@ -86,6 +87,7 @@ internal static class GenerateCommand
             Loras = loras.Files,
             TinyAutoencoder = taesd,
             VaeTiling = o.VaeTiling,
+            VaeTilePixels = o.VaeTile,
         });
         var scheduler = CreateSampler(o.Sampler, pipeline.SchedulerConfigJson, o.Schedule);
 
@@ -241,6 +243,8 @@ internal static class GenerateCommand
         bool profile = a.Flag("--profile");
         var taesd = Text("--taesd");
         bool vaeTiling = a.Flag("--vae-tiling");
+        int vaeTile = Int(a, "--vae-tile", VaeTiling.DefaultTilePixels, 64, 8192);
+        if (vaeTile % 64 != 0) throw new UsageException($"--vae-tile '{vaeTile}': must be a multiple of 64");
         PreviewMethod? preview = Text("--preview") switch
         {
             null => null,
@@ -265,6 +269,7 @@ internal static class GenerateCommand
         {
             Taesd = taesd,
             VaeTiling = vaeTiling,
+            VaeTile = vaeTile,
             Preview = preview,
             PreviewEvery = previewEvery,
             PreviewFile = previewFile,
