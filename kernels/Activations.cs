@@ -31,6 +31,8 @@ public static class ActivationKernels
         1 => 0.5f * x * (1f + KernelMath.Erf(x * 0.70710678118654752f)),
         2 => 0.5f * x * (1f + MathF.Tanh(0.79788456080286536f * (x + 0.044715f * x * x * x))),
         3 => x * KernelMath.Sigmoid(1.702f * x),
+        5 => MathF.Max(x, 0f),
+        6 => MathF.Tanh(x),
         _ => MathF.Exp(x),
     };
 
@@ -86,6 +88,8 @@ public static class Activations
         Activation.GeluTanh => "gelu_tanh",
         Activation.QuickGelu => "quick_gelu",
         Activation.Exp => "exp",
+        Activation.Relu => "relu",
+        Activation.Tanh => "tanh",
         _ => "activation",
     };
 

@@ -171,6 +171,8 @@ public static class Reference
         Activation.Gelu => 0.5 * x * (1 + Erf(x / Math.Sqrt(2))),
         Activation.GeluTanh => 0.5 * x * (1 + Math.Tanh(Math.Sqrt(2 / Math.PI) * (x + 0.044715 * x * x * x))),
         Activation.QuickGelu => x / (1 + Math.Exp(-1.702 * x)),
+        Activation.Relu => Math.Max(x, 0),
+        Activation.Tanh => Math.Tanh(x),
         _ => Math.Exp(x),
     };
 

@@ -25,6 +25,8 @@ public static unsafe class CpuPointwise
                 case Activation.Gelu: Apply<GeluOp>(x + s, y + s, e - s); break;
                 case Activation.GeluTanh: Apply<GeluTanhOp>(x + s, y + s, e - s); break;
                 case Activation.QuickGelu: Apply<QuickGeluOp>(x + s, y + s, e - s); break;
+                case Activation.Relu: Apply<ReluOp>(x + s, y + s, e - s); break;
+                case Activation.Tanh: Apply<TanhOp>(x + s, y + s, e - s); break;
                 default: Apply<ExpOp>(x + s, y + s, e - s); break;
             }
         });
@@ -241,6 +243,20 @@ public static unsafe class CpuPointwise
         [MethodImpl(MethodImplOptions.AggressiveInlining)]
         public readonly Vector512<float> Of(Vector512<float> x) => x * CpuMath.Sigmoid(x * Vector512.Create(1.702f));
         public readonly float Of(float x) => x * CpuMath.Sigmoid(1.702f * x);
+    }
+
+    internal struct ReluOp : IUnary
+    {
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public readonly Vector512<float> Of(Vector512<float> x) => Vector512.Max(x, Vector512<float>.Zero);
+        public readonly float Of(float x) => MathF.Max(x, 0f);
+    }
+
+    internal struct TanhOp : IUnary
+    {
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public readonly Vector512<float> Of(Vector512<float> x) => CpuMath.Tanh(x);
+        public readonly float Of(float x) => CpuMath.Tanh(x);
     }
 
     internal struct ExpOp : IUnary

@@ -28,6 +28,7 @@ public static class Cli
                 [--op OP] [--json FILE]          --list writes the case list only (what bench/gpu feeds PyTorch)
                 [--list]
           random-model --config C --out PATH     random weights in a real layout: C is sd15, sd21, sdxl or a -tiny one;
+                                                 or taesd / taesdxl (tiny autoencoders, diffusers folders);
                 [--format F] [--dtype D] [--seed N]   F diffusers (a folder, default) or single-file (LDM .safetensors), D fp16 (default) or fp32
                 [--tokenizer DIR]                use DIR's vocab.json and merges.txt (default: CLIP's built-in vocabulary)
           tokenize [--tokenizer DIR | --model DIR] [--vocab DIR|bpe.txt.gz] [--chunks] "<text>"   CLIP token ids as JSON (default: built-in vocabulary)
@@ -53,6 +54,10 @@ public static class Cli
                    [--profile]                   time every op (synchronised): per op family, in all and per UNet step
                    [--lora FILE[:W]]...          merge a LoRA at load with weight W (default 1); repeatable
                    [--lora-dir weights/loras]    where the prompt's <lora:NAME:W> tags find NAME.safetensors/.ckpt/.pt
+                   [--taesd PATH|org/name]       decode (and encode) with a tiny autoencoder (TAESD) instead of the VAE
+                   [--vae-tiling] [--vae-tile 512]   VAE in overlapping tiles of that many pixels (automatic when memory is short)
+                   [--preview latent2rgb|taesd]  write the image while sampling, every --preview-every N steps (1),
+                   [--preview-every N] [--preview-file preview.png]   to --preview-file (preview.png)
           serve --model M                        keep models loaded and answer HTTP: A1111's /sdapi/v1, OpenAI's
                 [--listen 127.0.0.1:7860]        /v1/images/generations, /v1/jobs with streamed progress, a page at /;
                 [--max-queue 16]                 one generation at a time, the rest queued (429 past --max-queue);

@@ -27,7 +27,15 @@ internal static class GenerateCommand
         string Model, string Prompt, string NegativePrompt, int Steps, float Cfg, string Sampler, string? Schedule,
         ulong Seed, int? Width, int? Height, int Batch, string? InitImage, float? Strength, string? Mask, string Device,
         DType? Precision, string Output, bool Overwrite, string? Tokenizer, bool Profile, LoraArguments Loras, int? ClipSkip = null, string? EmbeddingsDir = null,
-        PredictionType? Prediction = null);
+        PredictionType? Prediction = null)
+    {
+        public string? Taesd { get; init; }
+        public bool VaeTiling { get; init; }
+        public int VaeTile { get; init; } = Pipelines.VaeTiling.DefaultTilePixels;
+        public PreviewMethod? Preview { get; init; }
+        public int PreviewEvery { get; init; } = 1;
+        public string PreviewFile { get; init; } = "preview.png";
+    }
 
     public static int Run(Args a, TextWriter stdout, TextWriter stderr)
     {
@@ -71,6 +79,7 @@ internal static class GenerateCommand
         IOps ops = profiler ?? backend;
         // fp16 only where it is native: the CPU backends compute in fp32 and would only round more.
         var dtype = o.Precision ?? (device.Kind is DeviceKind.IlgpuCpu or DeviceKind.Cpu || !device.SupportsFp16 ? DType.F32 : DType.F16);
+        var taesd = o.Taesd is null ? null : TinyAutoencoderArgument.Resolve(o.Taesd, stderr);
         using var pipeline = StableDiffusionPipeline.Open(source, ops, new PipelineOptions
         {
             DType = dtype,
@@ -81,6 +90,9 @@ internal static class GenerateCommand
             Loras = loras.Files,
             PredictionType = o.Prediction,
             Notice = line => stderr.WriteLine($"sd: {line}"),
+            TinyAutoencoder = taesd,
+            VaeTiling = o.VaeTiling,
+            VaeTilePixels = o.VaeTile,
         });
         var scheduler = CreateSampler(o.Sampler, pipeline.SchedulerConfigJson, o.Schedule);
 
@@ -111,9 +123,18 @@ internal static class GenerateCommand
         IReadOnlyList<(string Op, int Calls, TimeSpan Time)>? afterFirst = null, afterLast = null;
         int stepsRun = 0;
         var bar = new ProgressBar(stderr);
+        var previews = new StageTimings();
+        if (o.Preview == PreviewMethod.Taesd) pipeline.PrepareTinyAutoencoder(previews);
         var progress = new StepHook(p =>
         {
             bar.Report(p);
+            if (o.Preview is PreviewMethod method && p.Latents is not null && (p.Step % o.PreviewEvery == 0 || p.Step == p.Steps))
+                previews.Measure("previews", () =>
+                {
+                    int f = pipeline.VaeScaleFactor;
+                    ImageFiles.SavePng(pipeline.Preview(p.Latents, request.Height / f, request.Width / f, method), o.PreviewFile, null, overwrite: true);
+                    return 0;
+                });
             stepsRun = p.Step;
             if (profiler is null) return;
             if (p.Step == 1) afterFirst = profiler.Entries;
@@ -147,7 +168,9 @@ internal static class GenerateCommand
             ImageFiles.SavePng(result.Images[i], outputs[i], parameters, o.Overwrite);
             stdout.WriteLine(outputs[i]);
         }
-        var stages = hash.Stages.Concat(result.Timings.Stages).Append(("write png", write.Elapsed)).ToList();
+        var previewTime = previews.Stages.Where(st => st.Stage == "previews").Aggregate(TimeSpan.Zero, (x, st) => x + st.Time);
+        var stages = hash.Stages.Concat(previews.Stages.Where(st => st.Stage != "previews")).Concat(result.Timings.Stages)
+            .Concat(previewTime > TimeSpan.Zero ? [("previews", previewTime)] : []).Append(("write png", write.Elapsed)).ToList();
         Summary(stages, clock.Elapsed, device.Pool.PeakBytesInUse, stderr);
         if (profiler is not null) Profile(profiler.Entries, afterFirst, afterLast, stepsRun, stderr);
         return 0;
@@ -226,6 +249,27 @@ internal static class GenerateCommand
         bool overwrite = a.Flag("--overwrite");
         var tokenizer = Text("--tokenizer");
         bool profile = a.Flag("--profile");
+        var taesd = Text("--taesd");
+        bool vaeTiling = a.Flag("--vae-tiling");
+        int vaeTile = Int(a, "--vae-tile", VaeTiling.DefaultTilePixels, 64, 8192);
+        if (vaeTile % 64 != 0) throw new UsageException($"--vae-tile '{vaeTile}': must be a multiple of 64");
+        PreviewMethod? preview = Text("--preview") switch
+        {
+            null => null,
+            "latent2rgb" => PreviewMethod.Latent2Rgb,
+            "taesd" => PreviewMethod.Taesd,
+            var p => throw new UsageException($"--preview '{p}': use latent2rgb or taesd"),
+        };
+        if (preview == PreviewMethod.Taesd && taesd is null) throw new UsageException("--preview taesd needs --taesd PATH|org/name (the tiny autoencoder to decode with)");
+        var everyText = Text("--preview-every");
+        var previewFile = Text("--preview-file");
+        if ((everyText is not null || previewFile is not null) && preview is null)
+            throw new UsageException("--preview-every and --preview-file need --preview latent2rgb|taesd");
+        int previewEvery = 1;
+        if (everyText is not null && (!int.TryParse(everyText, NumberStyles.Integer, CultureInfo.InvariantCulture, out previewEvery) || previewEvery is < 1 or > 1000))
+            throw new UsageException($"--preview-every '{everyText}': must be an integer from 1 to 1000");
+        previewFile ??= "preview.png";
+        if (!previewFile.EndsWith(".png", StringComparison.OrdinalIgnoreCase)) throw new UsageException($"--preview-file '{previewFile}': use a name ending in .png");
         var loras = LoraArguments.Parse(a, prompt, negative);
         int? clipSkip = Text("--clip-skip") is string cs
             ? int.TryParse(cs, NumberStyles.None, CultureInfo.InvariantCulture, out var n) && n >= 1 ? n
@@ -235,7 +279,15 @@ internal static class GenerateCommand
         PredictionType? prediction = Text("--prediction-type") is string pt ? PredictionTypes.Parse(pt) : null;
         a.CheckDone();
         return new Options(model, prompt, negative, steps, cfg, sampler, schedule, seed, width, height, batch, initImage, strength, mask,
-            device, precision, output, overwrite, tokenizer, profile, loras, clipSkip, embeddingsDir, prediction);
+            device, precision, output, overwrite, tokenizer, profile, loras, clipSkip, embeddingsDir, prediction)
+        {
+            Taesd = taesd,
+            VaeTiling = vaeTiling,
+            VaeTile = vaeTile,
+            Preview = preview,
+            PreviewEvery = previewEvery,
+            PreviewFile = previewFile,
+        };
     }
 
     private static int Int(Args a, string name, int fallback, int min, int max)
@@ -318,7 +370,9 @@ internal static class GenerateCommand
         }
         var accounted = stages.Aggregate(TimeSpan.Zero, (x, s) => x + s.Time);
         stderr.WriteLine($"  {"other",-18} {(total - accounted).TotalSeconds,8:F2} s  (device, model files, tokenizer, images)");
-        stderr.WriteLine($"  {"total",-18} {total.TotalSeconds,8:F2} s  peak device memory {peakBytes / 1048576.0:F1} MiB");
+        var rss = MemoryInfo.PeakRssBytes();
+        stderr.WriteLine($"  {"total",-18} {total.TotalSeconds,8:F2} s  peak device memory {peakBytes / 1048576.0:F1} MiB" +
+                         (rss is long r ? $", peak RSS {r / 1048576.0:F1} MiB" : ""));
     }
 
     /// <summary>Steps per second, leaving out the first step (kernel compilation) when there are others.</summary>

@@ -73,6 +73,18 @@ public sealed class ComponentWeights
         return c;
     }
 
+    /// <summary>
+    /// A component made of the tensors of several files, each stored name mapped to its diffusers name by the file's
+    /// rename (a file laid out in another naming, such as the original tiny autoencoder's .pth files).
+    /// </summary>
+    public static ComponentWeights FromFiles(string name, string source, IEnumerable<(WeightFile File, Func<string, string> Rename)> files)
+    {
+        var c = new ComponentWeights(name, source);
+        foreach (var (file, rename) in files)
+            foreach (var t in file.Tensors) c.Add(new ModelTensor(t with { Name = rename(t.Name) }, file, t.Name));
+        return c;
+    }
+
     internal void Add(ModelTensor t)
     {
         if (!tensors.TryAdd(t.Name, t))

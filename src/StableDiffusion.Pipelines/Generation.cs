@@ -104,4 +104,15 @@ public sealed record PipelineOptions
 
     /// <summary>Receives a line on what was decided about the model (the detected prediction type).</summary>
     public Action<string>? Notice { get; init; }
+    /// <summary>A tiny autoencoder (TAESD: a diffusers AutoencoderTiny folder or .safetensors, or taesd_*.pth) that decodes and encodes instead of the VAE.</summary>
+    public string? TinyAutoencoder { get; init; }
+
+    /// <summary>Decode and encode in overlapping tiles (<see cref="VaeTiling"/>) even when the whole image would fit the memory budget.</summary>
+    public bool VaeTiling { get; init; }
+
+    /// <summary>The tile side in image pixels (a multiple of 64).</summary>
+    public int VaeTilePixels { get; init; } = Pipelines.VaeTiling.DefaultTilePixels;
+
+    /// <summary>Bytes the VAE's activations may take before it tiles on its own; null: what the device has free.</summary>
+    public long? MemoryBudgetBytes { get; init; }
 }

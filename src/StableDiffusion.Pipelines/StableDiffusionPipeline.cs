@@ -24,7 +24,7 @@ namespace StableDiffusion.Pipelines;
 /// Models are loaded on first use from the <see cref="ModelSource"/> (which must stay open while the pipeline is used)
 /// and stay loaded unless <see cref="PipelineOptions.ReleaseModelsAfterUse"/> is set.
 /// </summary>
-public sealed class StableDiffusionPipeline : IDisposable
+public sealed partial class StableDiffusionPipeline : IDisposable
 {
     private readonly ModelSource source;
     private readonly IOps ops;
@@ -220,7 +220,7 @@ public sealed class StableDiffusionPipeline : IDisposable
             latentMask = Repeat(Nearest(pixelMask!, r.Width, r.Height, w, h), batch);
             if (IsInpaintingModel)
                 maskedImageLatents = Repeat(EncodeImage(MaskOut(init!.ToTensor(), pixelMask!), r.Width, r.Height, random, timings), batch);
-            else
+            else if (!UsesTinyVae)
                 random.RandnNhwc(1, z, h, w); // diffusers encodes the masked image here anyway: keep the generator in step
         }
 
@@ -258,7 +258,11 @@ public sealed class StableDiffusionPipeline : IDisposable
             notes.Add(vaeDType == DType.F32
                 ? "the SDXL VAE decoded in fp32: it overflows in fp16 unless it is an fp16-safe VAE (madebyollin's sdxl-vae-fp16-fix, force_upcast false)"
                 : "the VAE decoded in fp16: its config says it is fp16-safe (force_upcast false, e.g. madebyollin's sdxl-vae-fp16-fix)");
-        if (options.ReleaseModelsAfterUse) Release(ref vae);
+        if (options.ReleaseModelsAfterUse)
+        {
+            Release(ref vae);
+            Release(ref tiny);
+        }
         return new GenerationResult(images, latents, h, w, z, timings, notes);
     }
 
@@ -351,26 +355,6 @@ public sealed class StableDiffusionPipeline : IDisposable
     }, timings);
 
     /// <summary>
-    /// An image [H, W, 3] in [-1, 1] → diffusion latents [1, h, w, C]: a draw from the encoder's distribution with
-    /// noise from <paramref name="random"/>, times the scaling factor (diffusers' retrieve_latents with sample_mode
-    /// "sample", which its img2img and inpaint pipelines use).
-    /// </summary>
-    private float[] EncodeImage(float[] image, int width, int height, TorchRandom random, StageTimings timings)
-    {
-        var model = LoadVae(timings);
-        int z = Configs.Vae.LatentChannels, h = height / VaeScaleFactor, w = width / VaeScaleFactor;
-        return timings.Measure("vae encode", () =>
-        {
-            using var x = Tensor.FromArray(ops.Device, image, vaeDType, 1, height, width, 3);
-            using var moments = model.Encode(ops, x);
-            using var eps = Tensor.FromArray(ops.Device, random.RandnNhwc(1, z, h, w), vaeDType, 1, h, w, z);
-            using var sample = model.Sample(ops, moments, eps);
-            using var scaled = model.ScaleLatents(ops, sample);
-            return scaled.ToFloatArray();
-        });
-    }
-
-    /// <summary>
     /// Latents → images, one image at a time (the decoder's activations dominate memory). An fp16 VAE that overflows
     /// (NaN or Inf in its output) is reloaded in fp32 and the image decoded again; the pipeline keeps the fp32 VAE.
     /// </summary>
@@ -381,8 +365,8 @@ public sealed class StableDiffusionPipeline : IDisposable
         for (int b = 0; b < batch; b++)
         {
             var one = latents.AsSpan(b * per, per).ToArray();
-            var pixels = DecodeOne(one, h, w, timings);
-            if (!AllFinite(pixels) && vaeDType == DType.F16)
+            var pixels = DecodeOne(one, h, w, timings, b == 0 ? notes : null);
+            if (!AllFinite(pixels) && vaeDType == DType.F16 && !UsesTinyVae)
             {
                 notes.Add("the fp16 VAE decode produced NaN/Inf values; decoded again in fp32 (the VAE stays fp32)");
                 Release(ref vae);
@@ -393,17 +377,6 @@ public sealed class StableDiffusionPipeline : IDisposable
             images[b] = RgbImage.FromTensor(pixels, w * f, h * f);
         }
         return images;
-    }
-
-    private float[] DecodeOne(float[] latents, int h, int w, StageTimings timings)
-    {
-        var model = LoadVae(timings);
-        return timings.Measure("vae decode", () =>
-        {
-            using var x = Tensor.FromArray(ops.Device, latents, DType.F32, 1, h, w, Configs.Vae.LatentChannels);
-            using var image = model.Decode(ops, x);
-            return image.ToFloatArray();
-        });
     }
 
     private static bool AllFinite(float[] x)
@@ -496,5 +469,6 @@ public sealed class StableDiffusionPipeline : IDisposable
         Release(ref textEncoder2);
         Release(ref unet);
         Release(ref vae);
+        Release(ref tiny);
     }
 }

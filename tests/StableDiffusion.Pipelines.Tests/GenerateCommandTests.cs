@@ -148,6 +148,12 @@ public class GenerateCommandTests : IDisposable
         { ["--clip-skip", "two"], "--clip-skip 'two': must be a whole number" },
         { ["--clip-skip", "9"], "--clip-skip 9: this text encoder takes 1 to" },
         { ["--embeddings-dir", "/nonexistent-embeddings"], "--embeddings-dir /nonexistent-embeddings: no such folder" },
+        { ["--preview", "jpeg"], "--preview 'jpeg': use latent2rgb or taesd" },
+        { ["--preview", "taesd"], "--preview taesd needs --taesd" },
+        { ["--preview-every", "2"], "--preview-every and --preview-file need --preview" },
+        { ["--preview", "latent2rgb", "--preview-every", "0"], "--preview-every '0'" },
+        { ["--preview", "latent2rgb", "--preview-file", "p.jpg"], "--preview-file 'p.jpg'" },
+        { ["--taesd", "no/such/dir/x.pth"], "--taesd 'no/such/dir/x.pth'" },
     };
 
     [SkippableTheory]

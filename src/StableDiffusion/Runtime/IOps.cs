@@ -11,6 +11,10 @@ public enum Activation
     QuickGelu = 3,
     /// <summary>e^x (the VAE's standard deviation from its log-variance).</summary>
     Exp = 4,
+    /// <summary>max(x, 0) (the tiny autoencoder's activation).</summary>
+    Relu = 5,
+    /// <summary>tanh(x) (the tiny autoencoder's latent clamp, 3·tanh(x/3)).</summary>
+    Tanh = 6,
 }
 
 public enum BinaryOp

@@ -6,7 +6,7 @@ using static TorchSharp.torch;
 
 namespace StableDiffusion.Tests.Kernels;
 
-/// <summary>activation (SiLU, GELU, GELU-tanh, QuickGELU), geglu, binary_broadcast, scale and cast against libtorch.</summary>
+/// <summary>activation (SiLU, GELU, GELU-tanh, QuickGELU, exp, ReLU, tanh), geglu, binary_broadcast, scale and cast against libtorch.</summary>
 public class PointwiseOracleTests(ITestOutputHelper output)
 {
     private readonly Oracle oracle = new(output);
@@ -17,6 +17,8 @@ public class PointwiseOracleTests(ITestOutputHelper output)
         Activation.Gelu => torch.nn.functional.gelu(x),
         Activation.GeluTanh => torch.nn.functional.gelu(x, approximate: TorchSharp.Modules.GELU.Approximate.tanh),
         Activation.QuickGelu => x * torch.sigmoid(1.702 * x),
+        Activation.Relu => torch.nn.functional.relu(x),
+        Activation.Tanh => torch.tanh(x),
         _ => torch.exp(x),
     };
 
@@ -41,6 +43,12 @@ public class PointwiseOracleTests(ITestOutputHelper output)
     [InlineData("cpu", "fp32", Activation.Exp)]
     [InlineData("test", "fp16", Activation.Exp)]
     [InlineData("cpu", "fp16", Activation.Exp)]
+    [InlineData("test", "fp32", Activation.Relu)]
+    [InlineData("cpu", "fp32", Activation.Relu)]
+    [InlineData("test", "fp16", Activation.Tanh)]
+    [InlineData("cpu", "fp16", Activation.Tanh)]
+    [InlineData("test", "fp32", Activation.Tanh)]
+    [InlineData("cpu", "fp32", Activation.Tanh)]
     [InlineData("cuda", "fp32", Activation.Gelu)]
     public void Activation_matches_libtorch(string profile, string dtype, Activation kind)
     {
