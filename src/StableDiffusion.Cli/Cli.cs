@@ -27,7 +27,8 @@ public static class Cli
           bench [--device D] [--quick]           time the kernels at the SD1.5 shapes (CUDA events on CUDA);
                 [--op OP] [--json FILE]          --list writes the case list only (what bench/gpu feeds PyTorch)
                 [--list]
-          random-model --config C --out PATH     random weights in a real layout: C is sd15, sd21, sdxl or a -tiny one;
+          random-model --config C --out PATH     random weights in a real layout: C is sd15, sd21, sdxl or a -tiny one
+                                                 (sdxl-refiner-tiny, sdxl-inpaint-tiny too);
                                                  or taesd / taesdxl (tiny autoencoders, diffusers folders);
                 [--format F] [--dtype D] [--seed N]   F diffusers (a folder, default) or single-file (LDM .safetensors), D fp16 (default) or fp32
                 [--tokenizer DIR]                use DIR's vocab.json and merges.txt (default: CLIP's built-in vocabulary)
@@ -58,6 +59,10 @@ public static class Cli
                    [--vae-tiling] [--vae-tile 512]   VAE in overlapping tiles of that many pixels (automatic when memory is short)
                    [--preview latent2rgb|taesd]  write the image while sampling, every --preview-every N steps (1),
                    [--preview-every N] [--preview-file preview.png]   to --preview-file (preview.png)
+                   [--vae FILE|DIR|org/name]     decode (and encode) with this VAE instead of the model's
+                   [--preset turbo|lcm|default]  turbo: trailing spacing, cfg 0, 1 step, 512²; lcm: lcm sampler, 4 steps, cfg 1
+                   [--refiner M] [--refiner-switch 0.8]   SDXL: the refiner takes over at that fraction of the schedule
+                   [--aesthetic-score 6] [--negative-aesthetic-score 2.5]   the refiner's aesthetic conditioning
           serve --model M                        keep models loaded and answer HTTP: A1111's /sdapi/v1, OpenAI's
                 [--listen 127.0.0.1:7860]        /v1/images/generations, /v1/jobs with streamed progress, a page at /;
                 [--max-queue 16]                 one generation at a time, the rest queued (429 past --max-queue);

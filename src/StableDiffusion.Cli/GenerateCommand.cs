@@ -17,9 +17,9 @@ namespace StableDiffusion.Cli;
 internal static class GenerateCommand
 {
     /// <summary>The sampler for the model's scheduler_config.json; a <see cref="UsageException"/> for a schedule it cannot use.</summary>
-    private static IScheduler CreateSampler(string name, string config, string? schedule) =>
+    private static IScheduler CreateSampler(string name, string config, string? schedule, TimestepSpacing? spacing = null) =>
         Samplers.Create(name, SchedulerConfig.Parse(config, "the model's scheduler config"),
-            schedule is null ? null : Samplers.ParseSchedule(schedule));
+            schedule is null ? null : Samplers.ParseSchedule(schedule), spacing);
 
     public const string DefaultSampler = "euler_a";
 
@@ -35,6 +35,15 @@ internal static class GenerateCommand
         public PreviewMethod? Preview { get; init; }
         public int PreviewEvery { get; init; } = 1;
         public string PreviewFile { get; init; } = "preview.png";
+        public string? Vae { get; init; }
+        public string? Refiner { get; init; }
+        public float RefinerSwitch { get; init; } = 0.8f;
+        public float AestheticScore { get; init; } = 6f;
+        public float NegativeAestheticScore { get; init; } = 2.5f;
+        public string? Preset { get; init; }
+        public bool StepsGiven { get; init; }
+        public bool CfgGiven { get; init; }
+        public bool SamplerGiven { get; init; }
     }
 
     public static int Run(Args a, TextWriter stdout, TextWriter stderr)
@@ -73,6 +82,7 @@ internal static class GenerateCommand
         var path = ModelArgument.Resolve(o.Model, revision: null, variant: null, stderr);
         using var source = ModelSource.Open(path);
         using var loras = o.Loras.Open();
+        using var vae = o.Vae is null ? null : VaeOverride.Open(ModelArgument.ResolveVae(o.Vae, stderr));
         using var device = ComputeDevice.Open(o.Device, stderr);
         var backend = Backends.For(device);
         var profiler = o.Profile ? new ProfilingOps(backend) : null;
@@ -93,8 +103,35 @@ internal static class GenerateCommand
             TinyAutoencoder = taesd,
             VaeTiling = o.VaeTiling,
             VaeTilePixels = o.VaeTile,
+            Vae = vae,
         });
-        var scheduler = CreateSampler(o.Sampler, pipeline.SchedulerConfigJson, o.Schedule);
+        var preset = GenerationPreset.Resolve(o.Preset, pipeline.SchedulerConfigJson, out bool implied);
+        if (preset is not null)
+        {
+            o = o with
+            {
+                Steps = o.StepsGiven ? o.Steps : preset.Steps,
+                Cfg = o.CfgGiven ? o.Cfg : preset.Cfg,
+                Sampler = o.SamplerGiven || preset.Sampler is null ? o.Sampler : preset.Sampler,
+            };
+            if (!implied && o.Steps > preset.MaxSteps)
+                throw new UsageException($"--preset {preset.Name}: {o.Steps} steps; a {preset.Name} model takes 1 to {preset.MaxSteps}");
+            stderr.WriteLine($"sd: preset {preset.Name}{(implied ? " (the model's scheduler config implies it; --preset default for none)" : "")}: " +
+                             $"{o.Steps} step{(o.Steps == 1 ? "" : "s")}, cfg {Num(o.Cfg)}{(o.Cfg <= 1f ? " (no unconditional pass)" : "")}" +
+                             $"{(preset.Spacing is null ? "" : ", trailing timestep spacing")}{(o.SamplerGiven || preset.Sampler is null ? "" : $", sampler {o.Sampler}")}");
+        }
+        var scheduler = CreateSampler(o.Sampler, pipeline.SchedulerConfigJson, o.Schedule, preset?.Spacing);
+        if (pipeline.Configs.IsRefiner)
+            throw new UsageException($"{o.Model} is an SDXL refiner: it only continues a base model's latents; use --model BASE --refiner {o.Model}");
+        using var refinerSource = o.Refiner is null ? null : ModelSource.Open(ModelArgument.Resolve(o.Refiner, revision: null, variant: null, stderr));
+        using var refiner = refinerSource is null ? null : RefinerStage.Open(refinerSource, ops, new PipelineOptions
+        {
+            DType = dtype,
+            ReleaseModelsAfterUse = true,
+            Vae = vae, // the refiner decodes the final latents
+        });
+        if (refiner is not null && !pipeline.Configs.IsSdxl)
+            throw new UsageException($"--refiner: {o.Model} is not an SDXL base model (family {source.Family.Name()}); the refiner continues SDXL latents");
 
         // Without --width/--height an init image keeps its size, rounded down to what the model takes.
         int multiple = pipeline.SizeMultiple;
@@ -105,17 +142,23 @@ internal static class GenerateCommand
             Steps = o.Steps,
             GuidanceScale = o.Cfg,
             Seed = o.Seed,
-            Width = o.Width ?? (init is null ? pipeline.DefaultSize : Math.Max(multiple, init.Width / multiple * multiple)),
-            Height = o.Height ?? (init is null ? pipeline.DefaultSize : Math.Max(multiple, init.Height / multiple * multiple)),
+            Width = o.Width ?? (init is null ? Size(preset, implied, pipeline) : Math.Max(multiple, init.Width / multiple * multiple)),
+            Height = o.Height ?? (init is null ? Size(preset, implied, pipeline) : Math.Max(multiple, init.Height / multiple * multiple)),
             BatchSize = o.Batch,
             InitImage = init,
             Mask = mask,
             Strength = o.Strength ?? (mask is null ? 0.75f : 1f),
+            AestheticScore = o.AestheticScore,
+            NegativeAestheticScore = o.NegativeAestheticScore,
         };
         pipeline.Validate(request);
+        refiner?.Validate(request with { DenoisingStart = o.RefinerSwitch, Latents = new float[request.BatchSize * (request.Height / refiner.VaeScaleFactor) * (request.Width / refiner.VaeScaleFactor) * refiner.Configs.Vae.LatentChannels] });
         var hash = new StageTimings();
         var modelHash = hash.Measure("model hash", () => ModelHash.Compute(source));
         var loraHashes = loras.Files.Count == 0 ? null : hash.Measure("lora hashes", () => LoraMerge.Hashes(loras.Files));
+        var vaeHash = vae is null ? null : hash.Measure("vae hash", () => ModelHash.OfFile(vae.Weights.Source));
+        var refinerTitle = refinerSource is null ? null
+            : $"{ModelName(o.Refiner!)} [{hash.Measure("refiner hash", () => ModelHash.Compute(refinerSource))}]";
 
         stderr.WriteLine($"sd: {ModeName(pipeline.ModeOf(request))} {request.Width}x{request.Height}, {o.Steps} step{(o.Steps == 1 ? "" : "s")} of {o.Sampler}, " +
                          $"cfg {Num(o.Cfg)}, seed {o.Seed}, {dtype.Name()} on {device.Name}");
@@ -140,7 +183,10 @@ internal static class GenerateCommand
             if (p.Step == 1) afterFirst = profiler.Entries;
             if (p.Step == p.Steps) afterLast = profiler.Entries;
         });
-        var result = pipeline.Generate(request, scheduler, progress, cancel);
+        var result = refiner is null
+            ? pipeline.Generate(request, scheduler, progress, cancel)
+            : RefinerStage.Run(pipeline, request, scheduler, refiner, CreateSampler(o.Sampler, refiner.SchedulerConfigJson, o.Schedule),
+                o.RefinerSwitch, progress, cancel);
         foreach (var note in result.Notes) stderr.WriteLine($"sd: note: {note}");
 
         var write = Stopwatch.StartNew();
@@ -164,6 +210,10 @@ internal static class GenerateCommand
                 BatchSize = o.Batch,
                 BatchPosition = i,
                 LoraHashes = loraHashes,
+                VaeHash = vaeHash,
+                Vae = vae is null ? null : Path.GetFileName(vae.Weights.Source),
+                Refiner = refinerTitle,
+                RefinerSwitchAt = refiner is null ? null : o.RefinerSwitch,
             });
             ImageFiles.SavePng(result.Images[i], outputs[i], parameters, o.Overwrite);
             stdout.WriteLine(outputs[i]);
@@ -218,9 +268,13 @@ internal static class GenerateCommand
         var negative = Text("--negative-prompt") ?? "";
         if (prompt.Length + negative.Length > GenerationLimits.MaxPromptChars)
             throw new UsageException($"--prompt and --negative-prompt: {prompt.Length + negative.Length} characters; at most {GenerationLimits.MaxPromptChars}");
-        int steps = Int(a, "--steps", 20, GenerationLimits.MinSteps, GenerationLimits.MaxSteps);
-        float cfg = Float(a, "--cfg", 7.5f, GenerationLimits.MinCfg, GenerationLimits.MaxCfg);
-        var sampler = Text("--sampler") ?? DefaultSampler;
+        // Whether steps, cfg and sampler were given: a preset fills in only the others.
+        var stepsText = Text("--steps");
+        var cfgText = Text("--cfg");
+        var samplerText = Text("--sampler");
+        int steps = stepsText is null ? 20 : ParseInt("--steps", stepsText, GenerationLimits.MinSteps, GenerationLimits.MaxSteps);
+        float cfg = cfgText is null ? 7.5f : ParseFloat("--cfg", cfgText, GenerationLimits.MinCfg, GenerationLimits.MaxCfg);
+        var sampler = samplerText ?? DefaultSampler;
         if (Samplers.Canonical(sampler) is null)
             throw new UsageException($"--sampler '{sampler}' is unknown; valid: {string.Join(", ", Samplers.Names)} (or a diffusers class name)");
         var schedule = Text("--schedule");
@@ -277,6 +331,17 @@ internal static class GenerateCommand
             : null;
         var embeddingsDir = Text("--embeddings-dir");
         PredictionType? prediction = Text("--prediction-type") is string pt ? PredictionTypes.Parse(pt) : null;
+        var vae = Text("--vae");
+        if (vae is not null && taesd is not null) throw new UsageException("--vae and --taesd both replace the VAE; give one of them");
+        var refiner = Text("--refiner");
+        var switchText = Text("--refiner-switch");
+        float refinerSwitch = switchText is null ? 0.8f : ParseFloat("--refiner-switch", switchText, 0f, 1f);
+        if (refinerSwitch is <= 0f or >= 1f) throw new UsageException($"--refiner-switch {Num(refinerSwitch)}: must be between 0 and 1 (exclusive)");
+        if (switchText is not null && refiner is null) throw new UsageException("--refiner-switch needs --refiner");
+        float aesthetic = Float(a, "--aesthetic-score", 6f, 0f, 10f), negativeAesthetic = Float(a, "--negative-aesthetic-score", 2.5f, 0f, 10f);
+        var preset = Text("--preset");
+        if (preset is not null && !GenerationPreset.Names.Contains(preset))
+            throw new UsageException($"--preset '{preset}': use {string.Join(", ", GenerationPreset.Names)}");
         a.CheckDone();
         return new Options(model, prompt, negative, steps, cfg, sampler, schedule, seed, width, height, batch, initImage, strength, mask,
             device, precision, output, overwrite, tokenizer, profile, loras, clipSkip, embeddingsDir, prediction)
@@ -287,13 +352,20 @@ internal static class GenerateCommand
             Preview = preview,
             PreviewEvery = previewEvery,
             PreviewFile = previewFile,
+            Preset = preset, StepsGiven = stepsText is not null, CfgGiven = cfgText is not null, SamplerGiven = samplerText is not null,
+            Vae = vae, Refiner = refiner, RefinerSwitch = refinerSwitch, AestheticScore = aesthetic, NegativeAestheticScore = negativeAesthetic,
         };
     }
 
-    private static int Int(Args a, string name, int fallback, int min, int max)
+    /// <summary>An asked-for preset's size (turbo: 512), else the model's.</summary>
+    private static int Size(GenerationPreset? preset, bool implied, StableDiffusionPipeline pipeline) =>
+        !implied && preset?.Size is int s ? s : pipeline.DefaultSize;
+
+    private static int Int(Args a, string name, int fallback, int min, int max) =>
+        a.Value(name) is string s ? ParseInt(name, s, min, max) : fallback;
+
+    private static int ParseInt(string name, string s, int min, int max)
     {
-        var s = a.Value(name);
-        if (s is null) return fallback;
         if (!int.TryParse(s, NumberStyles.Integer, CultureInfo.InvariantCulture, out var v) || v < min || v > max)
             throw new UsageException($"{name} '{s}': must be an integer from {min} to {max}");
         return v;

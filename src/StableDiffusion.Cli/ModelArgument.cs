@@ -18,6 +18,14 @@ internal static class ModelArgument
         return target;
     }
 
+    /// <summary>The local path of a <c>--vae</c>: a file, a folder, or a hub id whose VAE files are fetched.</summary>
+    public static string ResolveVae(string target, TextWriter stderr)
+    {
+        if (File.Exists(target) || Directory.Exists(target) || !HubClient.IsRepoId(target)) return target;
+        using var hub = new HubClient(HubOptions.FromEnvironment());
+        return hub.DownloadVaeAsync(target, "main", new DownloadProgress(stderr)).GetAwaiter().GetResult();
+    }
+
     /// <summary>Download progress on stderr: a line when a file starts, every few seconds, and when it is done.</summary>
     private sealed class DownloadProgress(TextWriter stderr) : IProgress<HubProgress>
     {

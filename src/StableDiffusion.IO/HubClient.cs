@@ -88,6 +88,26 @@ public sealed partial class HubClient : IDisposable
         Download(repoId, revision, files => [.. paths.Select(p => files.FirstOrDefault(f => f.Path == p)
             ?? throw new WeightsException($"{repoId}: the repository has no file {Text.Q(p)}"))], paths, progress, cancel);
 
+    /// <summary>
+    /// Makes a VAE of <paramref name="repoId"/> present in the cache (config.json and one weight file, at the top as
+    /// madebyollin/sdxl-vae-fp16-fix has them, else a pipeline's vae/) and returns the snapshot folder.
+    /// </summary>
+    public Task<string> DownloadVaeAsync(string repoId, string revision = "main", IProgress<HubProgress>? progress = null,
+        CancellationToken cancel = default) =>
+        Download(repoId, revision, files => SelectVaeFiles(repoId, files), [], progress, cancel);
+
+    internal static List<HubFile> SelectVaeFiles(string repoId, IReadOnlyList<HubFile> files)
+    {
+        var byName = files.ToDictionary(f => f.Path, StringComparer.Ordinal);
+        foreach (var dir in new[] { "", "vae/" })
+        {
+            if (!byName.TryGetValue(dir + "config.json", out var config)) continue;
+            var weights = ModelSource.WeightFileCandidates("vae", null).Select(n => dir + n).FirstOrDefault(byName.ContainsKey);
+            if (weights is not null) return [config, byName[weights]];
+        }
+        throw new WeightsException($"{repoId}: no VAE in the repository (config.json with diffusion_pytorch_model weights, at the top or in vae/)");
+    }
+
     private async Task<string> Download(string repoId, string revision, Func<IReadOnlyList<HubFile>, List<HubFile>> select,
         IReadOnlyList<string> needed, IProgress<HubProgress>? progress, CancellationToken cancel)
     {

@@ -8,6 +8,8 @@ public enum ModelFamily
     Sd1Inpaint,
     Sd2Inpaint,
     Sdxl,
+    /// <summary>SDXL's refiner: bigG only (cross-attention 1280), aesthetic-score time ids (add_embedding input 2560).</summary>
+    SdxlRefiner,
 }
 
 public static class ModelFamilies
@@ -20,6 +22,7 @@ public static class ModelFamilies
         ModelFamily.Sd1Inpaint => "sd1-inpaint",
         ModelFamily.Sd2Inpaint => "sd2-inpaint",
         ModelFamily.Sdxl => "sdxl",
+        ModelFamily.SdxlRefiner => "sdxl-refiner",
         _ => "unknown",
     };
 
@@ -38,12 +41,16 @@ public static class ModelFamilies
     {
         long context = 0, inChannels = 0;
         int projRank = 0;
+        bool sdxl = false;
         foreach (var (name, shape) in tensors)
         {
+            // The refiner's add_embedding takes 5 time ids × 256 + the 1280 pooled channels (the base's: 6 × 256 + 1280).
+            if ((name == "model.diffusion_model.label_emb.0.0.weight" || name == "unet/add_embedding.linear_1.weight") && shape.Length == 2)
+                return shape[1] == 2560 ? ModelFamily.SdxlRefiner : ModelFamily.Sdxl;
             if (name.StartsWith("conditioner.embedders.", StringComparison.Ordinal) ||
                 name.StartsWith("model.diffusion_model.label_emb.", StringComparison.Ordinal) ||
                 name.StartsWith("unet/add_embedding.", StringComparison.Ordinal))
-                return ModelFamily.Sdxl;
+                sdxl = true;
             bool unet = name.StartsWith(NameMap.UnetPrefix, StringComparison.Ordinal) || name.StartsWith("unet/", StringComparison.Ordinal);
             if (unet && context == 0 && name.EndsWith("attn2.to_k.weight", StringComparison.Ordinal) && shape.Length == 2)
                 context = shape[1];
@@ -52,6 +59,7 @@ public static class ModelFamilies
             if ((name == NameMap.UnetPrefix + "input_blocks.0.0.weight" || name == "unet/conv_in.weight") && shape.Length == 4)
                 inChannels = shape[1];
         }
+        if (sdxl) return ModelFamily.Sdxl;
         bool inpaint = inChannels == 9;
         return context switch
         {

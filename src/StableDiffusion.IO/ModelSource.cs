@@ -184,9 +184,10 @@ public sealed class ModelSource : IDisposable
         }
         if (!components.ContainsKey("unet"))
             throw new WeightsException($"{Path}: model_index.json declares no unet");
-        Family = className.Contains("XL", StringComparison.Ordinal)
-            ? ModelFamily.Sdxl
-            : ModelFamilies.Detect(components["unet"].Tensors.Select(t => ("unet/" + t.Name, t.Shape)));
+        var detected = ModelFamilies.Detect(components["unet"].Tensors.Select(t => ("unet/" + t.Name, t.Shape)));
+        // An SDXL pipeline with bigG alone (no text_encoder) is a refiner, whatever its widths.
+        bool refiner = detected == ModelFamily.SdxlRefiner || (!declared.Contains("text_encoder") && declared.Contains("text_encoder_2"));
+        Family = className.Contains("XL", StringComparison.Ordinal) ? refiner ? ModelFamily.SdxlRefiner : ModelFamily.Sdxl : detected;
         var tokenizer = System.IO.Path.Combine(Path, "tokenizer");
         TokenizerDirectory = Directory.Exists(tokenizer) ? tokenizer : null;
         var tokenizer2 = System.IO.Path.Combine(Path, "tokenizer_2");

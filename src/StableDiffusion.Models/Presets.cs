@@ -35,6 +35,9 @@ public sealed record ModelPreset(
     /// <summary>SDXL: tokenizer_2/special_tokens_map.json (pads with "!").</summary>
     public string? SpecialTokensMap2Json { get; init; }
 
+    /// <summary>SDXL's refiner: no text_encoder/ or tokenizer/ (model_index declares them absent), bigG alone.</summary>
+    public bool Refiner { get; init; }
+
     public ClipTextConfig? TextEncoder2() =>
         TextEncoder2Json is null ? null : ClipTextConfig.From(JsonConfig.Parse(TextEncoder2Json, $"{Name} text_encoder_2/config.json"));
 }
@@ -570,7 +573,67 @@ public static class Presets
         TextEncoder2Json = TinyTextEncoder.Replace("HIDDEN_ACT", "gelu").Replace("\"CLIPTextModel\"", "\"CLIPTextModelWithProjection\""),
     };
 
-    public static IReadOnlyList<ModelPreset> All { get; } = [Sd15, Sd21, Sd15Tiny, Sd21Tiny, Sdxl, SdxlTiny];
+    // The refiner's structure (four levels, attention in the middle two only, bigG's width as context, 5 time ids:
+    // aesthetic score in place of the target size) at small widths: pooled 32 + 5 ids × 8 = 72; context 32.
+    private const string SdxlRefinerTinyUnet = """
+        {
+          "_class_name": "UNet2DConditionModel",
+          "act_fn": "silu",
+          "addition_embed_type": "text_time",
+          "addition_time_embed_dim": 8,
+          "attention_head_dim": [4, 4, 8, 8],
+          "block_out_channels": [32, 32, 64, 64],
+          "cross_attention_dim": 32,
+          "down_block_types": ["DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"],
+          "flip_sin_to_cos": true,
+          "freq_shift": 0,
+          "in_channels": 4,
+          "layers_per_block": 1,
+          "norm_eps": 1e-05,
+          "norm_num_groups": 32,
+          "out_channels": 4,
+          "projection_class_embeddings_input_dim": 72,
+          "sample_size": 8,
+          "transformer_layers_per_block": 2,
+          "up_block_types": ["UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"],
+          "use_linear_projection": true
+        }
+        """;
+
+    private const string SdxlRefinerModelIndex = """
+        {
+          "_class_name": "StableDiffusionXLImg2ImgPipeline",
+          "_diffusers_version": "0.19.0.dev0",
+          "force_zeros_for_empty_prompt": false,
+          "requires_aesthetics_score": true,
+          "add_watermarker": null,
+          "scheduler": ["diffusers", "EulerDiscreteScheduler"],
+          "text_encoder": [null, null],
+          "text_encoder_2": ["transformers", "CLIPTextModelWithProjection"],
+          "tokenizer": [null, null],
+          "tokenizer_2": ["transformers", "CLIPTokenizer"],
+          "unet": ["diffusers", "UNet2DConditionModel"],
+          "vae": ["diffusers", "AutoencoderKL"]
+        }
+        """;
+
+    public static readonly ModelPreset SdxlRefinerTiny = SdxlTiny with
+    {
+        Name = "sdxl-refiner-tiny",
+        UnetJson = SdxlRefinerTinyUnet,
+        ModelIndexJson = SdxlRefinerModelIndex,
+        Refiner = true,
+    };
+
+    /// <summary>SDXL's inpainting UNet (latents, mask, masked-image latents: 9 input channels) at sdxl-tiny's widths.</summary>
+    public static readonly ModelPreset SdxlInpaintTiny = SdxlTiny with
+    {
+        Name = "sdxl-inpaint-tiny",
+        UnetJson = SdxlTinyUnet.Replace("\"in_channels\": 4", "\"in_channels\": 9"),
+        ModelIndexJson = SdxlModelIndex.Replace("StableDiffusionXLPipeline", "StableDiffusionXLInpaintPipeline"),
+    };
+
+    public static IReadOnlyList<ModelPreset> All { get; } = [Sd15, Sd21, Sd15Tiny, Sd21Tiny, Sdxl, SdxlTiny, SdxlRefinerTiny, SdxlInpaintTiny];
 
     public static ModelPreset? Find(string name) => All.FirstOrDefault(p => p.Name == name);
 }

@@ -55,9 +55,10 @@ public static class RandomModel
             var te2 = new ClipTextModelWithProjection(c2);
             second.Add(new($"text_encoder_2/{WeightFileName("text_encoder_2", dtype)}", [.. RandomWeights.Entries(te2, seed, dtype, valuePrefix: "text_encoder_2/")]));
         }
+        List<RandomModelFile> first = preset.Refiner ? [] : [new($"text_encoder/{WeightFileName("text_encoder", dtype)}", text)];
         return
         [
-            new($"text_encoder/{WeightFileName("text_encoder", dtype)}", text),
+            .. first,
             .. second,
             new($"unet/{WeightFileName("unet", dtype)}", [.. RandomWeights.Entries(unet, seed, dtype, valuePrefix: "unet/")]),
             // The real SD1.5 and SD2.1 VAE files use the deprecated attention names (query/key/value/proj_attn);
@@ -213,6 +214,8 @@ public static class RandomModel
     public static long Write(ModelPreset preset, RandomModelFormat format, WeightDType dtype, ulong seed, string outPath,
         IProgress<RandomModelProgress>? progress = null, bool writeData = true)
     {
+        if (preset.Refiner && format == RandomModelFormat.SingleFile)
+            throw new UsageException($"{preset.Name}: written as a diffusers folder only (the refiner's single file uses other SGM names)");
         CheckTarget(outPath, format);
         var files = format == RandomModelFormat.Diffusers
             ? DiffusersFiles(preset, dtype, seed)
@@ -254,10 +257,13 @@ public static class RandomModel
             Directory.CreateDirectory(staging);
             WriteText(staging, "model_index.json", ModelIndex(preset.ModelIndexJson));
             WriteText(staging, "scheduler/scheduler_config.json", preset.SchedulerJson);
-            WriteText(staging, "text_encoder/config.json", preset.TextEncoderJson);
-            WriteText(staging, "tokenizer/tokenizer_config.json", preset.TokenizerConfigJson);
-            WriteText(staging, "tokenizer/special_tokens_map.json", preset.SpecialTokensMapJson);
-            ClipTokenizer.BuiltIn().WriteVocabulary(Path.Combine(staging, "tokenizer")); // CLIP's, not random: a complete folder
+            if (!preset.Refiner)
+            {
+                WriteText(staging, "text_encoder/config.json", preset.TextEncoderJson);
+                WriteText(staging, "tokenizer/tokenizer_config.json", preset.TokenizerConfigJson);
+                WriteText(staging, "tokenizer/special_tokens_map.json", preset.SpecialTokensMapJson);
+                ClipTokenizer.BuiltIn().WriteVocabulary(Path.Combine(staging, "tokenizer")); // CLIP's, not random: a complete folder
+            }
             if (preset.TextEncoder2Json is string te2Json)
             {
                 WriteText(staging, "text_encoder_2/config.json", te2Json);

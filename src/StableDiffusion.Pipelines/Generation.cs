@@ -23,6 +23,20 @@ public sealed record GenerationRequest
     public RgbImage? Mask { get; init; }
     /// <summary>How much of the schedule an init image goes through: 1 starts from pure noise.</summary>
     public float Strength { get; init; } = 0.75f;
+
+    // Two-stage SDXL (base, then refiner on the same latents): diffusers' denoising_end / denoising_start.
+
+    /// <summary>Stop once this fraction of the schedule is done: the timesteps ≥ round(T − end·T) run.</summary>
+    public float? DenoisingEnd { get; init; }
+    /// <summary>Continue <see cref="Latents"/> from this fraction of the schedule: the timesteps &lt; round(T − start·T) run.</summary>
+    public float? DenoisingStart { get; init; }
+    /// <summary>Latents [batch, h, w, C] to continue from (with <see cref="DenoisingStart"/>); no noise is added to them.</summary>
+    public float[]? Latents { get; init; }
+    /// <summary>Stop at the latents (diffusers' output_type="latent"): no VAE decode, no images.</summary>
+    public bool LatentsOnly { get; init; }
+    /// <summary>The SDXL refiner's aesthetic-score conditioning (diffusers' defaults).</summary>
+    public float AestheticScore { get; init; } = 6f;
+    public float NegativeAestheticScore { get; init; } = 2.5f;
 }
 
 public enum GenerationMode
@@ -115,4 +129,7 @@ public sealed record PipelineOptions
 
     /// <summary>Bytes the VAE's activations may take before it tiles on its own; null: what the device has free.</summary>
     public long? MemoryBudgetBytes { get; init; }
+
+    /// <summary>A VAE to use instead of the model's (<c>--vae</c>); it must stay open while the pipeline is used.</summary>
+    public VaeOverride? Vae { get; init; }
 }

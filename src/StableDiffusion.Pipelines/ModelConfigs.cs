@@ -25,6 +25,13 @@ public sealed record ModelConfigs(UNetConfig Unet, VaeConfig Vae, ClipTextConfig
 
     public bool IsSdxl => Unet.Addition is not null;
 
+    /// <summary>
+    /// SDXL's refiner: conditioned on bigG alone (<see cref="TextEncoder"/> is then bigG's config too) and on
+    /// add_time_ids (original size, crop, aesthetic score).
+    /// </summary>
+    public bool IsRefiner { get; init; }
+
+
     /// <summary>What the scheduler config says the UNet predicts.</summary>
     public PredictionType Prediction =>
         JsonNode.Parse(SchedulerConfigJson)?["prediction_type"]?.GetValue<string>() == "v_prediction" ? PredictionType.V : PredictionType.Epsilon;
@@ -38,6 +45,9 @@ public sealed record ModelConfigs(UNetConfig Unet, VaeConfig Vae, ClipTextConfig
 
     public static ModelConfigs For(ModelSource source, PredictionType? prediction = null, Func<UNetConfig, PredictionType>? detect = null)
     {
+        if (source.Family == ModelFamily.SdxlRefiner)
+            return source.Format == "diffusers" ? FromRefinerFolder(source)
+                : throw new WeightsException($"{source.Path}: a single-file SDXL refiner is not supported; use its diffusers folder (or the hub id stabilityai/stable-diffusion-xl-refiner-1.0)");
         if (source.Family == ModelFamily.Sdxl) return source.Format == "diffusers" ? FromSdxlFolder(source) : SdxlDefaults(source);
         if (source.Format == "diffusers") return FromFolder(source, prediction);
         if (!source.Family.IsSupported())
@@ -90,13 +100,34 @@ public sealed record ModelConfigs(UNetConfig Unet, VaeConfig Vae, ClipTextConfig
         };
     }
 
+    private static ModelConfigs FromRefinerFolder(ModelSource source)
+    {
+        string Config(string component) => Path.Combine(source.Path, component, "config.json");
+        var te2 = Config("text_encoder_2");
+        if (!File.Exists(te2) || source.Component("text_encoder_2") is null)
+            throw new WeightsException($"{Path.Combine(source.Path, "text_encoder_2")}: missing; an SDXL refiner needs its text encoder (text_encoder_2/config.json and weights)");
+        var bigG = ClipTextConfig.Load(te2);
+        var index = JsonConfig.Load(Path.Combine(source.Path, "model_index.json"));
+        return new ModelConfigs(UNetConfig.Load(Config("unet")), VaeConfig.Load(Config("vae")), bigG,
+            source.SchedulerConfig is string s ? File.ReadAllText(s) : SdxlScheduler,
+            source.SchedulerConfig ?? "built-in sdxl defaults (the folder has no scheduler/scheduler_config.json)")
+        {
+            TextEncoder2 = bigG,
+            IsRefiner = true,
+            ForceZerosForEmptyPrompt = index.Bool("force_zeros_for_empty_prompt", true),
+        };
+    }
+
     private static ModelConfigs SdxlDefaults(ModelSource source)
     {
         var origin = "built-in sdxl defaults";
         if (source.Component("text_encoder_2") is null)
             throw new WeightsException($"{source.Path}: an SDXL file without its second text encoder (conditioner.embedders.1.*)");
+        // The inpainting UNet (diffusers/stable-diffusion-xl-1.0-inpainting-0.1) differs only in conv_in's inputs: 9.
+        var convIn = source.Component("unet")?.Find("conv_in.weight");
+        int inChannels = convIn is { Shape.Length: 4 } ? (int)convIn.Shape[1] : 4;
         return new ModelConfigs(
-            UNetConfig.FromJson(JsonConfig.Parse(SdxlUnet, $"{origin} (unet)")),
+            UNetConfig.FromJson(JsonConfig.Parse(SdxlUnet, $"{origin} (unet)")) with { InChannels = inChannels },
             VaeConfig.FromJson(JsonConfig.Parse(SdxlVae, $"{origin} (vae)")),
             ClipTextConfig.From(JsonConfig.Parse(ClipL, $"{origin} (text_encoder)")),
             SdxlScheduler, $"{origin} (scheduler)")

@@ -19,6 +19,9 @@ public static class ModelHash
         return Sha256(file)[..10];
     }
 
+    /// <summary>A1111's "VAE hash": the first 10 hex digits of the VAE weight file's sha256.</summary>
+    public static string OfFile(string path) => Sha256(path)[..10];
+
     private static string Sha256(string path)
     {
         var target = File.ResolveLinkTarget(path, returnFinalTarget: true)?.FullName;

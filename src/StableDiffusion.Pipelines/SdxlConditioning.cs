@@ -41,7 +41,8 @@ public static class SdxlConditioning
     public static SdxlCondition Encode(IOps ops, PromptChunker? chunker, PromptChunker chunker2, ClipTextModel? encoder,
         ClipTextModelWithProjection encoder2, string prompt, string negativePrompt, bool guidance, int batch,
         bool forceZerosForEmptyNegative, float[] timeIds, int clipSkip = 1,
-        IReadOnlyDictionary<string, float[][]>? vectors = null, IReadOnlyDictionary<string, float[][]>? vectors2 = null)
+        IReadOnlyDictionary<string, float[][]>? vectors = null, IReadOnlyDictionary<string, float[][]>? vectors2 = null,
+        float[]? negativeTimeIds = null)
     {
         var prompts = guidance ? new[] { negativePrompt, prompt } : new[] { prompt };
         int n = prompts.Length, length = PromptChunker.Length;
@@ -95,7 +96,8 @@ public static class SdxlConditioning
                 Array.Copy(firstPooled!, (long)i * p, pooledOut, row * p, p);
             }
         }
-        var ids = Enumerable.Range(0, n * batch).SelectMany(_ => timeIds).ToArray();
+        // The refiner's negative rows carry their own aesthetic score (negativeTimeIds).
+        var ids = Enumerable.Range(0, n * batch).SelectMany(row => guidance && row < batch && negativeTimeIds is not null ? negativeTimeIds : timeIds).ToArray();
         return new SdxlCondition(
             Tensor.FromArray(ops.Device, context, dtype, n * batch, seq, c),
             Tensor.FromArray(ops.Device, pooledOut, dtype, n * batch, p),
@@ -129,4 +131,8 @@ public static class SdxlConditioning
     /// <summary>The base model's six add_time_ids.</summary>
     public static float[] TimeIds((int Height, int Width) original, (int Top, int Left) crop, (int Height, int Width) target) =>
         [original.Height, original.Width, crop.Top, crop.Left, target.Height, target.Width];
+
+    /// <summary>The refiner's five add_time_ids: original size, crop top-left, aesthetic score.</summary>
+    public static float[] RefinerTimeIds((int Height, int Width) original, (int Top, int Left) crop, float aestheticScore) =>
+        [original.Height, original.Width, crop.Top, crop.Left, aestheticScore];
 }

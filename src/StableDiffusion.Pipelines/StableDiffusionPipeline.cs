@@ -69,6 +69,7 @@ public sealed partial class StableDiffusionPipeline : IDisposable
             ? ClipTokenizer.FromFolder(tokenizerDir)
             : ClipTokenizer.BuiltIn(source.Family is ModelFamily.Sd2 or ModelFamily.Sd2Inpaint ? ClipTokenizer.OpenClipPadToken : ClipTokenizer.EndToken);
         var configs = PredictionProbe.Resolve(source, ops, options.DType, options.PredictionType, options.Notice, out var probed);
+        if (options.Vae is VaeOverride v) configs = configs with { Vae = v.ConfigFor(configs.Vae, source.Path) };
         try
         {
             ClipTokenizer? tokenizer2 = null;
@@ -172,6 +173,13 @@ public sealed partial class StableDiffusionPipeline : IDisposable
         if (r.Mask is not null && r.InitImage is null) throw new UsageException("a mask needs an init image to inpaint");
         if (r.InitImage is not null && !(r.Strength > 0f && r.Strength <= 1f))
             throw new UsageException($"strength {r.Strength}: must be in (0, 1]");
+        foreach (var (name, f) in new[] { ("denoising end", r.DenoisingEnd), ("denoising start", r.DenoisingStart) })
+            if (f is float v && !(v > 0f && v < 1f)) throw new UsageException($"{name} {v}: must be between 0 and 1 (exclusive)");
+        if (r.DenoisingStart is not null != r.Latents is not null)
+            throw new UsageException("a denoising start needs the latents to continue from, and latents need a denoising start");
+        int latentValues = r.BatchSize * (r.Height / VaeScaleFactor) * (r.Width / VaeScaleFactor) * Configs.Vae.LatentChannels;
+        if (r.Latents is { } l && l.Length != latentValues)
+            throw new UsageException($"{l.Length} latent values given; a batch of {r.BatchSize} at {r.Width}x{r.Height} has {latentValues}");
         if (IsInpaintingModel && r.Mask is null)
             throw new UsageException($"{source.Path} is an inpainting model (9-channel UNet): give an init image and a mask");
     }
@@ -204,6 +212,14 @@ public sealed partial class StableDiffusionPipeline : IDisposable
         scheduler.SetTimesteps(r.Steps);
         var timesteps = scheduler.Timesteps;
         int start = mode == GenerationMode.TextToImage ? 0 : ImageToImage.Plan(scheduler, r.Steps, r.Strength).StartIndex;
+        int end = timesteps.Count;
+        if (r.DenoisingEnd is float denoisingEnd) end = timesteps.Count(t => t >= Cutoff(denoisingEnd));
+        if (r.DenoisingStart is float denoisingStart)
+        {
+            int n = timesteps.Count(t => t < Cutoff(denoisingStart));
+            if (scheduler.Order == 2 && n % 2 == 0) n++; // diffusers: a second-order sampler must not stop between its two evaluations
+            start = timesteps.Count - n;
+        }
 
         // 3. The initial latents (drawn in diffusers' order: image latents, noise, masked-image latents). Inpainting at
         //    full strength starts from pure noise; image-to-image always noises the image, even at strength 1.
@@ -211,8 +227,9 @@ public sealed partial class StableDiffusionPipeline : IDisposable
         bool blendLatents = mode == GenerationMode.Inpaint && !IsInpaintingModel;
         float[]? imageLatents = init is not null && (!fromNoise || blendLatents)
             ? Repeat(EncodeImage(init.ToTensor(), r.Width, r.Height, random, timings), batch) : null;
-        var noise = random.RandnNhwc(batch, z, h, w);
-        var latents = fromNoise ? Scale(noise, (float)scheduler.InitNoiseSigma) : scheduler.AddNoise(imageLatents!, noise, start);
+        var noise = r.Latents is null ? random.RandnNhwc(batch, z, h, w) : null;
+        var latents = r.Latents is float[] given ? (float[])given.Clone()
+            : fromNoise ? Scale(noise!, (float)scheduler.InitNoiseSigma) : scheduler.AddNoise(imageLatents!, noise!, start);
 
         float[]? latentMask = null, maskedImageLatents = null;
         if (mode == GenerationMode.Inpaint)
@@ -231,7 +248,7 @@ public sealed partial class StableDiffusionPipeline : IDisposable
             m.Load(Component("unet"), ops, options.DType, lora.GetValueOrDefault("unet"));
             return m;
         }, timings);
-        for (int i = start; i < timesteps.Count; i++)
+        for (int i = start; i < end; i++)
         {
             cancel.ThrowIfCancellationRequested();
             var clock = System.Diagnostics.Stopwatch.StartNew();
@@ -242,19 +259,25 @@ public sealed partial class StableDiffusionPipeline : IDisposable
             if (blendLatents)
             {
                 // Keep the unmasked part on the init image's trajectory: noised to the next step's level.
-                var proper = i < timesteps.Count - 1 ? scheduler.AddNoise(imageLatents!, noise, i + 1) : imageLatents!;
+                var proper = i < timesteps.Count - 1 ? scheduler.AddNoise(imageLatents!, noise!, i + 1) : imageLatents!;
                 latents = Blend(proper, latents, latentMask!, z);
             }
             timings.Add(StageTimings.UnetStep, clock.Elapsed);
-            progress?.Report(new StepProgress(i - start + 1, timesteps.Count - start, timesteps[i], clock.Elapsed)
+            progress?.Report(new StepProgress(i - start + 1, end - start, timesteps[i], clock.Elapsed)
                 { Latents = latents, LatentHeight = h, LatentWidth = w });
         }
         if (options.ReleaseModelsAfterUse) Release(ref unet);
 
         // 5. Pixels.
         cancel.ThrowIfCancellationRequested();
+        if (r.LatentsOnly) return new GenerationResult([], latents, h, w, z, timings, notes);
         var images = Decode(latents, batch, h, w, timings, notes);
-        if (Configs.IsSdxl && options.DType == DType.F16)
+        if (options.Vae is VaeOverride external)
+            notes.Add($"the VAE from {external.Path} decoded in {vaeDType.Name()}" + (options.DType != DType.F16 ? ""
+                : vaeDType == DType.F16 ? " (its config.json says it is fp16-safe: force_upcast false)"
+                : external.Config is null ? " (a single file takes the model's VAE config, which asks for fp32)"
+                : " (its config.json asks for fp32: force_upcast true or absent)"));
+        else if (Configs.IsSdxl && options.DType == DType.F16)
             notes.Add(vaeDType == DType.F32
                 ? "the SDXL VAE decoded in fp32: it overflows in fp16 unless it is an fp16-safe VAE (madebyollin's sdxl-vae-fp16-fix, force_upcast false)"
                 : "the VAE decoded in fp16: its config says it is fp16-safe (force_upcast false, e.g. madebyollin's sdxl-vae-fp16-fix)");
@@ -275,6 +298,13 @@ public sealed partial class StableDiffusionPipeline : IDisposable
         var images = Decode(latents, batch, latentHeight, latentWidth, new StageTimings(), notes ?? []);
         if (options.ReleaseModelsAfterUse) Release(ref vae);
         return images;
+    }
+
+    /// <summary>diffusers' discrete_timestep_cutoff: int(round(T − fraction · T)).</summary>
+    private double Cutoff(float fraction)
+    {
+        int t = SchedulerConfig.Parse(Configs.SchedulerConfigJson, "the model's scheduler config").NumTrainTimesteps ?? 1000;
+        return Math.Round(t - (double)fraction * t, MidpointRounding.ToEven);
     }
 
     // ---- the text encoder ----
@@ -302,10 +332,11 @@ public sealed partial class StableDiffusionPipeline : IDisposable
     {
         var prompts = guidance ? new[] { r.NegativePrompt, r.Prompt } : new[] { r.Prompt };
         // An SDXL embedding holds clip_l for text_encoder and clip_g for text_encoder_2.
-        var vectors = embeddings.For(prompts, "clip_l", Configs.TextEncoder.HiddenSize);
+        var vectors = Configs.IsRefiner ? null : embeddings.For(prompts, "clip_l", Configs.TextEncoder.HiddenSize);
         var vectors2 = embeddings.For(prompts, "clip_g", Configs.TextEncoder2!.HiddenSize);
-        var counts = vectors.ToDictionary(v => v.Key, v => v.Value.Length, StringComparer.OrdinalIgnoreCase);
-        var encoder = Load(ref textEncoder, "load text encoder", () =>
+        var counts = (vectors ?? vectors2).ToDictionary(v => v.Key, v => v.Value.Length, StringComparer.OrdinalIgnoreCase);
+        // The refiner conditions on bigG alone.
+        var encoder = Configs.IsRefiner ? null : Load(ref textEncoder, "load text encoder", () =>
         {
             var m = new ClipTextModel(Configs.TextEncoder);
             m.Load(Component("text_encoder"), ops, options.DType, lora.GetValueOrDefault("text_encoder"));
@@ -317,10 +348,13 @@ public sealed partial class StableDiffusionPipeline : IDisposable
             m.Load(Component("text_encoder_2"), ops, options.DType, lora.GetValueOrDefault("text_encoder_2"));
             return m;
         }, timings);
-        return timings.Measure("text encoder", () => SdxlConditioning.Encode(ops, new PromptChunker(Tokenizer, counts),
+        var timeIds = Configs.IsRefiner
+            ? SdxlConditioning.RefinerTimeIds((r.Height, r.Width), (0, 0), r.AestheticScore)
+            : SdxlConditioning.TimeIds((r.Height, r.Width), (0, 0), (r.Height, r.Width));
+        var negativeTimeIds = Configs.IsRefiner ? SdxlConditioning.RefinerTimeIds((r.Height, r.Width), (0, 0), r.NegativeAestheticScore) : null;
+        return timings.Measure("text encoder", () => SdxlConditioning.Encode(ops, Configs.IsRefiner ? null : new PromptChunker(Tokenizer, counts),
             new PromptChunker(Tokenizer2!, counts), encoder, encoder2, r.Prompt, r.NegativePrompt, guidance, r.BatchSize,
-            Configs.ForceZerosForEmptyPrompt, SdxlConditioning.TimeIds((r.Height, r.Width), (0, 0), (r.Height, r.Width)),
-            encoderOptions.ClipSkip, vectors, vectors2));
+            Configs.ForceZerosForEmptyPrompt, timeIds, encoderOptions.ClipSkip, vectors, vectors2, negativeTimeIds));
     }
 
     // ---- the UNet ----
@@ -350,7 +384,7 @@ public sealed partial class StableDiffusionPipeline : IDisposable
     private AutoencoderKL LoadVae(StageTimings timings) => Load(ref vae, "load vae", () =>
     {
         var m = new AutoencoderKL(Configs.Vae);
-        m.Load(Component("vae"), ops, vaeDType);
+        m.Load(options.Vae?.Weights ?? Component("vae"), ops, vaeDType);
         return m;
     }, timings);
 

@@ -29,6 +29,12 @@ public sealed record GenerationParameters
     public int BatchPosition { get; init; }
     /// <summary>A1111's "Lora hashes": "name: short hash, …".</summary>
     public string? LoraHashes { get; init; }
+    /// <summary>A1111's "VAE hash" and "VAE" (file name) of a VAE that replaced the model's.</summary>
+    public string? VaeHash { get; init; }
+    public string? Vae { get; init; }
+    /// <summary>A1111's "Refiner" (short title: "name [hash]") and "Refiner switch at".</summary>
+    public string? Refiner { get; init; }
+    public float? RefinerSwitchAt { get; init; }
 }
 
 /// <summary>
@@ -73,11 +79,15 @@ public static class Infotext
             ("Size", $"{p.Width}x{p.Height}"),
             ("Model hash", p.ModelHash),
             ("Model", p.Model),
+            ("VAE hash", p.VaeHash),
+            ("VAE", p.Vae),
             ("Denoising strength", p.DenoisingStrength is float s ? Num(s) : null),
             ("Clip skip", p.ClipSkip is > 1 ? Num(p.ClipSkip.Value) : null),
             ("Batch size", p.BatchSize > 1 ? Num(p.BatchSize) : null),
             ("Batch pos", p.BatchSize > 1 ? Num(p.BatchPosition) : null),
             ("Lora hashes", p.LoraHashes),
+            ("Refiner", p.Refiner),
+            ("Refiner switch at", p.RefinerSwitchAt is float r ? Num(r) : null),
         };
         var text = new StringBuilder(p.Prompt);
         if (p.NegativePrompt.Length > 0) text.Append("\nNegative prompt: ").Append(p.NegativePrompt);
