@@ -175,6 +175,8 @@ public sealed partial class StableDiffusionPipeline : IDisposable
             throw new UsageException($"strength {r.Strength}: must be in (0, 1]");
         foreach (var (name, f) in new[] { ("denoising end", r.DenoisingEnd), ("denoising start", r.DenoisingStart) })
             if (f is float v && !(v > 0f && v < 1f)) throw new UsageException($"{name} {v}: must be between 0 and 1 (exclusive)");
+        if (Configs.IsRefiner && r.Latents is null)
+            throw new UsageException($"{source.Path} is an SDXL refiner: it only continues a base model's latents (give it as the refiner of an SDXL base)");
         if (r.DenoisingStart is not null != r.Latents is not null)
             throw new UsageException("a denoising start needs the latents to continue from, and latents need a denoising start");
         int latentValues = r.BatchSize * (r.Height / VaeScaleFactor) * (r.Width / VaeScaleFactor) * Configs.Vae.LatentChannels;

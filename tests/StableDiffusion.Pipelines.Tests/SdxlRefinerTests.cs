@@ -85,6 +85,7 @@ public sealed class SdxlRefinerTests(SdxlPipelineTests.TinySdxl baseModel, ITest
         using var basePipe = StableDiffusionPipeline.Open(baseSource, ops, new PipelineOptions());
         using var refiner = StableDiffusionPipeline.Open(refinerSource, ops, new PipelineOptions());
         Assert.True(refiner.Configs.IsRefiner);
+        Assert.Contains("is an SDXL refiner", Assert.Throws<UsageException>(() => refiner.Validate(new GenerationRequest { Prompt = "x", Width = Size, Height = Size })).Message);
         var r = new GenerationRequest { Prompt = "a red fox in the snow", NegativePrompt = "", Steps = 4, GuidanceScale = 5f, Seed = 11, Width = Size, Height = Size };
         const float switchAt = 0.5f;
         var first = basePipe.Generate(r with { DenoisingEnd = switchAt, LatentsOnly = true }, Samplers.Create("euler", SchedulerConfig.Parse(basePipe.SchedulerConfigJson)));
