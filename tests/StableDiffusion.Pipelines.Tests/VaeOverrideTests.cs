@@ -145,5 +145,10 @@ public sealed class VaeOverrideTests(SdxlPipelineTests.TinySdxl model, ITestOutp
         Assert.Equal(1, code);
         Assert.False(File.Exists(png));
         Assert.Single(err.ToString().Split('\n', StringSplitOptions.RemoveEmptyEntries), l => l.Contains(sd1, StringComparison.Ordinal));
+
+        // --vae and --taesd both replace the VAE: a usage error.
+        (o, err) = (new StringWriter(), new StringWriter());
+        Assert.Equal(2, Cli.Cli.Run(["generate", "--model", model.Path, "--prompt", "x", "--vae", sd1, "--taesd", sd1, "--output", png], o, err));
+        Assert.Contains("--vae and --taesd", err.ToString());
     }
 }
