@@ -166,6 +166,15 @@ else
   echo "sd-run: exit $?" | tee -a "$OUT/sdxl-e2e.txt"
   grep -v "^step " "$OUT/sdxl-e2e.txt" | tail -n 20
 fi
+if [ -d "$WORK/sdxl/unet" ]; then
+  step "(g) PyTorch eager SDXL UNet call on the same weights (text_time embedding, SDPA, fp16), batch 2, $((SIZE / 4))x$((SIZE / 4)) latents"
+  if [ $DRY = 0 ]; then
+    timeout "$(left 120)" "$PY" "$HERE/torch_unet.py" "$WORK/sdxl/unet" "$OUT/torch_unet_sdxl.json" --batch 2 --size $((SIZE / 4)) 2>&1 \
+      | grep -v "UserWarning\|frombuffer(" | tee "$OUT/torch_unet_sdxl.txt"
+  else
+    python3 "$HERE/torch_unet.py" "$WORK/sdxl/unet" "$OUT/torch_unet_sdxl.json" --batch 2 --size $((SIZE / 4)) --spec-only 2>&1 | tee "$OUT/torch_unet_sdxl.txt"
+  fi
+fi
 rm -rf "$WORK/sdxl"
 
 step summary

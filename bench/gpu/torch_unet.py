@@ -1,4 +1,4 @@
-"""PyTorch's side of the UNet-step comparison in run.sh: the SD1.x/SD2.x UNet written with torch functional ops
+"""PyTorch's side of the UNet-step comparison in run.sh: the SD1.x/SD2.x/SDXL UNet written with torch functional ops
 (bench/gpu/unet/unet_reference.py, attention through F.scaled_dot_product_attention as diffusers uses it), on the
 weights of a diffusers UNet folder (the one `sd random-model` wrote for the end-to-end run), eager, fp16, TF32 off,
 timed with CUDA events at the batch and latent size of our end-to-end run (one call = one denoising step with CFG).
@@ -42,6 +42,9 @@ def resolve_spec(config, batch, size):
         "flip_sin_to_cos": config.get("flip_sin_to_cos", True),
         "freq_shift": config.get("freq_shift", 0),
         "batch": batch, "size": size, "context": 77,
+        "addition_embed_type": config.get("addition_embed_type"),
+        "addition_time_embed_dim": config.get("addition_time_embed_dim"),
+        "projection_class_embeddings_input_dim": config.get("projection_class_embeddings_input_dim"),
     }
 
 
@@ -78,13 +81,20 @@ def main():
     x = torch.randn(batch, spec["in_channels"], size, size, device=dev, dtype=dt, generator=g)
     ctx = torch.randn(batch, 77, spec["cross_attention_dim"], device=dev, dtype=dt, generator=g)
     t = torch.tensor([981.0, 37.0] * batch, device=dev)[:batch]
+    added = None
+    if spec["addition_embed_type"] == "text_time":  # SDXL: pooled text embedding and six add_time_ids per row
+        ids = spec["projection_class_embeddings_input_dim"] // spec["addition_time_embed_dim"]
+        pooled = spec["projection_class_embeddings_input_dim"] - ids * spec["addition_time_embed_dim"]
+        side = float(size * 8)
+        added = (torch.randn(batch, pooled, device=dev, dtype=dt, generator=g),
+                 torch.tensor([[side, side, 0.0, 0.0, side, side][:ids]] * batch, device=dev))
     torch.cuda.reset_peak_memory_stats()
     times = []
     with torch.no_grad():
         for i in range(runs + 3):  # 3 warm-up calls (cuDNN autotuning, allocator)
             start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
             start.record()
-            y = model.forward(x, t, ctx)
+            y = model.forward(x, t, ctx, added)
             end.record()
             torch.cuda.synchronize()
             if i >= 3:

@@ -52,10 +52,11 @@ class UNet:
     def layer_norm(self, p, x):
         return F.layer_norm(x, (x.shape[-1],), self.w[p + ".weight"], self.w[p + ".bias"], 1e-5)
 
-    def timestep_embedding(self, t):
+    def timestep_embedding(self, t, dim=None, shift=None):
         # diffusers get_timestep_embedding: frequencies and arguments in fp32
-        half = self.s["block_out_channels"][0] // 2
-        exponent = -math.log(10000) * torch.arange(0, half, dtype=torch.float32, device=t.device) / (half - self.s["freq_shift"])
+        half = (dim or self.s["block_out_channels"][0]) // 2
+        shift = self.s["freq_shift"] if shift is None else shift
+        exponent = -math.log(10000) * torch.arange(0, half, dtype=torch.float32, device=t.device) / (half - shift)
         args = (t[:, None].float() * torch.exp(exponent)[None, :]).double()
         emb = torch.cat([torch.sin(args), torch.cos(args)], -1)
         if self.s["flip_sin_to_cos"]:
@@ -100,11 +101,18 @@ class UNet:
             h = self.conv(p + ".proj_out", h.reshape(b, hh, ww, c).permute(0, 3, 1, 2))
         return h + x
 
-    def forward(self, x, t, ctx):
+    def forward(self, x, t, ctx, added=None):
         s = self.s
         n = len(s["block_out_channels"])
         temb = self.timestep_embedding(t).to(x.dtype)
         temb = self.linear("time_embedding.linear_2", F.silu(self.linear("time_embedding.linear_1", temb)))
+        if added is not None:
+            # SDXL's addition_embed_type "text_time": each add_time_id embedded sinusoidally (flip, shift 0),
+            # concatenated after the pooled text embedding, through add_embedding, added to the time embedding.
+            text_embeds, time_ids = added
+            tid = self.timestep_embedding(time_ids.flatten(), s["addition_time_embed_dim"], 0)
+            aug = torch.cat([text_embeds, tid.reshape(x.shape[0], -1).to(x.dtype)], -1)
+            temb = temb + self.linear("add_embedding.linear_2", F.silu(self.linear("add_embedding.linear_1", aug)))
         h = self.conv("conv_in", x, padding=1)
         skips = [h]
         for i in range(n):
