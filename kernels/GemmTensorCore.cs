@@ -426,7 +426,7 @@ public static class GemmTensorCoreKernels
         }
         else CudaAsm.Emit(MmaAsm.Declare);
         int bm = default(TCfg).BM, bn = default(TCfg).BN, stages = default(TCfg).Stages;
-        int warpsN = bn / 32, threads = 32 * (bm / 64) * warpsN;
+        int warpsN = bn / 32, threads = Threads(bm, bn);
         int rowsPerPass = threads / 4;                      // tile rows one pass of 16-byte copies covers
         int copiesA = bm / rowsPerPass, copiesB = bn / rowsPerPass; // 2 or 4 each
         uint stageBytes = (uint)((bm + bn) * BK * 2);

@@ -77,8 +77,7 @@ public sealed class KernelRuntime
                 $"{family}: {config.SharedMemoryConfig.ArraySize} bytes of dynamic shared memory exceed {acc.Name}'s " +
                 $"{acc.MaxSharedMemoryPerGroup} per group");
 
-        var launcher = (Action<AcceleratorStream, KernelConfig, TArgs>)cache.GetOrAdd(
-            kernel.Method, _ => acc.LoadKernel(kernel));
+        var launcher = Loaded(kernel);
         LastFamily = family;
         // The simulator runs emulated inline PTX (the tensor-core kernels), whose failures are recorded, not thrown:
         // its launches are waited for and checked.
@@ -118,20 +117,31 @@ public sealed class KernelRuntime
     {
         get
         {
-            var acc = Device.Accelerator;
-            int sharedPerSm = acc is CudaAccelerator cuda && cuda.Architecture is { } a
-                ? a.Major >= 9 ? 228 * 1024 : a.Major == 8 && a.Minor == 0 ? 164 * 1024 : 100 * 1024
-                : 228 * 1024;
-            tcDevice ??= TcDevice.Hopper(Math.Max(1, acc.NumMultiprocessors)) with { SharedPerSm = sharedPerSm };
+            tcDevice ??= Describe(Device.Accelerator);
             return tcDevice with { LargeShared = largeShared ?? true };
         }
     }
+
+    /// <summary>The loaded kernel behind <paramref name="kernel"/>, compiled once per runtime.</summary>
+    private Action<AcceleratorStream, KernelConfig, TArgs> Loaded<TArgs>(Action<TArgs> kernel) where TArgs : struct =>
+        (Action<AcceleratorStream, KernelConfig, TArgs>)cache.GetOrAdd(kernel.Method, _ => Device.Accelerator.LoadKernel(kernel));
+
+    private static TcDevice Describe(Accelerator acc)
+    {
+        int sharedPerSm = acc is CudaAccelerator cuda && cuda.Architecture is { } a
+            ? a.Major >= 9 ? 228 * 1024 : a.Major == 8 && a.Minor == 0 ? 164 * 1024 : 100 * 1024
+            : 228 * 1024;
+        return TcDevice.Hopper(Math.Max(1, acc.NumMultiprocessors)) with { SharedPerSm = sharedPerSm };
+    }
+
+    // A UNet step launches the same few shapes every step: each is planned once per device state.
+    private readonly ConcurrentDictionary<(long M, long N, long K, int Batch, bool LargeShared), TcPlan> plans = new();
 
     /// <summary>The plan for one tensor-core GEMM: the override if set, else the planner's choice for this device.</summary>
     public TcPlan PlanTensorCore(long m, long n, long k, int batch) =>
         TensorCoreOverride is { } o
             ? TcPlanner.Evaluate(o.Config, o.SplitK, m, n, k, batch, TensorCoreDevice)
-            : TcPlanner.Plan(m, n, k, batch, TensorCoreDevice);
+            : plans.GetOrAdd((m, n, k, batch, largeShared ?? true), _ => TcPlanner.Plan(m, n, k, batch, TensorCoreDevice));
 
     /// <summary>A device scratch buffer of at least <paramref name="floats"/> floats (split-K partial sums); launches on one stream share it in order.</summary>
     public ArrayView<float> Workspace(long floats)
@@ -156,8 +166,7 @@ public sealed class KernelRuntime
         if (largeShared == false) return false;
         bool ok = sharedOptIn.GetOrAdd(kernel.Method, _ =>
         {
-            var launcher = (Action<AcceleratorStream, KernelConfig, TArgs>)cache.GetOrAdd(
-                kernel.Method, _ => Device.Accelerator.LoadKernel(kernel));
+            var launcher = Loaded(kernel);
             string why;
             if (!launcher.TryGetKernel(out var k) || k is not CudaKernel ck) why = "no CudaKernel behind the launcher";
             else

@@ -109,7 +109,7 @@ public sealed record ModelConfigs(UNetConfig Unet, VaeConfig Vae, ClipTextConfig
         var bigG = ClipTextConfig.Load(te2);
         var index = JsonConfig.Load(Path.Combine(source.Path, "model_index.json"));
         return new ModelConfigs(UNetConfig.Load(Config("unet")), VaeConfig.Load(Config("vae")), bigG,
-            source.SchedulerConfig is string s ? File.ReadAllText(s) : SdxlScheduler,
+            source.SchedulerConfig is string s ? File.ReadAllText(s) : Presets.Sdxl.SchedulerJson,
             source.SchedulerConfig ?? "built-in sdxl defaults (the folder has no scheduler/scheduler_config.json)")
         {
             TextEncoder2 = bigG,
@@ -127,45 +127,15 @@ public sealed record ModelConfigs(UNetConfig Unet, VaeConfig Vae, ClipTextConfig
         var convIn = source.Component("unet")?.Find("conv_in.weight");
         int inChannels = convIn is { Shape.Length: 4 } ? (int)convIn.Shape[1] : 4;
         return new ModelConfigs(
-            UNetConfig.FromJson(JsonConfig.Parse(SdxlUnet, $"{origin} (unet)")) with { InChannels = inChannels },
-            VaeConfig.FromJson(JsonConfig.Parse(SdxlVae, $"{origin} (vae)")),
+            UNetConfig.FromJson(JsonConfig.Parse(Presets.Sdxl.UnetJson, $"{origin} (unet)")) with { InChannels = inChannels },
+            VaeConfig.FromJson(JsonConfig.Parse(Presets.Sdxl.VaeJson, $"{origin} (vae)")),
             ClipTextConfig.From(JsonConfig.Parse(ClipL, $"{origin} (text_encoder)")),
-            SdxlScheduler, $"{origin} (scheduler)")
+            Presets.Sdxl.SchedulerJson, $"{origin} (scheduler)")
         {
-            TextEncoder2 = ClipTextConfig.From(JsonConfig.Parse(OpenClipBigG, $"{origin} (text_encoder_2)")),
+            TextEncoder2 = ClipTextConfig.From(JsonConfig.Parse(Presets.Sdxl.TextEncoder2Json!, $"{origin} (text_encoder_2)")),
             ForceZerosForEmptyPrompt = true,
         };
     }
-
-    // stable-diffusion-xl-base-1.0's configs, reduced to what differs from the defaults or matters.
-
-    private const string SdxlUnet = """
-        {"block_out_channels": [320, 640, 1280], "layers_per_block": 2, "attention_head_dim": [5, 10, 20],
-         "cross_attention_dim": 2048, "norm_num_groups": 32, "use_linear_projection": true,
-         "transformer_layers_per_block": [1, 2, 10], "addition_embed_type": "text_time", "addition_time_embed_dim": 256,
-         "projection_class_embeddings_input_dim": 2816, "sample_size": 128,
-         "down_block_types": ["DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"],
-         "up_block_types": ["CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"]}
-        """;
-
-    private const string SdxlVae = """
-        {"block_out_channels": [128, 256, 512, 512], "layers_per_block": 2, "latent_channels": 4, "norm_num_groups": 32,
-         "scaling_factor": 0.13025, "force_upcast": true,
-         "down_block_types": ["DownEncoderBlock2D", "DownEncoderBlock2D", "DownEncoderBlock2D", "DownEncoderBlock2D"],
-         "up_block_types": ["UpDecoderBlock2D", "UpDecoderBlock2D", "UpDecoderBlock2D", "UpDecoderBlock2D"]}
-        """;
-
-    private const string OpenClipBigG = """
-        {"hidden_size": 1280, "intermediate_size": 5120, "num_hidden_layers": 32, "num_attention_heads": 20,
-         "hidden_act": "gelu", "vocab_size": 49408, "max_position_embeddings": 77, "layer_norm_eps": 1e-05,
-         "projection_dim": 1280, "eos_token_id": 2}
-        """;
-
-    private const string SdxlScheduler = """
-        {"_class_name": "EulerDiscreteScheduler", "beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear",
-         "num_train_timesteps": 1000, "steps_offset": 1, "timestep_spacing": "leading", "interpolation_type": "linear",
-         "use_karras_sigmas": false, "prediction_type": "epsilon"}
-        """;
 
     // The published configs, reduced to the keys whose values differ from the classes' defaults or matter.
 

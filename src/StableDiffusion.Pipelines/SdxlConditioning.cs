@@ -106,26 +106,11 @@ public static class SdxlConditioning
 
     /// <summary>All chunks of all prompts through one encoder in one batch → host [prompts, chunks·77, width], emphasis applied.</summary>
     private static (float[] Hidden, int Width) Hidden(IOps ops, List<List<PromptChunk>> chunks,
-        IReadOnlyDictionary<string, float[][]>? embeddings, Func<Tensor, List<(int Row, float[] Vector)>, Tensor> run, out DType dtype)
+        IReadOnlyDictionary<string, float[][]>? embeddings, Func<Tensor, IReadOnlyList<(int Row, float[] Vector)>, Tensor> run, out DType dtype)
     {
-        int length = PromptChunker.Length;
         var all = chunks.SelectMany(x => x).ToList();
-        var vectors = new List<(int Row, float[] Vector)>();
-        for (int r = 0; r < all.Count; r++)
-            foreach (var slot in all[r].Embeddings)
-            {
-                if (embeddings is null || !embeddings.TryGetValue(slot.Name, out var v))
-                    throw new UsageException($"embedding {slot.Name}: no vectors for this text encoder");
-                vectors.Add((r * length + slot.Position, v[slot.Vector]));
-            }
-        using var tokens = Tensor.FromInts(ops.Device, all.SelectMany(x => x.Ids).ToArray(), all.Count, length);
-        using var h = run(tokens, vectors);
-        dtype = h.DType;
-        int width = h.Dim(2);
-        var z = h.ToFloatArray();
-        for (int r = 0; r < all.Count; r++)
-            if (all[r].IsWeighted) PromptEmphasis.Apply(z.AsSpan(r * length * width, length * width), all[r].Weights);
-        return (z, width);
+        var z = ClipPromptEncoder.Run(ops, all, ClipPromptEncoder.Slots(all, embeddings), run, out dtype);
+        return (z, z.Length / (all.Count * PromptChunker.Length));
     }
 
     /// <summary>The base model's six add_time_ids.</summary>

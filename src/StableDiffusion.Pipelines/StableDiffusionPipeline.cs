@@ -121,7 +121,7 @@ public sealed partial class StableDiffusionPipeline : IDisposable
     public ClipTokenizer? Tokenizer2 { get; }
 
     /// <summary>The image side the model was trained at: the UNet's sample_size times the VAE factor (512 SD1, 1024 SDXL); 512 if unstated.</summary>
-    public int DefaultSize => Configs.Unet.SampleSize is int s ? s * VaeScaleFactor : 512;
+    public int DefaultSize => Configs.DefaultSize;
 
     /// <summary>The prompts' conditioning, as the UNet gets it (loads the text encoder).</summary>
     public PromptConditioning Condition(IReadOnlyList<string> prompts, StageTimings? timings = null) =>
@@ -215,10 +215,15 @@ public sealed partial class StableDiffusionPipeline : IDisposable
         var timesteps = scheduler.Timesteps;
         int start = mode == GenerationMode.TextToImage ? 0 : ImageToImage.Plan(scheduler, r.Steps, r.Strength).StartIndex;
         int end = timesteps.Count;
-        if (r.DenoisingEnd is float denoisingEnd) end = timesteps.Count(t => t >= Cutoff(denoisingEnd));
+        if (r.DenoisingEnd is float denoisingEnd)
+        {
+            double cutoff = Cutoff(denoisingEnd);
+            end = timesteps.Count(t => t >= cutoff);
+        }
         if (r.DenoisingStart is float denoisingStart)
         {
-            int n = timesteps.Count(t => t < Cutoff(denoisingStart));
+            double cutoff = Cutoff(denoisingStart);
+            int n = timesteps.Count(t => t < cutoff);
             if (scheduler.Order == 2 && n % 2 == 0) n++; // diffusers: a second-order sampler must not stop between its two evaluations
             start = timesteps.Count - n;
         }
@@ -338,12 +343,7 @@ public sealed partial class StableDiffusionPipeline : IDisposable
         var vectors2 = embeddings.For(prompts, "clip_g", Configs.TextEncoder2!.HiddenSize);
         var counts = (vectors ?? vectors2).ToDictionary(v => v.Key, v => v.Value.Length, StringComparer.OrdinalIgnoreCase);
         // The refiner conditions on bigG alone.
-        var encoder = Configs.IsRefiner ? null : Load(ref textEncoder, "load text encoder", () =>
-        {
-            var m = new ClipTextModel(Configs.TextEncoder);
-            m.Load(Component("text_encoder"), ops, options.DType, lora.GetValueOrDefault("text_encoder"));
-            return m;
-        }, timings);
+        var encoder = Configs.IsRefiner ? null : LoadTextEncoder(timings);
         var encoder2 = Load(ref textEncoder2, "load text encoder 2", () =>
         {
             var m = new ClipTextModelWithProjection(Configs.TextEncoder2!);

@@ -69,7 +69,8 @@ public sealed class GenerationRunner(ModelHost host)
         var pngs = new List<byte[]>();
         var infotexts = new List<string>();
         var seeds = new List<ulong>();
-        var stepTimes = new List<double>();
+        int timedSteps = 0;
+        double firstStep = 0, laterSteps = 0;
         int total = spec.Steps * spec.Iterations, done = 0;
         var clock = Stopwatch.StartNew();
         bool interrupted = false;
@@ -90,10 +91,12 @@ public sealed class GenerationRunner(ModelHost host)
             var progress = new Progress(p =>
             {
                 last = p;
-                stepTimes.Add(p.StepTime.TotalSeconds);
+                // The first step (weight packing, warm-up) is left out of the rate once there are others.
+                if (timedSteps++ == 0) firstStep = p.StepTime.TotalSeconds;
+                else laterSteps += p.StepTime.TotalSeconds;
                 // An init image runs only part of the schedule: count this iteration as that many steps.
                 int step = before + p.Step, steps = before + p.Steps + (spec.Iterations - k - 1) * p.Steps;
-                double rate = stepTimes.Count > 1 ? (stepTimes.Count - 1) / stepTimes.Skip(1).Sum() : 1 / Math.Max(stepTimes[0], 1e-6);
+                double rate = timedSteps > 1 ? (timedSteps - 1) / laterSteps : 1 / Math.Max(firstStep, 1e-6);
                 job.Progress(step, steps, (steps - step) / rate, LatentPreview.Png(p, pipeline.Configs.Vae.LatentChannels));
                 done = step;
             });

@@ -104,7 +104,7 @@ public sealed class ModelHost : IDisposable
                     DType = DType, TokenizerDirectory = options.Tokenizer, Loras = files, ClipSkip = skip,
                     EmbeddingsDirectory = options.EmbeddingsDir,
                 });
-            hash = ModelHash.Compute(newSource);
+            hash = HashOf(entry) ?? ModelHash.Compute(newSource); // a reload with other LoRAs is the same file
             loraHashes = files.Count == 0 ? null : LoraMerge.Hashes(files);
         }
         catch

@@ -23,38 +23,12 @@ public sealed record UNetGemm(string Layer, string Op, long M, long N, long K, i
 /// </summary>
 public static class UNetGemms
 {
-    /// <summary>
-    /// stabilityai/stable-diffusion-xl-base-1.0 unet/config.json: the keys the shapes depend on, re-typed (its
-    /// other keys are the SD defaults or concern no GEMM).
-    /// </summary>
-    public const string SdxlUnetJson = """
-        {
-          "_class_name": "UNet2DConditionModel",
-          "addition_embed_type": "text_time",
-          "addition_time_embed_dim": 256,
-          "attention_head_dim": [5, 10, 20],
-          "block_out_channels": [320, 640, 1280],
-          "conv_in_kernel": 3,
-          "conv_out_kernel": 3,
-          "cross_attention_dim": 2048,
-          "down_block_types": ["DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"],
-          "in_channels": 4,
-          "layers_per_block": 2,
-          "out_channels": 4,
-          "projection_class_embeddings_input_dim": 2816,
-          "sample_size": 128,
-          "transformer_layers_per_block": [1, 2, 10],
-          "up_block_types": ["CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"],
-          "use_linear_projection": true
-        }
-        """;
-
     /// <summary>The UNet config.json of a known model: sd15, sd21 (the presets) or sdxl.</summary>
     public static string ConfigJson(string model) => model switch
     {
         "sd15" => Presets.Sd15.UnetJson,
         "sd21" => Presets.Sd21.UnetJson,
-        "sdxl" => SdxlUnetJson,
+        "sdxl" => Presets.Sdxl.UnetJson,
         _ => throw new ConfigException($"unknown model config '{model}' (sd15, sd21 or sdxl)"),
     };
 

@@ -39,20 +39,8 @@ public sealed class ClipPromptEncoder(ClipTextModel model, ClipEncoderOptions op
         int prompts = chunks.Count, n = chunks[0].Count, length = PromptChunker.Length, width = model.Config.HiddenSize;
         if (chunks.Any(c => c.Count != n)) throw new ArgumentException("every prompt needs the same number of chunks");
         var all = chunks.SelectMany(c => c).ToList();
-        var ids = all.SelectMany(c => c.Ids).ToArray();
-        var vectors = new List<(int Row, float[] Vector)>();
-        for (int r = 0; r < all.Count; r++)
-            foreach (var slot in all[r].Embeddings)
-            {
-                if (!options.Embeddings.TryGetValue(slot.Name, out var v))
-                    throw new UsageException($"embedding {slot.Name}: no vectors for this text encoder");
-                vectors.Add((r * length + slot.Position, v[slot.Vector]));
-            }
-        using var tokens = Tensor.FromInts(ops.Device, ids, all.Count, length);
-        using var hidden = model.Forward(ops, tokens, options.ClipSkip, vectors);
-        var z = hidden.ToFloatArray();
-        for (int r = 0; r < all.Count; r++)
-            if (all[r].IsWeighted) PromptEmphasis.Apply(z.AsSpan(r * length * width, length * width), all[r].Weights);
+        var vectors = Slots(all, options.Embeddings);
+        var z = Run(ops, all, vectors, (t, v) => model.Forward(ops, t, options.ClipSkip, v), out _);
 
         float[]? pooled = null;
         if (options.Pooled)
@@ -72,5 +60,37 @@ public sealed class ClipPromptEncoder(ClipTextModel model, ClipEncoderOptions op
             }
         }
         return (z, pooled);
+    }
+
+    /// <summary>Where each chunk's textual-inversion vectors go: row r·77 + position of the batch of all chunks.</summary>
+    public static List<(int Row, float[] Vector)> Slots(IReadOnlyList<PromptChunk> all, IReadOnlyDictionary<string, float[][]>? embeddings)
+    {
+        var vectors = new List<(int Row, float[] Vector)>();
+        for (int r = 0; r < all.Count; r++)
+            foreach (var slot in all[r].Embeddings)
+            {
+                if (embeddings is null || !embeddings.TryGetValue(slot.Name, out var v))
+                    throw new UsageException($"embedding {slot.Name}: no vectors for this text encoder");
+                vectors.Add((r * PromptChunker.Length + slot.Position, v[slot.Vector]));
+            }
+        return vectors;
+    }
+
+    /// <summary>
+    /// All chunks in one batch through <paramref name="forward"/> (ids [chunks, 77] and their vectors → hidden states)
+    /// → host [chunks·77, width], each weighted chunk's emphasis applied.
+    /// </summary>
+    public static float[] Run(IOps ops, IReadOnlyList<PromptChunk> all, IReadOnlyList<(int Row, float[] Vector)> vectors,
+        Func<Tensor, IReadOnlyList<(int Row, float[] Vector)>, Tensor> forward, out DType dtype)
+    {
+        int length = PromptChunker.Length;
+        using var tokens = Tensor.FromInts(ops.Device, all.SelectMany(c => c.Ids).ToArray(), all.Count, length);
+        using var hidden = forward(tokens, vectors);
+        dtype = hidden.DType;
+        int width = hidden.Dim(2);
+        var z = hidden.ToFloatArray();
+        for (int r = 0; r < all.Count; r++)
+            if (all[r].IsWeighted) PromptEmphasis.Apply(z.AsSpan(r * length * width, length * width), all[r].Weights);
+        return z;
     }
 }

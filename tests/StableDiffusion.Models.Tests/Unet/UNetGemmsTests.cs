@@ -55,7 +55,7 @@ public class UNetGemmsTests
     public void Sdxl_config_matches_the_published_file()
     {
         var real = JsonNode.Parse(File.ReadAllText(SharedReference.Require("configs", "sdxl-base", "unet", "config.json")))!.AsObject();
-        var ours = JsonNode.Parse(UNetGemms.SdxlUnetJson)!.AsObject();
+        var ours = JsonNode.Parse(UNetGemms.ConfigJson("sdxl"))!.AsObject();
         foreach (var (key, value) in ours)
             Assert.True(JsonNode.DeepEquals(value, real[key]), $"{key}: ours {value?.ToJsonString()}, published {real[key]?.ToJsonString()}");
     }
