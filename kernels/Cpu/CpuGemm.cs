@@ -21,27 +21,40 @@ public unsafe struct CpuGemmArgs
 }
 
 /// <summary>
-/// A constant B operand (weights) packed once into the micro-kernel's panel layout, fp32: panel j holds columns
-/// [j·NR, j·NR+NR) of op(B) as K rows of NR floats (zero-padded past N). Run with it skips B packing entirely.
+/// A constant B operand (weights) packed once into the micro-kernel's panel layout: panel j holds columns
+/// [j·NR, j·NR+NR) of op(B) as K rows of NR values (zero-padded past N), in fp32 or fp16. fp32 panels are read by the
+/// micro-kernel in place; fp16 panels (weights kept in their checkpoint's dtype) are widened per task into a
+/// per-worker fp32 copy of the columns it computes, which that task reuses over many rows.
 /// </summary>
 public sealed unsafe class CpuPackedB : IDisposable
 {
-    private float* data;
+    private void* data;
+    private readonly bool ownsMemory;
 
-    internal CpuPackedB(float* data, int n, int k, int nr)
+    internal CpuPackedB(void* data, DType dtype, int n, int k, int nr, bool ownsMemory)
     {
         this.data = data;
+        this.ownsMemory = ownsMemory;
+        DType = dtype;
         N = n;
         K = k;
         Nr = nr;
     }
 
+    public DType DType { get; }
     public int N { get; }
     public int K { get; }
     internal int Nr { get; }
-    public long Bytes => (long)(N + Nr - 1) / Nr * Nr * K * sizeof(float);
+    public long Bytes => BytesFor(DType, N, K);
 
-    internal float* Data => data != null ? data : throw new ObjectDisposedException(nameof(CpuPackedB));
+    /// <summary>The size of op(B) [K, N] packed in <paramref name="dtype"/>: N rounded up to whole panels.</summary>
+    public static long BytesFor(DType dtype, int n, int k) => (long)(n + CpuGemm.NR - 1) / CpuGemm.NR * CpuGemm.NR * k * dtype.SizeInBytes();
+
+    internal float* Data => DType == DType.F32 ? (float*)Live : throw new InvalidOperationException("fp16 panels");
+
+    internal ushort* HalfData => DType == DType.F16 ? (ushort*)Live : throw new InvalidOperationException("fp32 panels");
+
+    private void* Live => data != null ? data : throw new ObjectDisposedException(nameof(CpuPackedB));
 
     public void Dispose()
     {
@@ -55,7 +68,7 @@ public sealed unsafe class CpuPackedB : IDisposable
     {
         var d = data;
         data = null;
-        if (d != null) NativeMemory.AlignedFree(d);
+        if (d != null && ownsMemory) NativeMemory.AlignedFree(d);
     }
 }
 
@@ -76,6 +89,9 @@ public static unsafe class CpuGemm
     internal static readonly int NR = Vector512.IsHardwareAccelerated ? 32 : 16;
 
     private const long PackedBGroupBytes = 256L << 20;
+
+    /// <summary>fp16 panels: how many floats of widened panels a task may hold (whole K × its columns), per worker.</summary>
+    internal static readonly long WidenedFloats = Env("SD_CPU_WIDEN_KB", 8192) * 256L;
 
     public static void Run(in CpuGemmArgs p)
     {
@@ -105,7 +121,67 @@ public static unsafe class CpuGemm
         long panels = (n + nr - 1) / nr;
         var data = (float*)NativeMemory.AlignedAlloc((nuint)(panels * nr * k * sizeof(float)), 64);
         PackBInto(b, t, transB, n, k, 1, 0, data);
-        return new CpuPackedB(data, n, k, nr);
+        return new CpuPackedB(data, DType.F32, n, k, nr, ownsMemory: true);
+    }
+
+    /// <summary>
+    /// Packs a weight of <paramref name="n"/> output rows into <paramref name="dst"/> (<see cref="CpuPackedB.BytesFor"/>
+    /// bytes) as <paramref name="dstType"/> panels of op(B) = Wᵀ, converting from <paramref name="srcType"/> on the way.
+    /// Row r of src holds K = cin·taps values: as [cin, taps] (a PyTorch OIHW convolution weight, taps = kh·kw) when
+    /// <paramref name="tapsInner"/>, else as [taps, cin] (OHWI, or a linear weight with taps = 1). Packed column
+    /// index k is tap·cin + ci either way, the order the implicit-GEMM convolution gathers its input in.
+    /// </summary>
+    public static CpuPackedB PackWeightInto(void* src, DType srcType, int n, int cin, int taps, bool tapsInner, void* dst, DType dstType)
+    {
+        if (src == null || dst == null) throw new KernelArgumentException("cpu gemm: PackWeightInto needs source and destination");
+        CheckFloat(srcType, "weight");
+        CheckFloat(dstType, "packed weight");
+        if (n < 1 || cin < 1 || taps < 1 || (long)cin * taps > int.MaxValue)
+            throw new KernelArgumentException($"cpu gemm: bad weight shape (n={n}, cin={cin}, taps={taps})");
+        int k = cin * taps, nr = NR, panels = (n + nr - 1) / nr;
+        int ses = srcType.SizeInBytes(), des = dstType.SizeInBytes();
+        int workers = (int)Math.Clamp((long)n * k >> 18, 1, Math.Min(CpuParallel.Threads, panels));
+        CpuParallel.For(workers, w =>
+        {
+            var row = new float[k];
+            fixed (float* r = row)
+                for (int jp = w; jp < panels; jp += workers)
+                {
+                    byte* d = (byte*)dst + (long)jp * k * nr * des;
+                    for (int c = 0; c < nr; c++)
+                    {
+                        int o = jp * nr + c;
+                        if (o >= n)
+                        {
+                            for (int kk = 0; kk < k; kk++) Half16.Write(d, dstType, (long)kk * nr + c, 0f);
+                            continue;
+                        }
+                        byte* s = (byte*)src + (long)o * k * ses;
+                        if (srcType == dstType && !tapsInner)
+                        {
+                            // same dtype, same order: move the bits (exact for every value, NaN payloads included)
+                            if (des == 2) for (int kk = 0; kk < k; kk++) ((ushort*)d)[(long)kk * nr + c] = ((ushort*)s)[kk];
+                            else for (int kk = 0; kk < k; kk++) ((float*)d)[(long)kk * nr + c] = ((float*)s)[kk];
+                            continue;
+                        }
+                        if (srcType == dstType && des == 2)
+                        {
+                            ushort* hs = (ushort*)s;
+                            for (int ci = 0; ci < cin; ci++)
+                                for (int t = 0; t < taps; t++) ((ushort*)d)[((long)t * cin + ci) * nr + c] = hs[(long)ci * taps + t];
+                            continue;
+                        }
+                        Half16.Load(s, srcType, r, k);
+                        for (int kk = 0; kk < k; kk++)
+                        {
+                            int t = kk / cin, ci = kk - t * cin;
+                            float v = tapsInner ? r[(long)ci * taps + t] : r[kk];
+                            Half16.Write(d, dstType, (long)kk * nr + c, v);
+                        }
+                    }
+                }
+        });
+        return new CpuPackedB(dst, dstType, n, k, nr, ownsMemory: false);
     }
 
     /// <summary>Scalar reference: double accumulation, no blocking. For tests.</summary>
@@ -175,6 +251,14 @@ public static unsafe class CpuGemm
             long rBytes = (long)p.Batch * p.M * p.N * (p.ResidualType == DType.F16 ? 2 : 4);
             job.ResidualOverlapsC = (byte*)p.Residual < (byte*)p.C + cBytes && (byte*)p.C < (byte*)p.Residual + rBytes;
         }
+        if (packed is { DType: DType.F16 })
+        {
+            job.BHalf = packed.HalfData;
+            job.PlanHalf(p.Batch);
+            job.RunTasks();
+            GC.KeepAlive(packed);
+            return;
+        }
         if (packed != null)
         {
             job.BPacked = packed.Data;
@@ -221,12 +305,42 @@ public static unsafe class CpuGemm
         public int M, N, K, Nr;
         public float Alpha;
         public float* BPacked;
+        public ushort* BHalf;       // fp16 panels, widened per task (PlanHalf)
         public long BItemStride;
         public void* Bias, Residual, C;
         public DType BiasType, ResidualType, CType;
 
         public bool ResidualOverlapsC;
         private int batch0, batchCount, mc, nc, mBlocks, nBlocks, taskCount, next;
+        private int mGroups, mPerGroup; // fp16 panels: a task is (item, column block, group of row blocks)
+
+        /// <summary>
+        /// Tasks for fp16 panels: each widens its columns' panels once (whole K) and runs them over a group of row
+        /// blocks, so the conversion is paid once per group rather than once per MC rows. Columns split first (that
+        /// costs no extra conversion), rows only when there are still too few tasks to keep the workers busy.
+        /// </summary>
+        public void PlanHalf(int count)
+        {
+            batch0 = 0;
+            batchCount = count;
+            int want = 4 * CpuParallel.Threads;
+            int npad = (N + Nr - 1) / Nr * Nr;
+            int budget = (int)Math.Max(Nr, WidenedFloats / K / Nr * Nr);
+            nc = Math.Min(Math.Min(npad, NCMax), budget);
+            mc = Math.Min((M + MR - 1) / MR * MR, MCMax);
+            mBlocks = (M + mc - 1) / mc;
+            nBlocks = (N + nc - 1) / nc;
+            while (batchCount * nBlocks < want && nc > Nr)
+            {
+                nc = (nc / 2 + Nr - 1) / Nr * Nr;
+                nBlocks = (N + nc - 1) / nc;
+            }
+            int groups = Math.Clamp((want + batchCount * nBlocks - 1) / (batchCount * nBlocks), 1, mBlocks);
+            mPerGroup = (mBlocks + groups - 1) / groups;
+            mGroups = (mBlocks + mPerGroup - 1) / mPerGroup;
+            taskCount = batchCount * nBlocks * mGroups;
+            next = 0;
+        }
 
         public void Plan(int b0, int count)
         {
@@ -260,7 +374,9 @@ public static unsafe class CpuGemm
                 try
                 {
                     int t;
-                    while ((t = Interlocked.Increment(ref next) - 1) < taskCount) RunTask(t, ws);
+                    while ((t = Interlocked.Increment(ref next) - 1) < taskCount)
+                        if (BHalf != null) RunHalfTask(t, ws);
+                        else RunTask(t, ws);
                 }
                 finally
                 {
@@ -274,16 +390,35 @@ public static unsafe class CpuGemm
             int per = mBlocks * nBlocks;
             int bi = t / per, r = t % per;
             int mb = r / nBlocks, nb = r % nBlocks;
-            int b = batch0 + bi;
-            int m0 = mb * mc, rows = Math.Min(mc, M - m0);
+            float* bItem = BPacked + (BItemStride == 0 ? 0 : bi * BItemStride);
+            int n0 = nb * nc;
+            RunTile(batch0 + bi, mb * mc, n0, bItem + (long)(n0 / Nr) * K * Nr, ws);
+        }
+
+        private void RunHalfTask(int t, Workspace ws)
+        {
+            int per = nBlocks * mGroups;
+            int bi = t / per, r = t % per;
+            int nb = r / mGroups, g = r % mGroups;
             int n0 = nb * nc, cols = Math.Min(nc, N - n0);
+            long floats = (long)(cols + Nr - 1) / Nr * Nr * K;
+            float* panels = ws.Widened(floats);
+            CpuLayout.HalfToFloatRange(BHalf + (long)(n0 / Nr) * K * Nr, panels, floats);
+            int mbEnd = Math.Min(mBlocks, (g + 1) * mPerGroup);
+            for (int mb = g * mPerGroup; mb < mbEnd; mb++) RunTile(batch0 + bi, mb * mc, n0, panels, ws);
+        }
+
+        /// <summary>C[b, m0.., n0..] (mc × nc at most) from the whole-K panels of columns n0.. at <paramref name="bPanels"/>.</summary>
+        [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+        private void RunTile(int b, int m0, int n0, float* bPanels, Workspace ws)
+        {
+            int rows = Math.Min(mc, M - m0);
+            int cols = Math.Min(nc, N - n0);
             int nr = Nr;
             int mPanels = (rows + MR - 1) / MR;
             int nPanels = (cols + nr - 1) / nr;
             int ldt = nPanels * nr;
             float* tile = ws.Tile;
-            float* bItem = BPacked + (BItemStride == 0 ? 0 : bi * BItemStride);
-            int jp0 = n0 / nr;
             int kSlices = (K + KC - 1) / KC;
             int kcStep = (K + kSlices - 1) / kSlices;
             // fp32 A [M, K] is read in place; fp32 C is accumulated in place (full tiles) unless the residual aliases it
@@ -307,7 +442,7 @@ public static unsafe class CpuGemm
                     else { ap = ws.APack + (long)(r0 - packedFrom) * kc; lda = kc; }
                     for (int jp = 0; jp < nPanels; jp++)
                     {
-                        float* bp = bItem + ((long)(jp0 + jp) * K + pc) * nr;
+                        float* bp = bPanels + ((long)jp * K + pc) * nr;
                         int c0 = jp * nr;
                         if (r0 < fullRows && c0 < fullCols) MicroKernel(ap, lda, bp, kc, cBlock + (long)r0 * N + c0, N, acc);
                         else MicroKernel(ap, lda, bp, kc, tile + (long)r0 * ldt + c0, ldt, acc);
@@ -421,6 +556,7 @@ public static unsafe class CpuGemm
         else KernelScalar(a, lda, b, kc, c, ldc, acc);
     }
 
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private static void Kernel6x32(float* a, long lda, float* b, int kc, float* c, long ldc, bool acc)
     {
         float* a0 = a, a1 = a + lda, a2 = a1 + lda, a3 = a2 + lda, a4 = a3 + lda, a5 = a4 + lda;
@@ -468,6 +604,7 @@ public static unsafe class CpuGemm
         c50.Store(c); c51.Store(c + 16);
     }
 
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private static void Kernel6x16(float* a, long lda, float* b, int kc, float* c, long ldc, bool acc)
     {
         float* a0 = a, a1 = a + lda, a2 = a1 + lda, a3 = a2 + lda, a4 = a3 + lda, a5 = a4 + lda;
@@ -624,7 +761,26 @@ internal sealed unsafe class Workspace
         for (int i = 0; i < CpuGemm.KC; i++) Zero[i] = 0;
     }
 
-    ~Workspace() => NativeMemory.AlignedFree(block);
+    private float* widened;
+    private long widenedFloats;
+
+    /// <summary>Room for <paramref name="floats"/> widened fp16 panels, kept with the workspace.</summary>
+    public float* Widened(long floats)
+    {
+        if (floats > widenedFloats)
+        {
+            if (widened != null) NativeMemory.AlignedFree(widened);
+            widened = (float*)NativeMemory.AlignedAlloc((nuint)(floats * sizeof(float)), 64);
+            widenedFloats = floats;
+        }
+        return widened;
+    }
+
+    ~Workspace()
+    {
+        NativeMemory.AlignedFree(block);
+        if (widened != null) NativeMemory.AlignedFree(widened);
+    }
 
     public static Workspace Rent() => Pool.TryTake(out var w) ? w : new Workspace();
 

@@ -12,7 +12,7 @@ namespace StableDiffusion.Kernels.Cpu;
 /// pool and uploads are shared with the GPU path unchanged. Compute is fp32: GEMM and convolution widen fp16 operands
 /// while packing; the other ops widen fp16 inputs into fp32 scratch and round the result once.
 /// </summary>
-public sealed unsafe class CpuOps : IOps
+public sealed unsafe class CpuOps : IOps, IWeightPacker
 {
     private delegate void FloatKernel(float*[] inputs, float* output);
 
@@ -28,6 +28,50 @@ public sealed unsafe class CpuOps : IOps
 
     public ComputeDevice Device { get; }
 
+    public IWeightPacker WeightPacker => this;
+
+    public Tensor Pack(ReadOnlySpan<byte> src, DType srcType, int[] shape, bool oihw, DType dtype)
+    {
+        var (n, cin, taps) = WeightDims("pack", shape);
+        CpuGemm.CheckFloat(srcType, "weight");
+        long expect = (long)n * cin * taps * srcType.SizeInBytes();
+        if (src.Length != expect)
+            throw new KernelArgumentException($"pack: {src.Length} bytes for a {srcType.Name()} weight [{string.Join(", ", shape)}] of {expect} bytes");
+        fixed (byte* s = src) return Packed(s, srcType, shape, n, cin, taps, oihw, dtype);
+    }
+
+    public Tensor Pack(Tensor weight, DType dtype)
+    {
+        Check("pack", weight);
+        Float("pack", weight);
+        var (n, cin, taps) = WeightDims("pack", weight.ShapeArray());
+        return Packed(Ptr(weight), weight.DType, weight.ShapeArray(), n, cin, taps, oihw: false, dtype);
+    }
+
+    private Tensor Packed(void* src, DType srcType, int[] shape, int n, int cin, int taps, bool oihw, DType dtype)
+    {
+        CpuGemm.CheckFloat(dtype, "packed weight");
+        var t = Tensor.EmptyPacked(Device, dtype, shape, CpuPackedB.BytesFor(dtype, n, cin * taps));
+        try
+        {
+            t.SetPackedLayout(CpuGemm.PackWeightInto(src, srcType, n, cin, taps, oihw, (void*)t.PackedBytes.LoadEffectiveAddressAsPtr(), dtype));
+            return t;
+        }
+        catch
+        {
+            t.Dispose();
+            throw;
+        }
+    }
+
+    /// <summary>Output rows, input channels and kernel taps of a [out, in] or OHWI [out, kh, kw, in] weight.</summary>
+    private static (int N, int Cin, int Taps) WeightDims(string op, int[] shape)
+    {
+        if (shape.Length is not (2 or 4) || shape.Any(d => d < 1) || (long)shape[1] * (shape.Length == 4 ? (long)shape[2] * shape[3] : 1) > int.MaxValue)
+            throw new KernelArgumentException($"{op}: a weight is [out, in] or [out, kh, kw, in], got [{string.Join(", ", shape)}]");
+        return shape.Length == 2 ? (shape[0], shape[1], 1) : (shape[0], shape[3], shape[1] * shape[2]);
+    }
+
     /// <summary>Where a tensor's first element lives in host memory.</summary>
     public static void* Ptr(Tensor t) => (void*)t.Bytes.LoadEffectiveAddressAsPtr();
 
@@ -42,6 +86,8 @@ public sealed unsafe class CpuOps : IOps
         foreach (var t in ts)
         {
             if (t is null) continue;
+            if (t.IsPacked && t.PackedLayout is not CpuPackedB)
+                throw new KernelArgumentException($"{op}: tensor {t} is packed by another backend");
             if (!ReferenceEquals(t.Device, Device))
                 throw new KernelArgumentException($"{op}: tensor {t} lives on another device than {Device.Name}");
             if (t.IsDisposed) throw new KernelArgumentException($"{op}: tensor {t} has been disposed");
@@ -145,13 +191,14 @@ public sealed unsafe class CpuOps : IOps
         return Gemm(y, new CpuGemmArgs
         {
             M = rows, N = outF, K = inF, Batch = 1, TransA = false, TransB = true, Alpha = 1f,
-            A = Ptr(x), AType = x.DType, B = Ptr(weight), BType = weight.DType,
+            A = Ptr(x), AType = x.DType, B = null, BType = weight.DType,
             Bias = P(bias), BiasType = T(bias), Residual = P(residual), ResidualType = T(residual),
         }, PackedWeight(weight, outF, inF));
     }
 
+    /// <summary>The weight's panels: its own when packed at load, else packed on first use and kept with the tensor.</summary>
     private CpuPackedB PackedWeight(Tensor weight, int n, int k) =>
-        packed.GetValue(weight, w => CpuGemm.PackB(Ptr(w), w.DType, n, k, transB: true));
+        weight.PackedLayout as CpuPackedB ?? packed.GetValue(weight, w => CpuGemm.PackB(Ptr(w), w.DType, n, k, transB: true));
 
     private Tensor Gemm(Tensor y, CpuGemmArgs args, CpuPackedB? packedB)
     {
@@ -193,7 +240,7 @@ public sealed unsafe class CpuOps : IOps
         {
             N = x.Dim(0), H = x.Dim(1), W = x.Dim(2), Cin = x.Dim(3), Cout = weight.Dim(0), KH = weight.Dim(1), KW = weight.Dim(2),
             Stride = stride, PadTop = padTop, PadLeft = padLeft, PadBottom = padBottom, PadRight = padRight,
-            X = Ptr(x), XType = x.DType, Weight = Ptr(weight), WeightType = weight.DType,
+            X = Ptr(x), XType = x.DType, Weight = null, WeightType = weight.DType,
             Bias = P(bias), BiasType = T(bias), Residual = P(residual), ResidualType = T(residual),
         };
         var (ho, wo) = CpuConv.OutputSize(in args);

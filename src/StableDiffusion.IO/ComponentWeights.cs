@@ -26,6 +26,9 @@ public sealed record ModelTensor(TensorInfo Info, WeightFile File, string Stored
             (int)Shape[0], (int)Shape[1]);
     }
 
+    /// <summary>Done with this tensor's bytes: see <see cref="WeightFile.DropPages"/>.</summary>
+    public void DropPages() => File.DropPages(Info);
+
     public float[] ReadFloat32()
     {
         var stored = File.ReadFloat32(Info);

@@ -1,5 +1,6 @@
 using System.IO.MemoryMappedFiles;
 using System.Runtime.InteropServices;
+using StableDiffusion.Runtime;
 
 namespace StableDiffusion.IO;
 
@@ -89,6 +90,13 @@ internal sealed unsafe class MappedFile : IDisposable
         if (length == 0) return ReadOnlySpan<byte>.Empty;
         ObjectDisposedException.ThrowIf(start == null, this);
         return new ReadOnlySpan<byte>(start + offset, (int)length);
+    }
+
+    /// <summary>Drops the whole pages of [offset, offset+length) from the resident set (a mapped file only).</summary>
+    public void DropPages(long offset, long length)
+    {
+        if (view is null || start == null || offset < 0 || length <= 0 || offset > Length) return;
+        HostMemory.DropMappedPages(start + offset, Math.Min(length, Length - offset));
     }
 
     public void Dispose()

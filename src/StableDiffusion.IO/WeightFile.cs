@@ -54,6 +54,12 @@ public abstract class WeightFile : IDisposable
     /// <summary>The stored bytes of <paramref name="t"/>, a span over the mapping (no copy).</summary>
     public ReadOnlySpan<byte> Bytes(TensorInfo t) => file.Span(t.Offset, t.ByteLength);
 
+    /// <summary>
+    /// Done with <paramref name="t"/>'s bytes for now: its pages leave this process's resident set (they stay in the
+    /// page cache, and a later read maps them again), so a loaded model does not also count the file it came from.
+    /// </summary>
+    public void DropPages(TensorInfo t) => file.DropPages(t.Offset, t.ByteLength);
+
     /// <summary>Copies <paramref name="t"/> into <paramref name="dest"/> as fp32 (exact for F16, BF16 and integers below 2^24).</summary>
     public void CopyAsFloat32(TensorInfo t, Span<float> dest)
     {

@@ -9,7 +9,7 @@ public sealed class Linear : Module
     {
         In = inFeatures;
         Out = outFeatures;
-        Weight = Param("weight", ParamKind.Weight, outFeatures, inFeatures);
+        Weight = GemmWeight("weight", DeviceLayout.AsStored, outFeatures, inFeatures);
         Bias = bias ? Param("bias", ParamKind.Bias, outFeatures) : null;
     }
 
@@ -28,7 +28,7 @@ public sealed class Conv2d : Module
     {
         Stride = stride;
         Padding = padding;
-        Weight = Param("weight", ParamKind.Weight, DeviceLayout.ConvOhwi, outChannels, inChannels, kernel, kernel);
+        Weight = GemmWeight("weight", DeviceLayout.ConvOhwi, outChannels, inChannels, kernel, kernel);
         Bias = bias ? Param("bias", ParamKind.Bias, outChannels) : null;
     }
 

@@ -27,7 +27,7 @@ public enum DeviceLayout
 /// One weight of a module: its diffusers name (relative to the module), its shape as checkpoints store it, and,
 /// once loaded, its device tensor.
 /// </summary>
-public sealed class Parameter(string name, long[] shape, ParamKind kind, DeviceLayout layout)
+public sealed class Parameter(string name, long[] shape, ParamKind kind, DeviceLayout layout, bool gemmWeight = false)
 {
     private Tensor? value;
 
@@ -35,6 +35,9 @@ public sealed class Parameter(string name, long[] shape, ParamKind kind, DeviceL
     public long[] Shape { get; } = shape;
     public ParamKind Kind { get; } = kind;
     public DeviceLayout Layout { get; } = layout;
+
+    /// <summary>The constant operand of a linear layer or convolution: a backend may keep it packed (<see cref="IWeightPacker"/>).</summary>
+    public bool IsGemmWeight { get; } = gemmWeight;
     public long ElementCount => Shape.Aggregate(1L, (a, b) => a * b);
     public bool IsLoaded => value is not null;
 
@@ -72,9 +75,15 @@ public abstract class Module : IDisposable
 
     protected Parameter Param(string name, ParamKind kind, params long[] shape) => Param(name, kind, DeviceLayout.AsStored, shape);
 
-    protected Parameter Param(string name, ParamKind kind, DeviceLayout layout, params long[] shape)
+    protected Parameter Param(string name, ParamKind kind, DeviceLayout layout, params long[] shape) =>
+        Add(new Parameter(name, shape, kind, layout));
+
+    /// <summary>A linear or convolution weight, which the backend may pack (<see cref="Parameter.IsGemmWeight"/>).</summary>
+    protected Parameter GemmWeight(string name, DeviceLayout layout, params long[] shape) =>
+        Add(new Parameter(name, shape, ParamKind.Weight, layout, gemmWeight: true));
+
+    private Parameter Add(Parameter p)
     {
-        var p = new Parameter(name, shape, kind, layout);
         parameters.Add(p);
         return p;
     }
@@ -94,12 +103,16 @@ public abstract class Module : IDisposable
 
     public long ParameterCount => NamedParameters().Sum(p => p.Parameter.ElementCount);
 
+    /// <summary>The dtype this module computes in, as given to <see cref="Load"/> (weights may be kept in another).</summary>
+    public DType? ComputeDType { get; internal set; }
+
     /// <summary>
     /// Binds every parameter to the component's tensor of the same name (a missing, mis-shaped or unexpected tensor
     /// is a <see cref="WeightsException"/>) and uploads it in <paramref name="dtype"/>, convolution weights permuted
     /// OIHW → OHWI on the way. Weights get exact-size device buffers. <paramref name="lora"/> (parameter path →
     /// low-rank updates) is merged into those weights on the device: W + Σ scale · up · down by the backend's GEMM in
-    /// fp32, then stored in <paramref name="dtype"/>.
+    /// fp32, then stored in <paramref name="dtype"/>. A backend with an <see cref="IWeightPacker"/> gets linear and
+    /// convolution weights packed straight from the file's bytes, and fp16 ones stay fp16 whatever the compute dtype.
     /// </summary>
     public void Load(ComponentWeights weights, IOps ops, DType dtype, IReadOnlyDictionary<string, List<LoraUpdate>>? lora = null)
     {
@@ -107,26 +120,55 @@ public abstract class Module : IDisposable
         if (lora is not null)
             foreach (var path in lora.Keys)
                 if (!bound.ContainsKey(path)) throw new WeightsException($"{weights.Source}: {weights.Name}: a LoRA targets {path}, which the model does not have");
+        var packer = ops.WeightPacker;
         foreach (var (path, p) in NamedParameters())
         {
-            var updates = lora?.GetValueOrDefault(path);
-            if (p.Layout != DeviceLayout.ConvOhwi && updates is null)
-            {
-                p.Set(bound[path].Upload(ops.Device, dtype));
-                continue;
-            }
-            if (p.Layout != DeviceLayout.ConvOhwi)
-            {
-                p.Set(Merge(ops, bound[path].ReadFloat32(), p.Shape.Select(d => (int)d).ToArray(), updates!, dtype));
-                continue;
-            }
-            // Permuted on the host while uploading (one conv weight at a time), into an exact-size buffer.
-            int o = (int)p.Shape[0], i = (int)p.Shape[1], kh = (int)p.Shape[2], kw = (int)p.Shape[3];
-            var ohwi = ToOhwi(bound[path].ReadFloat32(), o, i, kh, kw);
-            p.Set(updates is null
-                ? Tensor.FromArray(ops.Device, ohwi, dtype, exact: true, o, kh, kw, i)
-                : Merge(ops, ohwi, [o, kh, kw, i], updates, dtype));
+            LoadParameter(ops, packer, p, bound[path], lora?.GetValueOrDefault(path), dtype);
+            bound[path].DropPages(); // the model holds its own copy now
         }
+        ComputeDType = dtype;
+    }
+
+    private static void LoadParameter(IOps ops, IWeightPacker? packer, Parameter p, ModelTensor t, List<LoraUpdate>? updates, DType dtype)
+    {
+        if (packer is not null && p.IsGemmWeight)
+        {
+            p.Set(LoadPacked(packer, ops, t, p, updates, t.DType == WeightDType.F16 ? DType.F16 : dtype));
+            return;
+        }
+        if (p.Layout != DeviceLayout.ConvOhwi && updates is null)
+        {
+            p.Set(t.Upload(ops.Device, dtype));
+            return;
+        }
+        if (p.Layout != DeviceLayout.ConvOhwi)
+        {
+            p.Set(Merge(ops, t.ReadFloat32(), p.Shape.Select(d => (int)d).ToArray(), updates!, dtype));
+            return;
+        }
+        // Permuted on the host while uploading (one conv weight at a time), into an exact-size buffer.
+        int o = (int)p.Shape[0], i = (int)p.Shape[1], kh = (int)p.Shape[2], kw = (int)p.Shape[3];
+        var ohwi = ToOhwi(t.ReadFloat32(), o, i, kh, kw);
+        p.Set(updates is null
+            ? Tensor.FromArray(ops.Device, ohwi, dtype, exact: true, o, kh, kw, i)
+            : Merge(ops, ohwi, [o, kh, kw, i], updates, dtype));
+    }
+
+    /// <summary>
+    /// A weight packed by the backend in <paramref name="resident"/>: from the mapped file's bytes in one pass when they
+    /// are fp16/fp32 as stored, else (bf16, a transposed matrix, a LoRA to merge) through a row-major device tensor.
+    /// </summary>
+    private static Tensor LoadPacked(IWeightPacker packer, IOps ops, ModelTensor t, Parameter p, List<LoraUpdate>? updates, DType resident)
+    {
+        bool conv = p.Layout == DeviceLayout.ConvOhwi;
+        int[] shape = conv ? [(int)p.Shape[0], (int)p.Shape[2], (int)p.Shape[3], (int)p.Shape[1]] : p.Shape.Select(d => (int)d).ToArray();
+        if (updates is null && !t.Transposed && t.DType is WeightDType.F16 or WeightDType.F32)
+            return packer.Pack(t.Bytes(), t.DType == WeightDType.F16 ? DType.F16 : DType.F32, shape, oihw: conv, resident);
+        var rows = conv ? ToOhwi(t.ReadFloat32(), shape[0], shape[3], shape[1], shape[2]) : t.ReadFloat32();
+        using var plain = updates is null
+            ? Tensor.FromArray(ops.Device, rows, DType.F32, shape)
+            : Merge(ops, rows, shape, updates, DType.F32);
+        return packer.Pack(plain, resident);
     }
 
     private static float[] ToOhwi(float[] oihw, int o, int i, int kh, int kw)

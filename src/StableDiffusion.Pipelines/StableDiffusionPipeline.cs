@@ -493,10 +493,12 @@ public sealed partial class StableDiffusionPipeline : IDisposable
     private static T Load<T>(ref T? model, string stage, Func<T> load, StageTimings timings) where T : class =>
         model ??= timings.Measure(stage, load);
 
-    private static void Release<T>(ref T? model) where T : Models.Module
+    private void Release<T>(ref T? model) where T : Models.Module
     {
-        model?.Dispose();
+        if (model is null) return;
+        model.Dispose();
         model = null;
+        ops.Device.ReleaseCachedMemory(); // the next stage's memory comes back from the system, not on top of this one's
     }
 
     public void Dispose()

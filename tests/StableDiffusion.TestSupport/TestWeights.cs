@@ -26,12 +26,13 @@ public sealed class TestWeights : IDisposable
     public ComponentWeights Component { get; }
 
     /// <summary>Writes random weights for <paramref name="module"/> and loads them into it on <paramref name="ops"/>.</summary>
-    public static TestWeights LoadInto(Module module, IOps ops, DType dtype, ulong seed = 1, string component = "model")
+    /// <paramref name="fileDType"/> is the file's dtype when it differs from the compute dtype (an fp16 checkpoint run in fp32).
+    public static TestWeights LoadInto(Module module, IOps ops, DType dtype, ulong seed = 1, string component = "model", WeightDType? fileDType = null)
     {
         var dir = Path.Combine(Path.GetTempPath(), "sd-test-weights-" + Guid.NewGuid().ToString("N"));
         Directory.CreateDirectory(dir);
         var path = Path.Combine(dir, "model.safetensors");
-        SafetensorsWriter.Write(path, RandomWeights.Entries(module, seed, dtype == DType.F16 ? WeightDType.F16 : WeightDType.F32));
+        SafetensorsWriter.Write(path, RandomWeights.Entries(module, seed, fileDType ?? (dtype == DType.F16 ? WeightDType.F16 : WeightDType.F32)));
         var file = WeightFile.Open(path);
         var w = new TestWeights(dir, file, ComponentWeights.FromFile(component, file));
         module.Load(w.Component, ops, dtype);

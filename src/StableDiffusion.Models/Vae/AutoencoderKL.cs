@@ -29,7 +29,7 @@ public sealed class AutoencoderKL : Module
     public int LatentChannels => Config.LatentChannels;
 
     /// <summary>The precision the weights were loaded in, which the VAE computes in.</summary>
-    public DType DType => Decoder.ConvIn.Weight.Value.DType;
+    public DType DType => ComputeDType ?? throw new InvalidOperationException("VAE used before its weights were loaded");
 
     /// <summary>
     /// image [N, H, W, in] in [-1, 1], H and W multiples of <see cref="VaeConfig.DownscaleFactor"/> →

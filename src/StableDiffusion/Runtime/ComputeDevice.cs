@@ -72,6 +72,16 @@ public sealed class ComputeDevice : IDisposable
     public Accelerator Accelerator { get; }
     public DeviceKind Kind { get; }
     public MemoryPool Pool { get; }
+
+    /// <summary>
+    /// Frees the pool's cached buffers and, on the host, gives the C heap's free pages back to the system: called when
+    /// a model is released, so that memory no longer counts against the process.
+    /// </summary>
+    public void ReleaseCachedMemory()
+    {
+        Pool.Trim();
+        if (Kind is DeviceKind.Cpu or DeviceKind.IlgpuCpu) StableDiffusion.Runtime.HostMemory.Trim();
+    }
     public string Name => Kind == DeviceKind.Cpu ? HostName : Accelerator.Name;
     public long MemoryBytes => Accelerator.MemorySize;
     public int MaxGroupSize => Accelerator.MaxNumThreadsPerGroup;

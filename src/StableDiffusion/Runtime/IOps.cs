@@ -32,6 +32,9 @@ public interface IOps
 {
     ComputeDevice Device { get; }
 
+    /// <summary>The backend's packer of linear and convolution weights, if it keeps them in a layout of its own.</summary>
+    IWeightPacker? WeightPacker => null;
+
     /// <summary>
     /// alpha * op(a) op(b) + bias + residual. a: [M, K] (or [K, M] with transA), b: [K, N] (or [N, K] with transB),
     /// each optionally with one leading batch dimension; a 2-D operand is broadcast over the other's batch.
@@ -103,4 +106,23 @@ public interface IOps
     Tensor Transpose(Tensor x);
 
     Tensor Cast(Tensor x, DType dtype);
+}
+
+/// <summary>
+/// A backend that keeps the constant operand of its linear layers and convolutions packed in its own layout (the CPU
+/// backend: its GEMM's panels), made once while a model loads, straight from the checkpoint's bytes, rather than as a
+/// second copy on first use. Such weights may stay fp16 under fp32 compute: the backend widens them as it multiplies.
+/// The packed tensors it returns (<see cref="Tensor.IsPacked"/>) are read only by its own Linear and Conv2d.
+/// </summary>
+public interface IWeightPacker
+{
+    /// <summary>
+    /// Packs a weight from host bytes in <paramref name="srcType"/> into <paramref name="dtype"/>. <paramref name="shape"/>
+    /// is the device shape, [out, in] or OHWI [out, kh, kw, cin]; the bytes are PyTorch's OIHW [out, cin, kh, kw] when
+    /// <paramref name="oihw"/>, else row-major in the device shape.
+    /// </summary>
+    Tensor Pack(ReadOnlySpan<byte> src, DType srcType, int[] shape, bool oihw, DType dtype);
+
+    /// <summary>Packs a row-major device weight ([out, in] or OHWI) in <paramref name="dtype"/>; the tensor is left as it is.</summary>
+    Tensor Pack(Tensor weight, DType dtype);
 }

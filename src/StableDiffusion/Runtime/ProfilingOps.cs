@@ -13,6 +13,7 @@ public sealed class ProfilingOps(IOps inner) : IOps
 
     public IOps Inner { get; } = inner;
     public ComputeDevice Device => Inner.Device;
+    public IWeightPacker? WeightPacker => Inner.WeightPacker;
 
     /// <summary>Per op: calls and total time, largest first.</summary>
     public IReadOnlyList<(string Op, int Calls, TimeSpan Time)> Entries

@@ -15,6 +15,7 @@ public sealed class Tensor : IDisposable
     private readonly PooledBuffer storage;
     private bool ownsStorage;
     private readonly int[] shape;
+    private object? packedLayout;
 
     private Tensor(ComputeDevice device, DType dtype, int[] shape, PooledBuffer storage, bool owns)
     {
@@ -39,7 +40,7 @@ public sealed class Tensor : IDisposable
 
     public string ShapeString() => "[" + string.Join(", ", shape) + "]";
 
-    public override string ToString() => $"{DType.Name()}{ShapeString()}";
+    public override string ToString() => $"{DType.Name()}{ShapeString()}{(IsPacked ? " (packed)" : "")}";
 
     public static long ElementCount(ReadOnlySpan<int> shape)
     {
@@ -70,6 +71,36 @@ public sealed class Tensor : IDisposable
         long bytes = ElementCount(s) * dtype.SizeInBytes();
         return new Tensor(device, dtype, s, device.Pool.RentExact(bytes), owns: true);
     }
+
+    /// <summary>
+    /// A weight in a backend's own element order (the CPU GEMM's packed panels): logically <paramref name="shape"/> in
+    /// <paramref name="dtype"/>, physically <paramref name="bytes"/> bytes of that backend's layout, given by
+    /// <see cref="SetPackedLayout"/> once filled. Only the backend that packed it reads it (<see cref="PackedBytes"/>);
+    /// <see cref="Bytes"/> and every other op refuse it.
+    /// </summary>
+    public static Tensor EmptyPacked(ComputeDevice device, DType dtype, int[] shape, long bytes)
+    {
+        var s = (int[])shape.Clone();
+        ElementCount(s);
+        return new Tensor(device, dtype, s, device.Pool.RentExact(bytes), owns: true) { packedLayout = Unset };
+    }
+
+    private static readonly object Unset = new();
+
+    /// <summary>The backend's description of a packed weight's layout; null for an ordinary row-major tensor.</summary>
+    public object? PackedLayout => packedLayout == Unset ? null : packedLayout;
+
+    public bool IsPacked => packedLayout is not null;
+
+    /// <summary>Names the layout of a tensor made by <see cref="EmptyPacked"/>, once, after its buffer is filled.</summary>
+    public void SetPackedLayout(object layout)
+    {
+        if (packedLayout != Unset) throw new KernelArgumentException($"{this} is not an unfilled packed tensor");
+        packedLayout = layout ?? throw new ArgumentNullException(nameof(layout));
+    }
+
+    /// <summary>The whole buffer of a packed tensor, for the backend that owns its layout.</summary>
+    public ArrayView<byte> PackedBytes => IsPacked ? storage.View : throw new KernelArgumentException($"{this} is not packed");
 
     /// <summary>Uploads <paramref name="data"/>, converting to <paramref name="dtype"/> on the host.</summary>
     public static Tensor FromArray(ComputeDevice device, ReadOnlySpan<float> data, DType dtype, params int[] shape) =>
@@ -170,6 +201,7 @@ public sealed class Tensor : IDisposable
     /// <summary>A view with another shape of the same element count, sharing this tensor's buffer.</summary>
     public Tensor Reshape(params int[] newShape)
     {
+        ThrowIfPacked();
         var s = (int[])newShape.Clone();
         int infer = Array.IndexOf(s, -1);
         if (infer >= 0)
@@ -199,7 +231,20 @@ public sealed class Tensor : IDisposable
     }
 
     /// <summary>All bytes of this tensor (exactly <see cref="ByteLength"/>).</summary>
-    public ArrayView<byte> Bytes => storage.View.SubView(0, ByteLength);
+    public ArrayView<byte> Bytes
+    {
+        get
+        {
+            ThrowIfPacked();
+            return storage.View.SubView(0, ByteLength);
+        }
+    }
+
+    private void ThrowIfPacked()
+    {
+        if (IsPacked)
+            throw new KernelArgumentException($"{this} holds a weight in its backend's packed layout; only that backend's linear and conv2d read it");
+    }
 
     public ArrayView<float> F32 => Typed<float>(DType.F32);
     public ArrayView<Half> F16 => Typed<Half>(DType.F16);

@@ -122,5 +122,6 @@ internal sealed class ShapeOps(ComputeDevice device) : IOps
             var s = p.Shape.Select(d => (int)d).ToArray();
             p.Set(p.Layout == DeviceLayout.ConvOhwi ? Tensor.EmptyExact(Device, dt, s[0], s[2], s[3], s[1]) : Tensor.EmptyExact(Device, dt, s));
         }
+        module.ComputeDType = dt;
     }
 }

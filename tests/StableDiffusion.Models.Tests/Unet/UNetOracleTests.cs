@@ -60,6 +60,38 @@ public class UNetOracleTests(TinyUNets models, ITestOutputHelper output) : IClas
         oracle.Check("UNet2DConditionModel", $"{name}: {spec}, {n}x{h}x{wd}, ctx {l}", y, Nhwc(want), dt == DType.F32 ? 1e-4 : 2e-3);
     }
 
+    // The C# CPU backend packs linear and conv weights at load, straight from the file; an fp16 file's weights stay
+    // fp16 in fp32 runs (widened inside the GEMM), which must give fp32's accuracy on the weights the file holds.
+    [Theory]
+    [InlineData("sd1", "fp32")]
+    [InlineData("sd2", "fp32")]
+    [InlineData("sd1-inpaint", "fp32")]
+    [InlineData("sd1", "fp16")]
+    public void UNet_with_weights_packed_at_load_matches_libtorch(string name, string dtype)
+    {
+        var spec = TinyUNets.Spec(name);
+        var ops = Devices.Backend("cpu");
+        var dt = Devices.DType(dtype);
+        using var scope = torch.NewDisposeScope();
+        using var unet = TinyUNets.Build(spec);
+        using var w = TestWeights.LoadInto(unet, ops, dt, seed: 11, fileDType: IO.WeightDType.F16);
+        var packed = unet.NamedParameters().Where(p => p.Parameter.IsGemmWeight).Select(p => p.Parameter.Value).ToList();
+        Assert.All(packed, t => Assert.True(t.IsPacked && t.DType == DType.F16, $"{t} should be packed fp16"));
+        Assert.Throws<KernelArgumentException>(() => packed[0].ToFloatArray()); // only the backend's GEMM reads panels
+        int n = 2, h = 4, wd = name == "sd2" ? 8 : 6, l = 9, cin = spec.InChannels;
+        float[] t = [981f, 37f];
+        var x = oracle.Random((long)n * h * wd * cin, dt, 1.5f);
+        var ctx = oracle.Random((long)n * l * spec.CrossAttentionDim, dt, 1.5f);
+        using var tx = Oracle.Upload(ops, x, dt, n, h, wd, cin);
+        using var tt = DeviceTensor.FromArray(ops.Device, t, DType.F32, t.Length);
+        using var tc = Oracle.Upload(ops, ctx, dt, n, l, spec.CrossAttentionDim);
+        using var y = unet.Forward(ops, tx, tt, tc);
+        var reference = new TorchUNet(spec, w.Torch);
+        var want = reference.Forward(Nchw(Oracle.T(x, n, h, wd, cin)), t, Oracle.T(ctx, n, l, spec.CrossAttentionDim));
+        oracle.Check("UNet2DConditionModel", $"{name}: fp16 file, {dtype} compute, packed at load, {n}x{h}x{wd}", y, Nhwc(want),
+            dt == DType.F32 ? 1e-4 : 2e-3);
+    }
+
     [Theory]
     [InlineData("fp32")]
     [InlineData("fp16")]

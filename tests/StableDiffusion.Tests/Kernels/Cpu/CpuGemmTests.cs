@@ -124,6 +124,54 @@ public unsafe class CpuGemmTests(ITestOutputHelper output)
     }
 
     [Theory]
+    // A, stored weight, packed weight, C dtypes; M, N, cin, taps; taps inner (PyTorch OIHW) else outer (OHWI / linear); bias; residual.
+    // Shapes cover N past whole panels, many row groups, one row block, and K × columns over the widening budget.
+    [InlineData(DType.F32, DType.F16, DType.F16, DType.F32, 1000, 70, 33, 1, false, true, true)]
+    [InlineData(DType.F32, DType.F16, DType.F16, DType.F32, 77, 320, 768, 1, false, true, false)]
+    [InlineData(DType.F32, DType.F16, DType.F16, DType.F32, 200, 40, 16, 9, true, true, true)]
+    [InlineData(DType.F32, DType.F16, DType.F16, DType.F32, 20, 256, 1280, 9, true, false, true)]
+    [InlineData(DType.F32, DType.F32, DType.F16, DType.F32, 5, 3, 7, 9, true, true, false)]
+    [InlineData(DType.F32, DType.F32, DType.F16, DType.F32, 130, 50, 20, 9, false, true, true)]
+    [InlineData(DType.F16, DType.F16, DType.F16, DType.F16, 300, 96, 40, 9, true, true, true)]
+    [InlineData(DType.F16, DType.F16, DType.F16, DType.F16, 64, 33, 130, 1, false, false, false)]
+    [InlineData(DType.F32, DType.F32, DType.F32, DType.F32, 300, 70, 24, 9, true, true, true)]
+    [InlineData(DType.F32, DType.F16, DType.F32, DType.F32, 100, 65, 257, 1, false, false, true)]
+    public void Packed_weight_panels_match_libtorch(DType at, DType st, DType pt, DType ct, int m, int n, int cin, int taps, bool tapsInner,
+        bool withBias, bool withResidual)
+    {
+        using var scope = torch.NewDisposeScope();
+        int k = cin * taps;
+        var a = oracle.Random((long)m * k, at);
+        var w = oracle.Random((long)n * k, pt == DType.F16 ? pt : st); // values the packed dtype holds exactly
+        var bias = withBias ? oracle.Random(n, ct) : null;
+        var res = withResidual ? oracle.Random((long)m * n, ct) : null;
+        using var na = new NativeBuf(a, at);
+        using var nw = new NativeBuf(w, st);
+        using var nbias = bias is null ? null : new NativeBuf(bias, ct);
+        using var nres = res is null ? null : new NativeBuf(res, ct);
+        using var nc = new NativeBuf((long)m * n, ct);
+        using var panels = new NativeBuf(CpuPackedB.BytesFor(pt, n, k) / pt.SizeInBytes(), pt);
+        using var packed = CpuGemm.PackWeightInto(nw.Ptr, st, n, cin, taps, tapsInner, panels.Ptr, pt);
+        Assert.Equal(pt, packed.DType);
+        var args = new CpuGemmArgs
+        {
+            M = m, N = n, K = k, Batch = 1, TransB = true, Alpha = 1, A = na.Ptr, AType = at,
+            Bias = nbias is null ? null : nbias.Ptr, BiasType = ct, Residual = nres is null ? null : nres.Ptr, ResidualType = ct,
+            C = nc.Ptr, CType = ct,
+        };
+        CpuGemm.Run(args, packed);
+        // op(B)ᵀ [n, k] with column k = tap·cin + ci, whichever order the weight was stored in
+        var wt = tapsInner ? Oracle.T(w, n, cin, taps).transpose(1, 2).reshape(n, k) : Oracle.T(w, n, k);
+        var want = torch.matmul(Oracle.T(a, m, k), wt.t());
+        if (bias is not null) want += Oracle.T(bias, n);
+        if (res is not null) want += Oracle.T(res, m, n);
+        string name = $"A {at.Name()} weight {st.Name()} panels {pt.Name()} C {ct.Name()} {m}x{n}x{cin}·{taps}{(tapsInner ? " OIHW" : "")}" +
+                      $"{(withBias ? " +bias" : "")}{(withResidual ? " +res" : "")}";
+        // fp16 panels under fp32 activations hold the weights exactly: fp32's tolerance applies
+        Check("cpu_gemm_packed", name, ct, nc.ToArray(), Oracle.Host(want), Tolerance(at, ct));
+    }
+
+    [Theory]
     [InlineData(DType.F32)]
     [InlineData(DType.F16)]
     public void Residual_may_alias_C(DType dt)
