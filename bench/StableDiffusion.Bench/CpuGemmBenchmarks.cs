@@ -54,7 +54,8 @@ public sealed class CpuCase(string name, bool conv, int m, int n, int k, int h =
 public unsafe class CpuGemmBenchmarks
 {
     private float* x, wt, y;
-    private CpuPackedB? packed;
+    private void* panels16;
+    private CpuPackedB? packed, packed16;
     private torch.Tensor? tx, tw;
 
     public static IEnumerable<CpuCase> Cases() => CpuBench.CaseList;
@@ -72,6 +73,9 @@ public unsafe class CpuGemmBenchmarks
         wt = Alloc((long)c.N * c.K, 0.05f);
         y = Alloc((long)c.M * c.N, 0);
         packed = c.Conv ? CpuConv.PackWeight(wt, DType.F32, c.N, 3, 3, c.C) : CpuGemm.PackB(wt, DType.F32, c.N, c.K, true);
+        // what a model from an fp16 file holds: fp16 panels, widened inside the GEMM
+        panels16 = NativeMemory.AlignedAlloc((nuint)CpuPackedB.BytesFor(DType.F16, c.N, c.K), 64);
+        packed16 = CpuGemm.PackWeightInto(wt, DType.F32, c.N, c.Conv ? c.C : c.K, c.Conv ? 9 : 1, tapsInner: false, panels16, DType.F16);
         var xs = new ReadOnlySpan<float>(x, (int)xn).ToArray();
         var ws = new ReadOnlySpan<float>(wt, c.N * c.K).ToArray();
         if (c.Conv)
@@ -124,6 +128,13 @@ public unsafe class CpuGemmBenchmarks
     }
 
     [Benchmark]
+    public void OursPrepackedFp16()
+    {
+        if (Case.Conv) CpuConv.Run(ConvArgs(), packed16!);
+        else CpuGemm.Run(GemmArgs(), packed16!);
+    }
+
+    [Benchmark]
     public void Libtorch()
     {
         using var r = Case.Conv
@@ -138,6 +149,8 @@ public unsafe class CpuGemmBenchmarks
         NativeMemory.AlignedFree(wt);
         NativeMemory.AlignedFree(y);
         packed?.Dispose();
+        packed16?.Dispose();
+        NativeMemory.AlignedFree(panels16);
         tx?.Dispose();
         tw?.Dispose();
     }
@@ -219,20 +232,22 @@ public static class CpuBench
         md.AppendLine();
         md.AppendLine($"libtorch {torch.__version__} (TorchSharp), torch.set_num_threads({CpuParallel.Threads}); GEMM = F.linear(x[M,K], W[N,K]); " +
             $"conv = F.conv2d 3×3 pad 1 on {(TorchNchw ? "NCHW-contiguous" : "channels-last")} tensors. Ours: fp32, NHWC/OHWI; " +
-            "\"prepacked\" = B (weights) packed once outside the timed region. Median of BenchmarkDotNet iterations.");
+            "\"prepacked\" = B (weights) packed once outside the timed region; \"fp16 panels\" = packed once as fp16 (what a " +
+            "model from an fp16 file keeps) and widened inside the GEMM. Median of BenchmarkDotNet iterations.");
         md.AppendLine();
-        md.AppendLine("| case | GFLOP | ours ms | ours GFLOP/s | prepacked GFLOP/s | libtorch ms | libtorch GFLOP/s | speed vs libtorch (libtorch ms / ours ms) | prepacked speed vs libtorch |");
-        md.AppendLine("|---|---:|---:|---:|---:|---:|---:|---:|---:|");
+        md.AppendLine("| case | GFLOP | ours ms | ours GFLOP/s | prepacked GFLOP/s | fp16 panels GFLOP/s | libtorch ms | libtorch GFLOP/s | speed vs libtorch (libtorch ms / ours ms) | prepacked speed vs libtorch | fp16 panels speed vs libtorch |");
+        md.AppendLine("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
         var rows = new List<object>();
         foreach (var c in CaseList)
         {
             double o = ms.GetValueOrDefault((c.Name, "Ours"), double.NaN);
             double op = ms.GetValueOrDefault((c.Name, "OursPrepacked"), double.NaN);
+            double oh = ms.GetValueOrDefault((c.Name, "OursPrepackedFp16"), double.NaN);
             double t = ms.GetValueOrDefault((c.Name, "Libtorch"), double.NaN);
             double g(double v) => c.Flops / (v * 1e6);
-            md.AppendLine($"| {c.Name} | {c.Flops / 1e9:F2} | {o:F2} | {g(o):F1} | {g(op):F1} | {t:F2} | {g(t):F1} | {t / o:F2} | {t / op:F2} |");
-            rows.Add(new { name = c.Name, flops = c.Flops, ours_ms = o, ours_prepacked_ms = op, libtorch_ms = t,
-                ours_gflops = g(o), ours_prepacked_gflops = g(op), libtorch_gflops = g(t) });
+            md.AppendLine($"| {c.Name} | {c.Flops / 1e9:F2} | {o:F2} | {g(o):F1} | {g(op):F1} | {g(oh):F1} | {t:F2} | {g(t):F1} | {t / o:F2} | {t / op:F2} | {t / oh:F2} |");
+            rows.Add(new { name = c.Name, flops = c.Flops, ours_ms = o, ours_prepacked_ms = op, ours_fp16_panels_ms = oh, libtorch_ms = t,
+                ours_gflops = g(o), ours_prepacked_gflops = g(op), ours_fp16_panels_gflops = g(oh), libtorch_gflops = g(t) });
         }
         File.WriteAllText(Path.Combine(outDir, "results.md"), md.ToString());
         File.WriteAllText(Path.Combine(outDir, "results.json"), JsonSerializer.Serialize(new
@@ -251,7 +266,7 @@ public static class CpuBench
         {
             var b = new CpuGemmBenchmarks { Case = c };
             b.Setup();
-            Action[] fs = [b.Ours, b.OursPrepacked, b.Libtorch];
+            Action[] fs = [b.Ours, b.OursPrepacked, b.OursPrepackedFp16, b.Libtorch];
             var best = new double[fs.Length];
             Array.Fill(best, double.MaxValue);
             foreach (var f in fs) { f(); f(); }
@@ -264,7 +279,8 @@ public static class CpuBench
                     best[i] = Math.Min(best[i], sw.Elapsed.TotalMilliseconds);
                 }
             var g = best.Select(ms => c.Flops / (ms * 1e6)).ToArray();
-            Console.WriteLine($"{c.Name,-28} ours {g[0],7:F1}  prepacked {g[1],7:F1}  libtorch {g[2],7:F1} GFLOP/s  ratio {g[0] / g[2]:F2} / {g[1] / g[2]:F2}");
+            Console.WriteLine($"{c.Name,-28} ours {g[0],7:F1}  prepacked {g[1],7:F1}  fp16 panels {g[2],7:F1}  libtorch {g[3],7:F1} GFLOP/s  " +
+                              $"ratio {g[0] / g[3]:F2} / {g[1] / g[3]:F2} / {g[2] / g[3]:F2}");
             b.Cleanup();
         }
         return 0;

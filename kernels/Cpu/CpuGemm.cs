@@ -316,8 +316,9 @@ public static unsafe class CpuGemm
 
         /// <summary>
         /// Tasks for fp16 panels: each widens its columns' panels once (whole K) and runs them over a group of row
-        /// blocks, so the conversion is paid once per group rather than once per MC rows. Columns split first (that
-        /// costs no extra conversion), rows only when there are still too few tasks to keep the workers busy.
+        /// blocks, so the conversion is paid once per group rather than once per MC rows. Rows split into groups
+        /// first; columns split below NC only when even one row block per task leaves workers idle, since every
+        /// column block packs A again (for a convolution, the im2col gather).
         /// </summary>
         public void PlanHalf(int count)
         {
@@ -330,7 +331,7 @@ public static unsafe class CpuGemm
             mc = Math.Min((M + MR - 1) / MR * MR, MCMax);
             mBlocks = (M + mc - 1) / mc;
             nBlocks = (N + nc - 1) / nc;
-            while (batchCount * nBlocks < want && nc > Nr)
+            while ((long)batchCount * nBlocks * mBlocks < want && nc > Nr)
             {
                 nc = (nc / 2 + Nr - 1) / Nr * Nr;
                 nBlocks = (N + nc - 1) / nc;

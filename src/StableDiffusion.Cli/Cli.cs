@@ -57,6 +57,8 @@ public static class Cli
                    [--lora-dir weights/loras]    where the prompt's <lora:NAME:W> tags find NAME.safetensors/.ckpt/.pt
                    [--taesd PATH|org/name]       decode (and encode) with a tiny autoencoder (TAESD) instead of the VAE
                    [--vae-tiling] [--vae-tile 512]   VAE in overlapping tiles of that many pixels (automatic when memory is short)
+                   [--max-memory SIZE]           cap the device memory (weights + activations), e.g. 2.5G: refused before
+                                                 loading if the largest model cannot fit; the VAE tiles to stay under it
                    [--preview latent2rgb|taesd]  write the image while sampling, every --preview-every N steps (1),
                    [--preview-every N] [--preview-file preview.png]   to --preview-file (preview.png)
                    [--vae FILE|DIR|org/name]     decode (and encode) with this VAE instead of the model's

@@ -32,6 +32,7 @@ internal static class GenerateCommand
         public string? Taesd { get; init; }
         public bool VaeTiling { get; init; }
         public int VaeTile { get; init; } = Pipelines.VaeTiling.DefaultTilePixels;
+        public long? MaxMemory { get; init; }
         public PreviewMethod? Preview { get; init; }
         public int PreviewEvery { get; init; } = 1;
         public string PreviewFile { get; init; } = "preview.png";
@@ -84,6 +85,7 @@ internal static class GenerateCommand
         using var loras = o.Loras.Open();
         using var vae = o.Vae is null ? null : VaeOverride.Open(ModelArgument.ResolveVae(o.Vae, stderr));
         using var device = ComputeDevice.Open(o.Device, stderr);
+        device.Pool.Limit = o.MaxMemory;
         var backend = Backends.For(device);
         var profiler = o.Profile ? new ProfilingOps(backend) : null;
         IOps ops = profiler ?? backend;
@@ -307,6 +309,7 @@ internal static class GenerateCommand
         bool vaeTiling = a.Flag("--vae-tiling");
         int vaeTile = Int(a, "--vae-tile", VaeTiling.DefaultTilePixels, 64, 8192);
         if (vaeTile % 64 != 0) throw new UsageException($"--vae-tile '{vaeTile}': must be a multiple of 64");
+        long? maxMemory = Text("--max-memory") is string mm ? MemorySize.Parse("--max-memory", mm) : null;
         PreviewMethod? preview = Text("--preview") switch
         {
             null => null,
@@ -349,6 +352,7 @@ internal static class GenerateCommand
             Taesd = taesd,
             VaeTiling = vaeTiling,
             VaeTile = vaeTile,
+            MaxMemory = maxMemory,
             Preview = preview,
             PreviewEvery = previewEvery,
             PreviewFile = previewFile,

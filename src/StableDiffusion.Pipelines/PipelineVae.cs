@@ -49,11 +49,13 @@ public sealed partial class StableDiffusionPipeline
         if (UsesTinyVae)
         {
             var tae = LoadTiny(timings);
+            Busy("taesd encode");
             return timings.Measure("taesd encode", () => tiled
                 ? VaeTiling.Run(image, height, width, 3, z, 1, f, options.VaeTilePixels, (t, th, tw) => TinyEncode(tae, t, th, tw))
                 : TinyEncode(tae, image, height, width));
         }
         var model = LoadVae(timings);
+        Busy("vae encode");
         return timings.Measure(tiled ? "vae encode (tiled)" : "vae encode", () =>
         {
             float[] Moments(float[] x, int th, int tw)
@@ -88,11 +90,13 @@ public sealed partial class StableDiffusionPipeline
         if (UsesTinyVae)
         {
             var tae = LoadTiny(timings);
+            Busy("taesd decode");
             return timings.Measure(tiled ? "taesd decode (tiled)" : "taesd decode", () => tiled
                 ? VaeTiling.Run(latents, h, w, z, 3, f, 1, tile, (t, th, tw) => TinyDecode(tae, t, th, tw))
                 : TinyDecode(tae, latents, h, w));
         }
         var model = LoadVae(timings);
+        Busy("vae decode");
         float[] Decode(float[] x, int th, int tw)
         {
             using var t = Tensor.FromArray(ops.Device, x, DType.F32, 1, th, tw, z);
@@ -132,9 +136,14 @@ public sealed partial class StableDiffusionPipeline
         return true;
     }
 
-    /// <summary>Memory free for activations: the host's available memory on the CPU backends, the device's otherwise.</summary>
+    /// <summary>
+    /// Memory free for the VAE's activations: under the pool's limit, what the limit leaves beside the weights in use
+    /// and the VAE's own (if not yet loaded); else the host's available memory on the CPU backends, the device's otherwise.
+    /// </summary>
     private long FreeBytes()
     {
+        if (ops.Device.Pool.Limit is long limit)
+            return limit - ops.Device.Pool.BytesInUse - (vae is null && !UsesTinyVae ? WeightBytes(options.Vae?.Weights ?? source.Component("vae"), vaeDType) : 0);
         if (ops.Device.Kind is DeviceKind.Cpu or DeviceKind.IlgpuCpu)
             return MemoryInfo.AvailableBytes() ?? long.MaxValue;
         return ops.Device.MemoryBytes - ops.Device.Pool.BytesInUse;

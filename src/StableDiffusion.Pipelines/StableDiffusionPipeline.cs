@@ -190,6 +190,7 @@ public sealed partial class StableDiffusionPipeline : IDisposable
         CancellationToken cancel = default)
     {
         Validate(r);
+        CheckMemoryLimit();
         var timings = new StageTimings();
         var notes = new List<string>();
         var mode = ModeOf(r);
@@ -255,6 +256,7 @@ public sealed partial class StableDiffusionPipeline : IDisposable
             m.Load(Component("unet"), ops, options.DType, lora.GetValueOrDefault("unet"));
             return m;
         }, timings);
+        Busy("unet");
         for (int i = start; i < end; i++)
         {
             cancel.ThrowIfCancellationRequested();
@@ -322,6 +324,7 @@ public sealed partial class StableDiffusionPipeline : IDisposable
         var prompts = guidance ? new[] { r.NegativePrompt, r.Prompt } : new[] { r.Prompt };
         var conditioner = Conditioner(prompts, timings);
         LoadTextEncoder(timings);
+        Busy("text encoder");
         using var c = timings.Measure("text encoder", () => conditioner.Encode(ops, prompts));
         var context = c.Context;
         int length = context.Dim(1), width = context.Dim(2);
@@ -354,6 +357,7 @@ public sealed partial class StableDiffusionPipeline : IDisposable
             ? SdxlConditioning.RefinerTimeIds((r.Height, r.Width), (0, 0), r.AestheticScore)
             : SdxlConditioning.TimeIds((r.Height, r.Width), (0, 0), (r.Height, r.Width));
         var negativeTimeIds = Configs.IsRefiner ? SdxlConditioning.RefinerTimeIds((r.Height, r.Width), (0, 0), r.NegativeAestheticScore) : null;
+        Busy("text encoder");
         return timings.Measure("text encoder", () => SdxlConditioning.Encode(ops, Configs.IsRefiner ? null : new PromptChunker(Tokenizer, counts),
             new PromptChunker(Tokenizer2!, counts), encoder, encoder2, r.Prompt, r.NegativePrompt, guidance, r.BatchSize,
             Configs.ForceZerosForEmptyPrompt, timeIds, encoderOptions.ClipSkip, vectors, vectors2, negativeTimeIds));
@@ -490,8 +494,44 @@ public sealed partial class StableDiffusionPipeline : IDisposable
     private ComponentWeights Component(string name) =>
         source.Component(name) ?? throw new WeightsException($"{source.Path}: has no {name} weights");
 
-    private static T Load<T>(ref T? model, string stage, Func<T> load, StageTimings timings) where T : class =>
-        model ??= timings.Measure(stage, load);
+    private T Load<T>(ref T? model, string stage, Func<T> load, StageTimings timings) where T : class
+    {
+        if (model is not null) return model;
+        Busy(stage);
+        return model = timings.Measure(stage, load);
+    }
+
+    /// <summary>Names what the device is doing, for the message of an allocation that fails.</summary>
+    private void Busy(string stage) => ops.Device.Pool.Stage = stage;
+
+    /// <summary>
+    /// The bytes a component's weights take once loaded: as stored where the backend keeps fp16 weights packed
+    /// (<see cref="IWeightPacker"/>), else in the compute dtype.
+    /// </summary>
+    private long WeightBytes(ComponentWeights? c, DType dtype) => c is null ? 0 : c.Tensors.Sum(t =>
+        t.Info.ElementCount * (ops.WeightPacker is not null && t.DType == WeightDType.F16 ? 2 : dtype.SizeInBytes()));
+
+    /// <summary>
+    /// With a memory limit on the device's pool, refuses before anything loads a generation whose largest model's
+    /// weights alone do not fit (the pipeline holds one model at a time when it releases them after use).
+    /// </summary>
+    private void CheckMemoryLimit()
+    {
+        if (ops.Device.Pool.Limit is not long limit) return;
+        var parts = new List<(string Name, long Bytes)>
+        {
+            ("unet", WeightBytes(source.Component("unet"), options.DType)),
+            ("text encoder", WeightBytes(source.Component("text_encoder"), options.DType)),
+            ("text encoder 2", WeightBytes(Configs.IsSdxl ? source.Component("text_encoder_2") : null, options.DType)),
+            ("vae", UsesTinyVae ? 0 : WeightBytes(options.Vae?.Weights ?? source.Component("vae"), vaeDType)),
+        };
+        long held = options.ReleaseModelsAfterUse ? parts.Max(p => p.Bytes) : parts.Sum(p => p.Bytes);
+        if (held <= limit) return;
+        var largest = parts.MaxBy(p => p.Bytes);
+        throw new UsageException($"memory limit of {limit / 1048576.0:F0} MiB: " + (options.ReleaseModelsAfterUse
+            ? $"the {largest.Name}'s weights alone take {largest.Bytes / 1048576.0:F0} MiB"
+            : $"the models kept loaded take {held / 1048576.0:F0} MiB (the {largest.Name} {largest.Bytes / 1048576.0:F0} MiB)"));
+    }
 
     private void Release<T>(ref T? model) where T : Models.Module
     {

@@ -154,7 +154,28 @@ public class GenerateCommandTests : IDisposable
         { ["--preview", "latent2rgb", "--preview-every", "0"], "--preview-every '0'" },
         { ["--preview", "latent2rgb", "--preview-file", "p.jpg"], "--preview-file 'p.jpg'" },
         { ["--taesd", "no/such/dir/x.pth"], "--taesd 'no/such/dir/x.pth'" },
+        { ["--max-memory", "3"], "--max-memory '3': give a size with a unit, e.g. 2.5G or 2500M" },
+        { ["--max-memory", "0.5K"], "--max-memory '0.5K': must be between 1M and 1024T" },
+        // refused before anything loads: the largest model's weights alone exceed the limit
+        { ["--max-memory", "1M"], "memory limit of 1 MiB: the text encoder's weights alone take 6 MiB" },
     };
+
+    [SkippableFact]
+    public void A_memory_limit_reached_mid_run_names_the_stage_and_writes_nothing()
+    {
+        // Enough for the tiny model's weights, not for its activations at 512×512.
+        var args = Generate(Out("x.png"));
+        args[Array.IndexOf(args, "--width") + 1] = "512";
+        args[Array.IndexOf(args, "--height") + 1] = "512";
+        var (code, stdout, stderr) = Sd([.. args, "--max-memory", "12M"]);
+        Assert.Equal(1, code);
+        Assert.Matches(@"sd: error: memory limit of 12\.0 MiB reached in the (text encoder|unet|vae decode): [0-9.]+ MiB asked for", stderr);
+        Assert.False(File.Exists(Out("x.png")));
+        // a limit that fits changes nothing
+        Assert.Equal(0, Sd([.. Generate(Out("y.png")), "--max-memory", "1G"]).Code);
+        Assert.Equal(0, Sd(Generate(Out("z.png"))).Code);
+        Assert.Equal(ImageFiles.Read(Out("z.png")).Pixels, ImageFiles.Read(Out("y.png")).Pixels);
+    }
 
     [SkippableTheory]
     [MemberData(nameof(UsageErrors))]

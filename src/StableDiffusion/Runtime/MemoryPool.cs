@@ -21,6 +21,15 @@ public sealed class MemoryPool : IDisposable
     /// <summary>Fill every rented buffer with 0xFF bytes (NaN in fp32 and fp16) so unwritten outputs show.</summary>
     public bool PoisonOnRent { get; set; }
 
+    /// <summary>
+    /// The most bytes the pool may hold (rented and cached), or null for no limit: an allocation past it first drops the
+    /// cached buffers, then fails with a <see cref="DeviceException"/> naming <see cref="Stage"/> and the size asked for.
+    /// </summary>
+    public long? Limit { get; set; }
+
+    /// <summary>What the device is busy with (e.g. "unet"), for the message of an allocation that fails.</summary>
+    public string? Stage { get; set; }
+
     public long BytesInUse { get; private set; }
     public long PeakBytesInUse { get; private set; }
     public long BytesReserved { get; private set; }
@@ -89,8 +98,24 @@ public sealed class MemoryPool : IDisposable
         return new PooledBuffer(this, buffer, size, exact: true);
     }
 
+    private static string MiB(long bytes) => $"{bytes / (1024.0 * 1024):F1} MiB";
+
+    private string During => Stage is null ? "" : $" in the {Stage}";
+
+    private void EnsureRoom(long size)
+    {
+        if (Limit is not long limit) return;
+        lock (gate)
+            if (BytesReserved + size <= limit) return;
+        Trim();
+        lock (gate)
+            if (BytesReserved + size <= limit) return;
+        throw new DeviceException($"memory limit of {MiB(limit)} reached{During}: {MiB(size)} asked for with {MiB(BytesInUse)} in use");
+    }
+
     private MemoryBuffer1D<byte, Stride1D.Dense> Allocate(long size)
     {
+        EnsureRoom(size);
         try
         {
             return accelerator.Allocate1D<byte>(size);
@@ -105,8 +130,7 @@ public sealed class MemoryPool : IDisposable
             catch (Exception e2) when (e2 is OutOfMemoryException or AcceleratorException or InvalidOperationException)
             {
                 throw new DeviceException(
-                    $"out of device memory on {accelerator.Name}: could not allocate {size / (1024.0 * 1024):F1} MiB " +
-                    $"({BytesInUse / (1024.0 * 1024):F1} MiB in use)", e2);
+                    $"out of device memory on {accelerator.Name}{During}: could not allocate {MiB(size)} ({MiB(BytesInUse)} in use)", e2);
             }
         }
     }

@@ -22,6 +22,26 @@ public class MemoryTests
     }
 
     [Fact]
+    public void A_pool_limit_drops_cached_buffers_first_then_refuses_naming_the_stage()
+    {
+        using var d = ComputeDevice.OpenIlgpuCpu(warpsPerGroup: 1, multiprocessors: 1);
+        var pool = d.Pool;
+        pool.Limit = 3 * MemoryPool.SizeClass(100_000);
+        pool.Stage = "unet";
+        var a = pool.Rent(100_000);
+        var b = pool.Rent(100_000);
+        b.Dispose(); // cached: still reserved
+        var c = pool.Rent(200_000 - 4096); // two classes' worth: fits only once the cached buffer is dropped
+        Assert.Equal(pool.BytesInUse, pool.BytesReserved);
+        var e = Assert.Throws<DeviceException>(() => pool.Rent(100_000));
+        Assert.Matches(@"^memory limit of [0-9.]+ MiB reached in the unet: [0-9.]+ MiB asked for with [0-9.]+ MiB in use$", e.Message);
+        Assert.Throws<DeviceException>(() => pool.RentExact(100_000));
+        c.Dispose();
+        using var ok = pool.RentExact(100_000);
+        a.Dispose();
+    }
+
+    [Fact]
     public void Pool_reuses_returned_buffers_and_tracks_peak()
     {
         using var d = ComputeDevice.OpenIlgpuCpu(warpsPerGroup: 1, multiprocessors: 1);
