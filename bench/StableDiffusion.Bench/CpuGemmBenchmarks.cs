@@ -171,6 +171,7 @@ public static class CpuBench
         var rest = args.ToList();
         string what = rest.Count > 0 && !rest[0].StartsWith("--", StringComparison.Ordinal) ? rest[0] : "gemm";
         if (rest.Count > 0 && rest[0] == what) rest.RemoveAt(0);
+        if (what == "decode") return VaeDecodeBench.Run(rest);
         if (what is not ("gemm" or "ops" or "unet" or "generate" or "lora" or "all"))
             throw new UsageException($"bench cpu: unknown part '{what}'; use gemm, ops, unet, generate, lora or all");
         bool quick = rest.Remove("--quick"), probe = rest.Remove("--probe");
