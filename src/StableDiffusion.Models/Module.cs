@@ -129,11 +129,18 @@ public abstract class Module : IDisposable
         ComputeDType = dtype;
     }
 
+    /// <summary>
+    /// The dtype a stored tensor is held in under <paramref name="compute"/>: fp16 for an fp16 GEMM weight when the
+    /// backend packs weights (its GEMM widens them), else the compute dtype.
+    /// </summary>
+    public static DType ResidentDType(IOps ops, WeightDType stored, DType compute, bool gemmWeight = true) =>
+        gemmWeight && ops.WeightPacker is not null && stored == WeightDType.F16 ? DType.F16 : compute;
+
     private static void LoadParameter(IOps ops, IWeightPacker? packer, Parameter p, ModelTensor t, List<LoraUpdate>? updates, DType dtype)
     {
         if (packer is not null && p.IsGemmWeight)
         {
-            p.Set(LoadPacked(packer, ops, t, p, updates, t.DType == WeightDType.F16 ? DType.F16 : dtype));
+            p.Set(LoadPacked(packer, ops, t, p, updates, ResidentDType(ops, t.DType, dtype)));
             return;
         }
         if (p.Layout != DeviceLayout.ConvOhwi && updates is null)

@@ -49,14 +49,12 @@ public sealed partial class StableDiffusionPipeline
         if (UsesTinyVae)
         {
             var tae = LoadTiny(timings);
-            Busy("taesd encode");
-            return timings.Measure("taesd encode", () => tiled
+            return Stage(timings, "taesd encode", () => tiled
                 ? VaeTiling.Run(image, height, width, 3, z, 1, f, options.VaeTilePixels, (t, th, tw) => TinyEncode(tae, t, th, tw))
                 : TinyEncode(tae, image, height, width));
         }
         var model = LoadVae(timings);
-        Busy("vae encode");
-        return timings.Measure(tiled ? "vae encode (tiled)" : "vae encode", () =>
+        return Stage(timings, tiled ? "vae encode (tiled)" : "vae encode", () =>
         {
             float[] Moments(float[] x, int th, int tw)
             {
@@ -90,20 +88,18 @@ public sealed partial class StableDiffusionPipeline
         if (UsesTinyVae)
         {
             var tae = LoadTiny(timings);
-            Busy("taesd decode");
-            return timings.Measure(tiled ? "taesd decode (tiled)" : "taesd decode", () => tiled
+            return Stage(timings, tiled ? "taesd decode (tiled)" : "taesd decode", () => tiled
                 ? VaeTiling.Run(latents, h, w, z, 3, f, 1, tile, (t, th, tw) => TinyDecode(tae, t, th, tw))
                 : TinyDecode(tae, latents, h, w));
         }
         var model = LoadVae(timings);
-        Busy("vae decode");
         float[] Decode(float[] x, int th, int tw)
         {
             using var t = Tensor.FromArray(ops.Device, x, DType.F32, 1, th, tw, z);
             using var image = model.Decode(ops, t);
             return image.ToFloatArray();
         }
-        return timings.Measure(tiled ? "vae decode (tiled)" : "vae decode", () => tiled
+        return Stage(timings, tiled ? "vae decode (tiled)" : "vae decode", () => tiled
             ? VaeTiling.Run(latents, h, w, z, 3, f, 1, tile, Decode)
             : Decode(latents, h, w));
     }
@@ -143,7 +139,7 @@ public sealed partial class StableDiffusionPipeline
     private long FreeBytes()
     {
         if (ops.Device.Pool.Limit is long limit)
-            return limit - ops.Device.Pool.BytesInUse - (vae is null && !UsesTinyVae ? WeightBytes(options.Vae?.Weights ?? source.Component("vae"), vaeDType) : 0);
+            return limit - ops.Device.Pool.BytesInUse - (vae is null && !UsesTinyVae ? WeightBytes(VaeWeights, vaeDType) : 0);
         if (ops.Device.Kind is DeviceKind.Cpu or DeviceKind.IlgpuCpu)
             return MemoryInfo.AvailableBytes() ?? long.MaxValue;
         return ops.Device.MemoryBytes - ops.Device.Pool.BytesInUse;

@@ -324,8 +324,7 @@ public sealed partial class StableDiffusionPipeline : IDisposable
         var prompts = guidance ? new[] { r.NegativePrompt, r.Prompt } : new[] { r.Prompt };
         var conditioner = Conditioner(prompts, timings);
         LoadTextEncoder(timings);
-        Busy("text encoder");
-        using var c = timings.Measure("text encoder", () => conditioner.Encode(ops, prompts));
+        using var c = Stage(timings, "text encoder", () => conditioner.Encode(ops, prompts));
         var context = c.Context;
         int length = context.Dim(1), width = context.Dim(2);
         // Each embedding once per image: [uncond × batch, cond × batch], the order the UNet batch uses.
@@ -357,8 +356,7 @@ public sealed partial class StableDiffusionPipeline : IDisposable
             ? SdxlConditioning.RefinerTimeIds((r.Height, r.Width), (0, 0), r.AestheticScore)
             : SdxlConditioning.TimeIds((r.Height, r.Width), (0, 0), (r.Height, r.Width));
         var negativeTimeIds = Configs.IsRefiner ? SdxlConditioning.RefinerTimeIds((r.Height, r.Width), (0, 0), r.NegativeAestheticScore) : null;
-        Busy("text encoder");
-        return timings.Measure("text encoder", () => SdxlConditioning.Encode(ops, Configs.IsRefiner ? null : new PromptChunker(Tokenizer, counts),
+        return Stage(timings, "text encoder", () => SdxlConditioning.Encode(ops, Configs.IsRefiner ? null : new PromptChunker(Tokenizer, counts),
             new PromptChunker(Tokenizer2!, counts), encoder, encoder2, r.Prompt, r.NegativePrompt, guidance, r.BatchSize,
             Configs.ForceZerosForEmptyPrompt, timeIds, encoderOptions.ClipSkip, vectors, vectors2, negativeTimeIds));
     }
@@ -390,7 +388,7 @@ public sealed partial class StableDiffusionPipeline : IDisposable
     private AutoencoderKL LoadVae(StageTimings timings) => Load(ref vae, "load vae", () =>
     {
         var m = new AutoencoderKL(Configs.Vae);
-        m.Load(options.Vae?.Weights ?? Component("vae"), ops, vaeDType);
+        m.Load(VaeWeights ?? Component("vae"), ops, vaeDType);
         return m;
     }, timings);
 
@@ -494,22 +492,28 @@ public sealed partial class StableDiffusionPipeline : IDisposable
     private ComponentWeights Component(string name) =>
         source.Component(name) ?? throw new WeightsException($"{source.Path}: has no {name} weights");
 
-    private T Load<T>(ref T? model, string stage, Func<T> load, StageTimings timings) where T : class
-    {
-        if (model is not null) return model;
-        Busy(stage);
-        return model = timings.Measure(stage, load);
-    }
+    private T Load<T>(ref T? model, string stage, Func<T> load, StageTimings timings) where T : class =>
+        model ??= Stage(timings, stage, load);
 
     /// <summary>Names what the device is doing, for the message of an allocation that fails.</summary>
     private void Busy(string stage) => ops.Device.Pool.Stage = stage;
 
     /// <summary>
-    /// The bytes a component's weights take once loaded: as stored where the backend keeps fp16 weights packed
-    /// (<see cref="IWeightPacker"/>), else in the compute dtype.
+    /// The bytes a component's weights take once loaded (<see cref="Models.Module.ResidentDType"/>; biases and norms,
+    /// a small part, counted as if they were GEMM weights).
     /// </summary>
     private long WeightBytes(ComponentWeights? c, DType dtype) => c is null ? 0 : c.Tensors.Sum(t =>
-        t.Info.ElementCount * (ops.WeightPacker is not null && t.DType == WeightDType.F16 ? 2 : dtype.SizeInBytes()));
+        t.Info.ElementCount * Models.Module.ResidentDType(ops, t.DType, dtype).SizeInBytes());
+
+    /// <summary>The weights the VAE loads: the --vae override's, else the model's (null if it has none).</summary>
+    private ComponentWeights? VaeWeights => options.Vae?.Weights ?? source.Component("vae");
+
+    /// <summary>Names the stage for allocation messages (<see cref="Busy"/>) and times it.</summary>
+    private T Stage<T>(StageTimings timings, string stage, Func<T> run)
+    {
+        Busy(stage);
+        return timings.Measure(stage, run);
+    }
 
     /// <summary>
     /// With a memory limit on the device's pool, refuses before anything loads a generation whose largest model's
@@ -523,7 +527,7 @@ public sealed partial class StableDiffusionPipeline : IDisposable
             ("unet", WeightBytes(source.Component("unet"), options.DType)),
             ("text encoder", WeightBytes(source.Component("text_encoder"), options.DType)),
             ("text encoder 2", WeightBytes(Configs.IsSdxl ? source.Component("text_encoder_2") : null, options.DType)),
-            ("vae", UsesTinyVae ? 0 : WeightBytes(options.Vae?.Weights ?? source.Component("vae"), vaeDType)),
+            ("vae", UsesTinyVae ? 0 : WeightBytes(VaeWeights, vaeDType)),
         };
         long held = options.ReleaseModelsAfterUse ? parts.Max(p => p.Bytes) : parts.Sum(p => p.Bytes);
         if (held <= limit) return;

@@ -39,25 +39,11 @@ public class UNetOracleTests(TinyUNets models, ITestOutputHelper output) : IClas
     [InlineData("sd1-inpaint", "fp16", "cpu")]
     public void UNet_matches_libtorch(string name, string dtype, string backend = "test")
     {
-        var spec = TinyUNets.Spec(name);
-        var ops = Devices.Backend(backend);
         var dt = Devices.DType(dtype);
         using var scope = torch.NewDisposeScope();
         var (unet, w) = models.Get(name, dt);
-        int n = 2, h = 4, wd = name == "sd2" ? 8 : 6, l = 9, cin = spec.InChannels;
         // Two timesteps for the batch, or (inpainting) one timestep for both, which the embedding broadcasts.
-        float[] t = name == "sd1-inpaint" ? [500f] : [981f, 37f];
-        var x = oracle.Random((long)n * h * wd * cin, dt, 1.5f);
-        var ctx = oracle.Random((long)n * l * spec.CrossAttentionDim, dt, 1.5f);
-        using var tx = Oracle.Upload(ops, x, dt, n, h, wd, cin);
-        using var tt = DeviceTensor.FromArray(ops.Device, t, DType.F32, t.Length);
-        using var tc = Oracle.Upload(ops, ctx, dt, n, l, spec.CrossAttentionDim);
-        using var y = unet.Forward(ops, tx, tt, tc);
-        Assert.Equal(new[] { n, h, wd, spec.OutChannels }, y.ShapeArray());
-
-        var reference = new TorchUNet(spec, w.Torch);
-        var want = reference.Forward(Nchw(Oracle.T(x, n, h, wd, cin)), t.Length == n ? t : [t[0], t[0]], Oracle.T(ctx, n, l, spec.CrossAttentionDim));
-        oracle.Check("UNet2DConditionModel", $"{name}: {spec}, {n}x{h}x{wd}, ctx {l}", y, Nhwc(want), dt == DType.F32 ? 1e-4 : 2e-3);
+        CheckForward(name, unet, w, Devices.Backend(backend), dt, name == "sd1-inpaint" ? [500f] : [981f, 37f], "");
     }
 
     // The C# CPU backend packs linear and conv weights at load, straight from the file; an fp16 file's weights stay
@@ -69,27 +55,37 @@ public class UNetOracleTests(TinyUNets models, ITestOutputHelper output) : IClas
     [InlineData("sd1", "fp16")]
     public void UNet_with_weights_packed_at_load_matches_libtorch(string name, string dtype)
     {
-        var spec = TinyUNets.Spec(name);
         var ops = Devices.Backend("cpu");
         var dt = Devices.DType(dtype);
         using var scope = torch.NewDisposeScope();
-        using var unet = TinyUNets.Build(spec);
+        using var unet = TinyUNets.Build(TinyUNets.Spec(name));
         using var w = TestWeights.LoadInto(unet, ops, dt, seed: 11, fileDType: IO.WeightDType.F16);
         var packed = unet.NamedParameters().Where(p => p.Parameter.IsGemmWeight).Select(p => p.Parameter.Value).ToList();
         Assert.All(packed, t => Assert.True(t.IsPacked && t.DType == DType.F16, $"{t} should be packed fp16"));
         Assert.Throws<KernelArgumentException>(() => packed[0].ToFloatArray()); // only the backend's GEMM reads panels
+        CheckForward(name, unet, w, ops, dt, [981f, 37f], $"fp16 file, {dtype} compute, packed at load, ");
+    }
+
+    /// <summary>
+    /// One forward pass of a tiny UNet (batch 2, SD2-style 4x8 latents, else 4x6; a 9-token context) against the
+    /// libtorch reference on the same stored weights.
+    /// </summary>
+    private void CheckForward(string name, UNet2DConditionModel unet, TestWeights w, IOps ops, DType dt, float[] t, string label)
+    {
+        var spec = TinyUNets.Spec(name);
         int n = 2, h = 4, wd = name == "sd2" ? 8 : 6, l = 9, cin = spec.InChannels;
-        float[] t = [981f, 37f];
         var x = oracle.Random((long)n * h * wd * cin, dt, 1.5f);
         var ctx = oracle.Random((long)n * l * spec.CrossAttentionDim, dt, 1.5f);
         using var tx = Oracle.Upload(ops, x, dt, n, h, wd, cin);
         using var tt = DeviceTensor.FromArray(ops.Device, t, DType.F32, t.Length);
         using var tc = Oracle.Upload(ops, ctx, dt, n, l, spec.CrossAttentionDim);
         using var y = unet.Forward(ops, tx, tt, tc);
+        Assert.Equal(new[] { n, h, wd, spec.OutChannels }, y.ShapeArray());
+
         var reference = new TorchUNet(spec, w.Torch);
-        var want = reference.Forward(Nchw(Oracle.T(x, n, h, wd, cin)), t, Oracle.T(ctx, n, l, spec.CrossAttentionDim));
-        oracle.Check("UNet2DConditionModel", $"{name}: fp16 file, {dtype} compute, packed at load, {n}x{h}x{wd}", y, Nhwc(want),
-            dt == DType.F32 ? 1e-4 : 2e-3);
+        var want = reference.Forward(Nchw(Oracle.T(x, n, h, wd, cin)), t.Length == n ? t : [t[0], t[0]], Oracle.T(ctx, n, l, spec.CrossAttentionDim));
+        string caseName = label == "" ? $"{name}: {spec}, {n}x{h}x{wd}, ctx {l}" : $"{name}: {label}{n}x{h}x{wd}";
+        oracle.Check("UNet2DConditionModel", caseName, y, Nhwc(want), dt == DType.F32 ? 1e-4 : 2e-3);
     }
 
     [Theory]
