@@ -163,8 +163,9 @@ public static class CpuBench
     public static bool TorchNchw { get; private set; }
 
     /// <summary>
-    /// <c>bench cpu [gemm|ops|unet|generate|lora|all] [--quick] [--threads N] [--out DIR]</c>: the C# CPU backend against
+    /// <c>bench cpu [gemm|ops|unet|generate|lora|all] [--quick] [--threads N] [--out DIR] [--only TEXT]</c>: the C# CPU backend against
     /// libtorch, same thread count: GEMM/convolution (default), the other ops, one SD1.5 UNet step, whole generations, the load time a LoRA merge adds.
+    /// <c>--only</c> keeps the op cases whose name contains TEXT (their table goes to cpu-ops-TEXT.md).
     /// </summary>
     public static int Run(string[] args, string repoRoot)
     {
@@ -177,6 +178,7 @@ public static class CpuBench
         bool quick = rest.Remove("--quick"), probe = rest.Remove("--probe");
         TorchNchw = rest.Remove("--torch-nchw");
         string? outDir = Option(rest, "--out");
+        string? only = Option(rest, "--only");
         if (Option(rest, "--threads") is { } th)
             CpuParallel.Threads = int.TryParse(th, out int n) && n >= 1 ? n : throw new UsageException($"bad --threads '{th}'");
         if (rest.Count > 0) throw new UsageException($"unexpected argument '{rest[0]}'");
@@ -188,7 +190,7 @@ public static class CpuBench
         outDir ??= Path.Combine(repoRoot, "bench", "results", "cpu-" + Roofline.Slug(cpu), $"threads-{CpuParallel.Threads}");
         Directory.CreateDirectory(outDir);
         int failed = 0;
-        if (what is "ops" or "all") CpuOpBenchmarks.RunAll(outDir, quick);
+        if (what is "ops" or "all") CpuOpBenchmarks.RunAll(outDir, quick, only);
         if (what is "lora" or "all") CpuLoraBench.Run(outDir, cpu);
         if (what is "unet" or "generate" or "all")
         {
@@ -259,10 +261,33 @@ public static class CpuBench
         Console.WriteLine($"wrote results.md and results.json in {outDir}");
     }
 
-    /// <summary>Quick Stopwatch timing of every case, ours and libtorch interleaved, best of N (the box may be shared).</summary>
+    /// <summary>
+    /// Quick Stopwatch timing of every case, ours and libtorch interleaved, best of N (the box may be shared).
+    /// SD_PROBE_ROTATE=K instead times ours over K copies of each case in turn (weights leave the caches between calls,
+    /// as each layer's do in a UNet step): mean and best, fp32 and fp16 panels.
+    /// </summary>
     private static int Probe()
     {
         int reps = int.TryParse(Environment.GetEnvironmentVariable("SD_PROBE_REPS"), out int r0) ? r0 : 10;
+        if (int.TryParse(Environment.GetEnvironmentVariable("SD_PROBE_ROTATE"), out int rot))
+        {
+            foreach (var c in CaseList)
+            {
+                var bs = Enumerable.Range(0, rot).Select(_ => { var b = new CpuGemmBenchmarks { Case = c }; b.Setup(); return b; }).ToArray();
+                foreach (var (name, f) in new (string, Action<CpuGemmBenchmarks>)[] { ("fp32", b => b.OursPrepacked()), ("fp16", b => b.OursPrepackedFp16()) })
+                {
+                    foreach (var b in bs) f(b);
+                    var sw = Stopwatch.StartNew();
+                    double best = double.MaxValue;
+                    for (int r = 0; r < reps; r++)
+                        foreach (var b in bs) { long t0 = Stopwatch.GetTimestamp(); f(b); best = Math.Min(best, Stopwatch.GetElapsedTime(t0).TotalMilliseconds); }
+                    double mean = sw.Elapsed.TotalMilliseconds / (reps * rot);
+                    Console.WriteLine($"{c.Name,-28} {name} rotate {rot}: mean {c.Flops / (mean * 1e6),7:F1}  best {c.Flops / (best * 1e6),7:F1} GFLOP/s");
+                }
+                foreach (var b in bs) b.Cleanup();
+            }
+            return 0;
+        }
         foreach (var c in CaseList)
         {
             var b = new CpuGemmBenchmarks { Case = c };

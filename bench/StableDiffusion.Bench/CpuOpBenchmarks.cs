@@ -40,11 +40,14 @@ public static unsafe class CpuOpBenchmarks
     }
 
     /// <summary>Runs every case, prints and returns the table, and writes it to outDir/cpu-ops.md.</summary>
-    public static IReadOnlyList<Row> RunAll(string outDir, bool quick)
+    public static IReadOnlyList<Row> RunAll(string outDir, bool quick, string? only = null)
     {
         torch.set_num_threads(CpuParallel.Threads);
         var rows = new List<Row>();
-        foreach (var c in Cases(quick))
+        var cases = Cases(quick).Where(c => only is null || c.Name.Contains(only, StringComparison.OrdinalIgnoreCase)).ToList();
+        if (cases.Count == 0)
+            throw new UsageException($"bench cpu ops: no case name contains '{only}'; cases: {string.Join(", ", Cases(quick).Select(c => c.Name))}");
+        foreach (var c in cases)
         {
             using var buffers = new Buffers();
             Action? baseline = null;
@@ -56,7 +59,7 @@ public static unsafe class CpuOpBenchmarks
             Console.WriteLine(Format(row));
         }
         Directory.CreateDirectory(outDir);
-        File.WriteAllText(Path.Combine(outDir, "cpu-ops.md"), Markdown(rows, quick));
+        File.WriteAllText(Path.Combine(outDir, only is null ? "cpu-ops.md" : $"cpu-ops-{Roofline.Slug(only)}.md"), Markdown(rows, quick));
         return rows;
     }
 

@@ -5,15 +5,18 @@ using System.Runtime.Intrinsics;
 namespace StableDiffusion.Kernels.Cpu;
 
 /// <summary>
-/// Flash-style multi-head attention in fp32: per (batch, head, block of queries), key blocks of 64 with an online
-/// softmax, so the lq × lk score matrix never exists. K is packed once per call transposed in 64-key blocks
-/// ([D][64], so S = Q Kᵀ vectorizes over keys) and V with rows padded to a multiple of 16 (so O += P V vectorizes
-/// over the head dimension); both micro-kernels keep a 4-row × up-to-4-vector tile of accumulators in registers.
+/// Flash-style multi-head attention in fp32, vectorised over queries: per (batch, head, block of 64 queries) the
+/// block's Q is held transposed ([D][64], scaled once) and so are the scores (Sᵀ [keys][64]) and the output
+/// accumulator (Oᵀ [D][64]). Keys and values are read in place, one broadcast scalar at a time, so neither is packed
+/// or padded: head dimension 40 costs 40 rows, 77 keys cost 77 rows. The online softmax is elementwise across a
+/// key block's rows (running max, sum and rescale are vectors of 16 queries; no horizontal reductions), and the
+/// lq × lk score matrix never exists. Both micro-kernels keep a 4-row × 4-vector tile of accumulators in registers.
 /// </summary>
 public static unsafe class CpuAttention
 {
     private const int W = 16;
-    private const int Bk = 64; // keys per block: four vectors of scores per query row
+    private const int Bq = 4 * W; // queries per block: four vectors
+    private const int Bk = 64;    // keys per softmax block
 
     /// <summary>
     /// q [batch, lq, heads·headDim], k and v [batch, lk, heads·headDim] → o like q:
@@ -29,282 +32,244 @@ public static unsafe class CpuAttention
         if (!float.IsFinite(scale)) throw new KernelArgumentException($"cpu attention: scale {scale} is not finite");
         if (q == null || k == null || v == null || o == null) throw new KernelArgumentException("cpu attention: null buffer");
 
-        int d = headDim, dp = (d + W - 1) & ~(W - 1), hd = heads * d;
-        int nKb = (lk + Bk - 1) / Bk, lkp = nKb * Bk;
-        long bhCount = (long)batch * heads;
-        float* kt = Alloc(bhCount * nKb * d * Bk);
-        float* vp = Alloc(bhCount * lkp * dp);
-        try
+        int d = headDim;
+        int nQb = (lq + Bq - 1) / Bq;
+        long items = (long)batch * heads * nQb;
+        int workers = (int)Math.Min(CpuParallel.Threads, items);
+        long next = -1;
+        CpuParallel.For(workers, _ =>
         {
-            CpuChunks.For(bhCount * nKb, 1, (s, e) =>
+            float* qt = Alloc((long)d * Bq), st = Alloc((long)Bk * Bq), ot = Alloc((long)d * Bq), ml = Alloc(3L * Bq);
+            try
             {
-                for (long it = s; it < e; it++) PackKv(k, v, kt, vp, it, nKb, lk, heads, d, dp, hd);
-            });
-
-            int bq = d > 160 ? 32 : 64;
-            int nQb = (lq + bq - 1) / bq;
-            long items = bhCount * nQb;
-            int workers = (int)Math.Min(CpuParallel.Threads, items);
-            long next = -1;
-            CpuParallel.For(workers, _ =>
+                long it;
+                while ((it = Interlocked.Increment(ref next)) < items)
+                {
+                    long bh = it / nQb;
+                    int q0 = (int)(it - bh * nQb) * Bq;
+                    Block(q, k, v, o, qt, st, ot, ml, bh, q0, Math.Min(Bq, lq - q0), lq, lk, heads, d, scale, causal);
+                }
+            }
+            finally
             {
-                float* qs = Alloc((long)bq * d), sc = Alloc((long)bq * Bk), acc = Alloc((long)bq * dp), ml = Alloc(2L * bq);
-                try
-                {
-                    long it;
-                    while ((it = Interlocked.Increment(ref next)) < items)
-                    {
-                        long bh = it / nQb;
-                        int q0 = (int)(it - bh * nQb) * bq;
-                        Block(q, o, kt, vp, qs, sc, acc, ml, ml + bq, bh, q0, Math.Min(bq, lq - q0), lq, lk, heads, d, dp, hd,
-                            nKb, lkp, scale, causal);
-                    }
-                }
-                finally
-                {
-                    NativeMemory.AlignedFree(qs); NativeMemory.AlignedFree(sc);
-                    NativeMemory.AlignedFree(acc); NativeMemory.AlignedFree(ml);
-                }
-            });
-        }
-        finally
-        {
-            NativeMemory.AlignedFree(kt);
-            NativeMemory.AlignedFree(vp);
-        }
+                NativeMemory.AlignedFree(qt); NativeMemory.AlignedFree(st);
+                NativeMemory.AlignedFree(ot); NativeMemory.AlignedFree(ml);
+            }
+        });
     }
 
     private static float* Alloc(long floats) => (float*)NativeMemory.AlignedAlloc((nuint)(Math.Max(floats, 1) * sizeof(float)), 64);
 
-    // One 64-key block of one (batch, head): K transposed to [d][64] and V rows padded to dp, zeros past lk.
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    private static void PackKv(float* k, float* v, float* kt, float* vp, long it, int nKb, int lk, int heads, int d, int dp, int hd)
-    {
-        long bh = it / nKb;
-        int kb = (int)(it - bh * nKb);
-        long b = bh / heads;
-        int h = (int)(bh - b * heads);
-        float* kd = kt + it * d * Bk;
-        float* vd = vp + (bh * nKb + kb) * Bk * dp;
-        for (int jj = 0; jj < Bk; jj++)
-        {
-            int j = kb * Bk + jj;
-            float* vr = vd + (long)jj * dp;
-            if (j < lk)
-            {
-                float* ks = k + (b * lk + j) * hd + (long)h * d;
-                float* vs = v + (b * lk + j) * hd + (long)h * d;
-                for (int e = 0; e < d; e++) kd[e * Bk + jj] = ks[e];
-                Buffer.MemoryCopy(vs, vr, d * sizeof(float), d * sizeof(float));
-                for (int e = d; e < dp; e++) vr[e] = 0f;
-            }
-            else
-            {
-                for (int e = 0; e < d; e++) kd[e * Bk + jj] = 0f;
-                for (int e = 0; e < dp; e++) vr[e] = 0f;
-            }
-        }
-    }
-
-    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    private static void Block(float* q, float* o, float* kt, float* vp, float* qs, float* sc, float* acc, float* m, float* l,
-        long bh, int q0, int nq, int lq, int lk, int heads, int d, int dp, int hd, int nKb, int lkp, float scale, bool causal)
+    private static void Block(float* q, float* k, float* v, float* o, float* qt, float* st, float* ot, float* ml,
+        long bh, int q0, int nq, int lq, int lk, int heads, int d, float scale, bool causal)
     {
         long b = bh / heads;
-        int h = (int)(bh - b * heads);
-        int nq4 = (nq + 3) & ~3;
-        // Q rows scaled once; padding rows are zero so the 4-row tiles never read garbage.
-        for (int i = 0; i < nq4; i++)
+        int h = (int)(bh - b * heads), hd = heads * d;
+        float* m = ml, l = ml + Bq, alpha = ml + 2 * Bq;
+        // Qᵀ scaled once; padding queries are zero (their lanes are computed and never written).
+        for (int i = 0; i < Bq; i++)
         {
-            float* dst = qs + (long)i * d;
+            float* src = q + (b * lq + q0 + i) * hd + (long)h * d;
             if (i < nq)
-            {
-                float* src = q + (b * lq + q0 + i) * hd + (long)h * d;
-                for (int e = 0; e < d; e++) dst[e] = src[e] * scale;
-            }
-            else new Span<float>(dst, d).Clear();
+                for (int e = 0; e < d; e++) qt[e * Bq + i] = src[e] * scale;
+            else
+                for (int e = 0; e < d; e++) qt[e * Bq + i] = 0f;
             m[i] = float.NegativeInfinity;
             l[i] = 0f;
         }
-        new Span<float>(acc, nq4 * dp).Clear();
+        new Span<float>(ot, d * Bq).Clear();
 
-        int kbEnd = causal ? Math.Min(nKb, (q0 + nq - 1) / Bk + 1) : nKb;
-        for (int kb = 0; kb < kbEnd; kb++)
+        float* kh = k + b * lk * hd + (long)h * d, vh = v + b * lk * hd + (long)h * d;
+        // Causal: keys past the block's last query are masked for every query in it. Key 0 is never masked, so
+        // the first block gives every query a finite running max.
+        int kEnd = causal ? Math.Min(lk, q0 + nq) : lk;
+        for (int k0 = 0; k0 < kEnd; k0 += Bk)
         {
-            int k0 = kb * Bk, nk = Math.Min(Bk, lk - k0), nv = (nk + W - 1) / W;
-            float* ktb = kt + (bh * nKb + kb) * d * Bk;
-            for (int i = 0; i < nq4; i += 4)
+            int nk = Math.Min(Bk, kEnd - k0);
+            float* kb = kh + (long)k0 * hd;
+            int j = 0;
+            for (; j + 4 <= nk; j += 4) Scores<R4>(kb + (long)j * hd, hd, qt, d, st + j * Bq);
+            switch (nk - j)
             {
-                switch (nv)
-                {
-                    case 4: Scores<N4>(qs + (long)i * d, d, ktb, sc + i * Bk); break;
-                    case 3: Scores<N3>(qs + (long)i * d, d, ktb, sc + i * Bk); break;
-                    case 2: Scores<N2>(qs + (long)i * d, d, ktb, sc + i * Bk); break;
-                    default: Scores<N1>(qs + (long)i * d, d, ktb, sc + i * Bk); break;
-                }
+                case 3: Scores<R3>(kb + (long)j * hd, hd, qt, d, st + j * Bq); break;
+                case 2: Scores<R2>(kb + (long)j * hd, hd, qt, d, st + j * Bq); break;
+                case 1: Scores<R1>(kb + (long)j * hd, hd, qt, d, st + j * Bq); break;
             }
-            for (int i = 0; i < nq4; i++)
-            {
-                float* srow = sc + i * Bk;
-                int lim = i < nq ? nk : 0;
-                if (causal) lim = Math.Min(lim, q0 + i - k0 + 1);
-                if (lim <= 0)
+            if (causal && k0 + nk - 1 > q0)
+                for (int jj = Math.Max(0, q0 + 1 - k0); jj < nk; jj++) // key k0+jj is masked for queries q0+i < k0+jj
                 {
-                    new Span<float>(srow, nv * W).Clear(); // contributes nothing; keeps the P·V tile finite
-                    continue;
+                    float* srow = st + jj * Bq;
+                    for (int i = 0, iEnd = Math.Min(Bq, k0 + jj - q0); i < iEnd; i++) srow[i] = float.NegativeInfinity;
                 }
-                for (int jj = lim; jj < nv * W; jj++) srow[jj] = float.NegativeInfinity;
-                var vmax = Vector512.Load(srow);
-                for (int t = 1; t < nv; t++) vmax = Vector512.Max(vmax, Vector512.Load(srow + t * W));
-                float mOld = m[i], mNew = MathF.Max(mOld, CpuMath.Max(vmax));
-                var vm = Vector512.Create(mNew);
+
+            for (int t = 0; t < Bq; t += W)
+            {
+                float* sc = st + t;
+                var vmax = Vector512.Load(sc);
+                for (int jj = 1; jj < nk; jj++) vmax = Vector512.MaxNative(vmax, Vector512.Load(sc + jj * Bq));
+                var mOld = Vector512.Load(m + t);
+                var mNew = Vector512.Max(mOld, vmax);
                 var vs = Vector512<float>.Zero;
-                for (int t = 0; t < nv; t++)
+                for (int jj = 0; jj < nk; jj++)
                 {
-                    var p = CpuMath.Exp(Vector512.Load(srow + t * W) - vm);
+                    var p = CpuMath.ExpNonPositive(Vector512.Load(sc + jj * Bq) - mNew);
                     vs += p;
-                    Vector512.Store(p, srow + t * W);
+                    Vector512.Store(p, sc + jj * Bq);
                 }
-                float alpha = CpuMath.Exp(mOld - mNew); // 0 on the first block (mOld = -inf)
-                l[i] = l[i] * alpha + Vector512.Sum(vs);
-                m[i] = mNew;
-                if (alpha != 1f)
-                {
-                    float* arow = acc + (long)i * dp;
-                    var va = Vector512.Create(alpha);
-                    for (int e = 0; e < dp; e += W) Vector512.Store(Vector512.Load(arow + e) * va, arow + e);
-                }
+                var a = CpuMath.Exp(mOld - mNew); // 0 on the first block (mOld = -inf)
+                Vector512.Store(Vector512.Load(l + t) * a + vs, l + t);
+                Vector512.Store(mNew, m + t);
+                Vector512.Store(a, alpha + t);
             }
-            float* vpb = vp + (bh * lkp + k0) * dp;
-            for (int i = 0; i < nq4; i += 4)
+
+            float* vb = vh + (long)k0 * hd;
+            int e = 0;
+            for (; e + 4 <= d; e += 4) Pv<R4>(vb + e, hd, st, nk, ot + e * Bq, alpha);
+            switch (d - e)
             {
-                float* p = sc + i * Bk, a = acc + (long)i * dp;
-                int e = 0;
-                for (; e + 4 * W <= dp; e += 4 * W) Pv<N4>(p, nk, vpb + e, dp, a + e);
-                switch ((dp - e) / W)
-                {
-                    case 3: Pv<N3>(p, nk, vpb + e, dp, a + e); break;
-                    case 2: Pv<N2>(p, nk, vpb + e, dp, a + e); break;
-                    case 1: Pv<N1>(p, nk, vpb + e, dp, a + e); break;
-                }
+                case 3: Pv<R3>(vb + e, hd, st, nk, ot + e * Bq, alpha); break;
+                case 2: Pv<R2>(vb + e, hd, st, nk, ot + e * Bq, alpha); break;
+                case 1: Pv<R1>(vb + e, hd, st, nk, ot + e * Bq, alpha); break;
             }
         }
 
+        for (int i = 0; i < nq; i++) l[i] = 1f / l[i];
         for (int i = 0; i < nq; i++)
         {
-            float inv = 1f / l[i];
-            float* src = acc + (long)i * dp, dst = o + (b * lq + q0 + i) * hd + (long)h * d;
-            var vi = Vector512.Create(inv);
-            int e = 0;
-            for (; e + W <= d; e += W) Vector512.Store(Vector512.Load(src + e) * vi, dst + e);
-            for (; e < d; e++) dst[e] = src[e] * inv;
+            float* dst = o + (b * lq + q0 + i) * hd + (long)h * d;
+            float inv = l[i];
+            for (int e = 0; e < d; e++) dst[e] = ot[e * Bq + i] * inv;
         }
     }
 
-    private interface ICount { static abstract int N { get; } }
-    private struct N1 : ICount { public static int N => 1; }
-    private struct N2 : ICount { public static int N => 2; }
-    private struct N3 : ICount { public static int N => 3; }
-    private struct N4 : ICount { public static int N => 4; }
+    private interface IRows { static abstract int N { get; } }
+    private struct R1 : IRows { public static int N => 1; }
+    private struct R2 : IRows { public static int N => 2; }
+    private struct R3 : IRows { public static int N => 3; }
+    private struct R4 : IRows { public static int N => 4; }
 
-    // s[4 rows][Bk] = q[4 rows][d] · kt[d][Bk] for the first TN.N vectors of keys.
+    // sᵀ[TR.N keys][64 queries] = k[TR.N keys][d] · qt[d][64]; key rows are hd apart.
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    private static void Scores<TN>(float* q, int d, float* kt, float* s) where TN : struct, ICount
+    private static void Scores<TR>(float* k, int hd, float* qt, int d, float* s) where TR : struct, IRows
     {
         Vector512<float> a00 = default, a01 = default, a02 = default, a03 = default;
         Vector512<float> a10 = default, a11 = default, a12 = default, a13 = default;
         Vector512<float> a20 = default, a21 = default, a22 = default, a23 = default;
         Vector512<float> a30 = default, a31 = default, a32 = default, a33 = default;
-        float* q1 = q + d, q2 = q1 + d, q3 = q2 + d;
+        float* k1 = k + hd, k2 = k1 + hd, k3 = k2 + hd;
         for (int e = 0; e < d; e++)
         {
-            float* kr = kt + e * Bk;
-            var k0 = Vector512.Load(kr);
-            var k1 = TN.N > 1 ? Vector512.Load(kr + W) : default;
-            var k2 = TN.N > 2 ? Vector512.Load(kr + 2 * W) : default;
-            var k3 = TN.N > 3 ? Vector512.Load(kr + 3 * W) : default;
-            var b = Vector512.Create(q[e]);
-            a00 = Vector512.FusedMultiplyAdd(b, k0, a00);
-            if (TN.N > 1) a01 = Vector512.FusedMultiplyAdd(b, k1, a01);
-            if (TN.N > 2) a02 = Vector512.FusedMultiplyAdd(b, k2, a02);
-            if (TN.N > 3) a03 = Vector512.FusedMultiplyAdd(b, k3, a03);
-            b = Vector512.Create(q1[e]);
-            a10 = Vector512.FusedMultiplyAdd(b, k0, a10);
-            if (TN.N > 1) a11 = Vector512.FusedMultiplyAdd(b, k1, a11);
-            if (TN.N > 2) a12 = Vector512.FusedMultiplyAdd(b, k2, a12);
-            if (TN.N > 3) a13 = Vector512.FusedMultiplyAdd(b, k3, a13);
-            b = Vector512.Create(q2[e]);
-            a20 = Vector512.FusedMultiplyAdd(b, k0, a20);
-            if (TN.N > 1) a21 = Vector512.FusedMultiplyAdd(b, k1, a21);
-            if (TN.N > 2) a22 = Vector512.FusedMultiplyAdd(b, k2, a22);
-            if (TN.N > 3) a23 = Vector512.FusedMultiplyAdd(b, k3, a23);
-            b = Vector512.Create(q3[e]);
-            a30 = Vector512.FusedMultiplyAdd(b, k0, a30);
-            if (TN.N > 1) a31 = Vector512.FusedMultiplyAdd(b, k1, a31);
-            if (TN.N > 2) a32 = Vector512.FusedMultiplyAdd(b, k2, a32);
-            if (TN.N > 3) a33 = Vector512.FusedMultiplyAdd(b, k3, a33);
+            float* qr = qt + e * Bq;
+            var q0 = Vector512.Load(qr);
+            var q1 = Vector512.Load(qr + W);
+            var q2 = Vector512.Load(qr + 2 * W);
+            var q3 = Vector512.Load(qr + 3 * W);
+            var b = Vector512.Create(k[e]);
+            a00 = Vector512.FusedMultiplyAdd(b, q0, a00);
+            a01 = Vector512.FusedMultiplyAdd(b, q1, a01);
+            a02 = Vector512.FusedMultiplyAdd(b, q2, a02);
+            a03 = Vector512.FusedMultiplyAdd(b, q3, a03);
+            if (TR.N > 1)
+            {
+                b = Vector512.Create(k1[e]);
+                a10 = Vector512.FusedMultiplyAdd(b, q0, a10);
+                a11 = Vector512.FusedMultiplyAdd(b, q1, a11);
+                a12 = Vector512.FusedMultiplyAdd(b, q2, a12);
+                a13 = Vector512.FusedMultiplyAdd(b, q3, a13);
+            }
+            if (TR.N > 2)
+            {
+                b = Vector512.Create(k2[e]);
+                a20 = Vector512.FusedMultiplyAdd(b, q0, a20);
+                a21 = Vector512.FusedMultiplyAdd(b, q1, a21);
+                a22 = Vector512.FusedMultiplyAdd(b, q2, a22);
+                a23 = Vector512.FusedMultiplyAdd(b, q3, a23);
+            }
+            if (TR.N > 3)
+            {
+                b = Vector512.Create(k3[e]);
+                a30 = Vector512.FusedMultiplyAdd(b, q0, a30);
+                a31 = Vector512.FusedMultiplyAdd(b, q1, a31);
+                a32 = Vector512.FusedMultiplyAdd(b, q2, a32);
+                a33 = Vector512.FusedMultiplyAdd(b, q3, a33);
+            }
         }
-        Vector512.Store(a00, s); Vector512.Store(a10, s + Bk); Vector512.Store(a20, s + 2 * Bk); Vector512.Store(a30, s + 3 * Bk);
-        if (TN.N > 1)
+        Vector512.Store(a00, s); Vector512.Store(a01, s + W); Vector512.Store(a02, s + 2 * W); Vector512.Store(a03, s + 3 * W);
+        if (TR.N > 1)
         {
-            Vector512.Store(a01, s + W); Vector512.Store(a11, s + Bk + W);
-            Vector512.Store(a21, s + 2 * Bk + W); Vector512.Store(a31, s + 3 * Bk + W);
+            float* s1 = s + Bq;
+            Vector512.Store(a10, s1); Vector512.Store(a11, s1 + W); Vector512.Store(a12, s1 + 2 * W); Vector512.Store(a13, s1 + 3 * W);
         }
-        if (TN.N > 2)
+        if (TR.N > 2)
         {
-            Vector512.Store(a02, s + 2 * W); Vector512.Store(a12, s + Bk + 2 * W);
-            Vector512.Store(a22, s + 2 * Bk + 2 * W); Vector512.Store(a32, s + 3 * Bk + 2 * W);
+            float* s2 = s + 2 * Bq;
+            Vector512.Store(a20, s2); Vector512.Store(a21, s2 + W); Vector512.Store(a22, s2 + 2 * W); Vector512.Store(a23, s2 + 3 * W);
         }
-        if (TN.N > 3)
+        if (TR.N > 3)
         {
-            Vector512.Store(a03, s + 3 * W); Vector512.Store(a13, s + Bk + 3 * W);
-            Vector512.Store(a23, s + 2 * Bk + 3 * W); Vector512.Store(a33, s + 3 * Bk + 3 * W);
+            float* s3 = s + 3 * Bq;
+            Vector512.Store(a30, s3); Vector512.Store(a31, s3 + W); Vector512.Store(a32, s3 + 2 * W); Vector512.Store(a33, s3 + 3 * W);
         }
     }
 
-    // acc[4 rows][TN.N vectors] += p[4 rows][nk] · v[nk][same vectors] (v rows dp apart, acc rows dp apart).
+    // oᵀ[TR.N dims][64 queries] = oᵀ · alpha + v[nk keys][TR.N dims]ᵀ · pᵀ[nk][64]; value rows are hd apart.
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    private static void Pv<TN>(float* p, int nk, float* v, int dp, float* acc) where TN : struct, ICount
+    private static void Pv<TR>(float* v, int hd, float* p, int nk, float* o, float* alpha) where TR : struct, IRows
     {
-        float* c0 = acc, c1 = acc + dp, c2 = c1 + dp, c3 = c2 + dp;
-        var a00 = Vector512.Load(c0); var a10 = Vector512.Load(c1); var a20 = Vector512.Load(c2); var a30 = Vector512.Load(c3);
-        var a01 = TN.N > 1 ? Vector512.Load(c0 + W) : default; var a11 = TN.N > 1 ? Vector512.Load(c1 + W) : default;
-        var a21 = TN.N > 1 ? Vector512.Load(c2 + W) : default; var a31 = TN.N > 1 ? Vector512.Load(c3 + W) : default;
-        var a02 = TN.N > 2 ? Vector512.Load(c0 + 2 * W) : default; var a12 = TN.N > 2 ? Vector512.Load(c1 + 2 * W) : default;
-        var a22 = TN.N > 2 ? Vector512.Load(c2 + 2 * W) : default; var a32 = TN.N > 2 ? Vector512.Load(c3 + 2 * W) : default;
-        var a03 = TN.N > 3 ? Vector512.Load(c0 + 3 * W) : default; var a13 = TN.N > 3 ? Vector512.Load(c1 + 3 * W) : default;
-        var a23 = TN.N > 3 ? Vector512.Load(c2 + 3 * W) : default; var a33 = TN.N > 3 ? Vector512.Load(c3 + 3 * W) : default;
+        var x0 = Vector512.Load(alpha);
+        var x1 = Vector512.Load(alpha + W);
+        var x2 = Vector512.Load(alpha + 2 * W);
+        var x3 = Vector512.Load(alpha + 3 * W);
+        float* o1 = o + Bq, o2 = o1 + Bq, o3 = o2 + Bq;
+        var a00 = Vector512.Load(o) * x0; var a01 = Vector512.Load(o + W) * x1;
+        var a02 = Vector512.Load(o + 2 * W) * x2; var a03 = Vector512.Load(o + 3 * W) * x3;
+        var a10 = TR.N > 1 ? Vector512.Load(o1) * x0 : default; var a11 = TR.N > 1 ? Vector512.Load(o1 + W) * x1 : default;
+        var a12 = TR.N > 1 ? Vector512.Load(o1 + 2 * W) * x2 : default; var a13 = TR.N > 1 ? Vector512.Load(o1 + 3 * W) * x3 : default;
+        var a20 = TR.N > 2 ? Vector512.Load(o2) * x0 : default; var a21 = TR.N > 2 ? Vector512.Load(o2 + W) * x1 : default;
+        var a22 = TR.N > 2 ? Vector512.Load(o2 + 2 * W) * x2 : default; var a23 = TR.N > 2 ? Vector512.Load(o2 + 3 * W) * x3 : default;
+        var a30 = TR.N > 3 ? Vector512.Load(o3) * x0 : default; var a31 = TR.N > 3 ? Vector512.Load(o3 + W) * x1 : default;
+        var a32 = TR.N > 3 ? Vector512.Load(o3 + 2 * W) * x2 : default; var a33 = TR.N > 3 ? Vector512.Load(o3 + 3 * W) * x3 : default;
         for (int j = 0; j < nk; j++)
         {
-            float* vr = v + (long)j * dp;
-            var v0 = Vector512.Load(vr);
-            var v1 = TN.N > 1 ? Vector512.Load(vr + W) : default;
-            var v2 = TN.N > 2 ? Vector512.Load(vr + 2 * W) : default;
-            var v3 = TN.N > 3 ? Vector512.Load(vr + 3 * W) : default;
-            var b = Vector512.Create(p[j]);
-            a00 = Vector512.FusedMultiplyAdd(b, v0, a00);
-            if (TN.N > 1) a01 = Vector512.FusedMultiplyAdd(b, v1, a01);
-            if (TN.N > 2) a02 = Vector512.FusedMultiplyAdd(b, v2, a02);
-            if (TN.N > 3) a03 = Vector512.FusedMultiplyAdd(b, v3, a03);
-            b = Vector512.Create(p[Bk + j]);
-            a10 = Vector512.FusedMultiplyAdd(b, v0, a10);
-            if (TN.N > 1) a11 = Vector512.FusedMultiplyAdd(b, v1, a11);
-            if (TN.N > 2) a12 = Vector512.FusedMultiplyAdd(b, v2, a12);
-            if (TN.N > 3) a13 = Vector512.FusedMultiplyAdd(b, v3, a13);
-            b = Vector512.Create(p[2 * Bk + j]);
-            a20 = Vector512.FusedMultiplyAdd(b, v0, a20);
-            if (TN.N > 1) a21 = Vector512.FusedMultiplyAdd(b, v1, a21);
-            if (TN.N > 2) a22 = Vector512.FusedMultiplyAdd(b, v2, a22);
-            if (TN.N > 3) a23 = Vector512.FusedMultiplyAdd(b, v3, a23);
-            b = Vector512.Create(p[3 * Bk + j]);
-            a30 = Vector512.FusedMultiplyAdd(b, v0, a30);
-            if (TN.N > 1) a31 = Vector512.FusedMultiplyAdd(b, v1, a31);
-            if (TN.N > 2) a32 = Vector512.FusedMultiplyAdd(b, v2, a32);
-            if (TN.N > 3) a33 = Vector512.FusedMultiplyAdd(b, v3, a33);
+            float* pr = p + j * Bq, vr = v + (long)j * hd;
+            var p0 = Vector512.Load(pr);
+            var p1 = Vector512.Load(pr + W);
+            var p2 = Vector512.Load(pr + 2 * W);
+            var p3 = Vector512.Load(pr + 3 * W);
+            var b = Vector512.Create(vr[0]);
+            a00 = Vector512.FusedMultiplyAdd(b, p0, a00);
+            a01 = Vector512.FusedMultiplyAdd(b, p1, a01);
+            a02 = Vector512.FusedMultiplyAdd(b, p2, a02);
+            a03 = Vector512.FusedMultiplyAdd(b, p3, a03);
+            if (TR.N > 1)
+            {
+                b = Vector512.Create(vr[1]);
+                a10 = Vector512.FusedMultiplyAdd(b, p0, a10);
+                a11 = Vector512.FusedMultiplyAdd(b, p1, a11);
+                a12 = Vector512.FusedMultiplyAdd(b, p2, a12);
+                a13 = Vector512.FusedMultiplyAdd(b, p3, a13);
+            }
+            if (TR.N > 2)
+            {
+                b = Vector512.Create(vr[2]);
+                a20 = Vector512.FusedMultiplyAdd(b, p0, a20);
+                a21 = Vector512.FusedMultiplyAdd(b, p1, a21);
+                a22 = Vector512.FusedMultiplyAdd(b, p2, a22);
+                a23 = Vector512.FusedMultiplyAdd(b, p3, a23);
+            }
+            if (TR.N > 3)
+            {
+                b = Vector512.Create(vr[3]);
+                a30 = Vector512.FusedMultiplyAdd(b, p0, a30);
+                a31 = Vector512.FusedMultiplyAdd(b, p1, a31);
+                a32 = Vector512.FusedMultiplyAdd(b, p2, a32);
+                a33 = Vector512.FusedMultiplyAdd(b, p3, a33);
+            }
         }
-        Vector512.Store(a00, c0); Vector512.Store(a10, c1); Vector512.Store(a20, c2); Vector512.Store(a30, c3);
-        if (TN.N > 1) { Vector512.Store(a01, c0 + W); Vector512.Store(a11, c1 + W); Vector512.Store(a21, c2 + W); Vector512.Store(a31, c3 + W); }
-        if (TN.N > 2) { Vector512.Store(a02, c0 + 2 * W); Vector512.Store(a12, c1 + 2 * W); Vector512.Store(a22, c2 + 2 * W); Vector512.Store(a32, c3 + 2 * W); }
-        if (TN.N > 3) { Vector512.Store(a03, c0 + 3 * W); Vector512.Store(a13, c1 + 3 * W); Vector512.Store(a23, c2 + 3 * W); Vector512.Store(a33, c3 + 3 * W); }
+        Vector512.Store(a00, o); Vector512.Store(a01, o + W); Vector512.Store(a02, o + 2 * W); Vector512.Store(a03, o + 3 * W);
+        if (TR.N > 1) { Vector512.Store(a10, o1); Vector512.Store(a11, o1 + W); Vector512.Store(a12, o1 + 2 * W); Vector512.Store(a13, o1 + 3 * W); }
+        if (TR.N > 2) { Vector512.Store(a20, o2); Vector512.Store(a21, o2 + W); Vector512.Store(a22, o2 + 2 * W); Vector512.Store(a23, o2 + 3 * W); }
+        if (TR.N > 3) { Vector512.Store(a30, o3); Vector512.Store(a31, o3 + W); Vector512.Store(a32, o3 + 2 * W); Vector512.Store(a33, o3 + 3 * W); }
     }
 }

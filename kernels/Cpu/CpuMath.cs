@@ -41,6 +41,28 @@ public static class CpuMath
         return Vector512.ConditionalSelect(Vector512.Equals(x, x), y, x); // NaN stays NaN
     }
 
+    /// <summary>
+    /// e^x for x ≤ 0 (a softmax's scores minus their max), the same polynomial as <see cref="Exp(Vector512{float})"/>
+    /// with the range cut at -87: below it the result is 2^-126 (≈ 1e-38, nothing beside a sum that includes e^0 = 1)
+    /// instead of 0, so 2^n is one normal float and needs no saturating conversion. NaN stays NaN.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static Vector512<float> ExpNonPositive(Vector512<float> x)
+    {
+        var xc = Vector512.MaxNative(Vector512.Create(-87f), x); // x second: a NaN x passes through
+        var n = Vector512.Round(xc * Vector512.Create(Log2E));
+        var r = Vector512.FusedMultiplyAdd(n, Vector512.Create(-Ln2Hi), xc);
+        r = Vector512.FusedMultiplyAdd(n, Vector512.Create(-Ln2Lo), r);
+        var p = Vector512.FusedMultiplyAdd(Vector512.Create(P0), r, Vector512.Create(P1));
+        p = Vector512.FusedMultiplyAdd(p, r, Vector512.Create(P2));
+        p = Vector512.FusedMultiplyAdd(p, r, Vector512.Create(P3));
+        p = Vector512.FusedMultiplyAdd(p, r, Vector512.Create(P4));
+        p = Vector512.FusedMultiplyAdd(p, r, Vector512.Create(P5));
+        p = Vector512.FusedMultiplyAdd(p, r * r, r + Vector512<float>.One);
+        var e = Vector512.ShiftLeft(Vector512.ConvertToInt32Native(n) + Vector512.Create(127), 23).AsSingle();
+        return p * e;
+    }
+
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public static Vector256<float> Exp(Vector256<float> x)
     {

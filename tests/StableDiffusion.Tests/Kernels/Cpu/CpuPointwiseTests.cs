@@ -97,6 +97,35 @@ public unsafe class CpuPointwiseTests(ITestOutputHelper output)
     }
 
     [Fact]
+    public void ExpNonPositive_is_within_a_few_ulp_above_its_cut_and_tiny_below()
+    {
+        var x = new float[20000];
+        for (int i = 0; i < x.Length; i++) x[i] = -87f * i / (x.Length - 1); // [-87, 0]
+        double worstUlp = 0;
+        for (int i = 0; i < x.Length; i += 16)
+        {
+            var y = CpuMath.ExpNonPositive(System.Runtime.Intrinsics.Vector512.Create(x.AsSpan(i, 16)));
+            for (int j = 0; j < 16; j++)
+            {
+                double want = Math.Exp(x[i + j]);
+                float wf = (float)want;
+                double ulp = MathF.BitIncrement(wf) - wf;
+                worstUlp = Math.Max(worstUlp, Math.Abs(y[j] - want) / ulp);
+            }
+        }
+        oracle.Record("cpu_exp_nonpositive", "[-87, 0] max ulp", DType.F32, worstUlp, 4);
+        Assert.True(worstUlp <= 4, $"exp off by {worstUlp:0.0} ulp");
+        var edge = System.Runtime.Intrinsics.Vector512.Create(
+            [float.NegativeInfinity, -1000f, -87.5f, float.NaN, 0f, -1e-30f, -0.5f, -20f, 0, 0, 0, 0, 0, 0, 0, 0]);
+        var ey = CpuMath.ExpNonPositive(edge);
+        for (int j = 0; j < 3; j++) Assert.True(ey[j] > 0 && ey[j] < 2e-38f, $"exp({edge[j]}) = {ey[j]}");
+        Assert.True(float.IsNaN(ey[3]));
+        Assert.Equal(1f, ey[4]);
+        Assert.Equal(1f, ey[5]);
+        Assert.True(Math.Abs(ey[6] / Math.Exp(-0.5) - 1) < 3e-7 && Math.Abs(ey[7] / Math.Exp(-20) - 1) < 3e-7);
+    }
+
+    [Fact]
     public void Erf_tanh_sigmoid_match_libtorch()
     {
         using var scope = torch.NewDisposeScope();
