@@ -134,11 +134,10 @@ public static unsafe class CpuAttention
             }
         }
 
-        for (int i = 0; i < nq; i++) l[i] = 1f / l[i];
         for (int i = 0; i < nq; i++)
         {
             float* dst = o + (b * lq + q0 + i) * hd + (long)h * d;
-            float inv = l[i];
+            float inv = 1f / l[i];
             for (int e = 0; e < d; e++) dst[e] = ot[e * Bq + i] * inv;
         }
     }

@@ -23,14 +23,7 @@ public static class CpuMath
     {
         var xc = Vector512.Min(Vector512.Max(x, Vector512.Create(ExpLo)), Vector512.Create(ExpHi));
         var n = Vector512.Floor(Vector512.FusedMultiplyAdd(xc, Vector512.Create(Log2E), Vector512.Create(0.5f)));
-        var r = Vector512.FusedMultiplyAdd(n, Vector512.Create(-Ln2Hi), xc);
-        r = Vector512.FusedMultiplyAdd(n, Vector512.Create(-Ln2Lo), r);
-        var p = Vector512.FusedMultiplyAdd(Vector512.Create(P0), r, Vector512.Create(P1));
-        p = Vector512.FusedMultiplyAdd(p, r, Vector512.Create(P2));
-        p = Vector512.FusedMultiplyAdd(p, r, Vector512.Create(P3));
-        p = Vector512.FusedMultiplyAdd(p, r, Vector512.Create(P4));
-        p = Vector512.FusedMultiplyAdd(p, r, Vector512.Create(P5));
-        p = Vector512.FusedMultiplyAdd(p, r * r, r + Vector512<float>.One);
+        var p = ExpReduced(xc, n);
         // 2^n as two factors, each a normal float for n in [-150, 128].
         var ni = Vector512.ConvertToInt32(n);
         var n1 = Vector512.ShiftRightArithmetic(ni, 1);
@@ -39,6 +32,21 @@ public static class CpuMath
         var s2 = Vector512.ShiftLeft(n2 + Vector512.Create(127), 23).AsSingle();
         var y = p * s1 * s2;
         return Vector512.ConditionalSelect(Vector512.Equals(x, x), y, x); // NaN stays NaN
+    }
+
+    // e^(xc - n·ln2), the argument reduced to ±ln2/2 (Cody-Waite) and the Cephes polynomial; callers scale by 2^n.
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static Vector512<float> ExpReduced(Vector512<float> xc, Vector512<float> n)
+    {
+        var r = Vector512.FusedMultiplyAdd(n, Vector512.Create(-Ln2Hi), xc);
+        r = Vector512.FusedMultiplyAdd(n, Vector512.Create(-Ln2Lo), r);
+        var p = Vector512.FusedMultiplyAdd(Vector512.Create(P0), r, Vector512.Create(P1));
+        p = Vector512.FusedMultiplyAdd(p, r, Vector512.Create(P2));
+        p = Vector512.FusedMultiplyAdd(p, r, Vector512.Create(P3));
+        p = Vector512.FusedMultiplyAdd(p, r, Vector512.Create(P4));
+        p = Vector512.FusedMultiplyAdd(p, r, Vector512.Create(P5));
+        p = Vector512.FusedMultiplyAdd(p, r * r, r + Vector512<float>.One);
+        return p;
     }
 
     /// <summary>
@@ -51,14 +59,7 @@ public static class CpuMath
     {
         var xc = Vector512.MaxNative(Vector512.Create(-87f), x); // x second: a NaN x passes through
         var n = Vector512.Round(xc * Vector512.Create(Log2E));
-        var r = Vector512.FusedMultiplyAdd(n, Vector512.Create(-Ln2Hi), xc);
-        r = Vector512.FusedMultiplyAdd(n, Vector512.Create(-Ln2Lo), r);
-        var p = Vector512.FusedMultiplyAdd(Vector512.Create(P0), r, Vector512.Create(P1));
-        p = Vector512.FusedMultiplyAdd(p, r, Vector512.Create(P2));
-        p = Vector512.FusedMultiplyAdd(p, r, Vector512.Create(P3));
-        p = Vector512.FusedMultiplyAdd(p, r, Vector512.Create(P4));
-        p = Vector512.FusedMultiplyAdd(p, r, Vector512.Create(P5));
-        p = Vector512.FusedMultiplyAdd(p, r * r, r + Vector512<float>.One);
+        var p = ExpReduced(xc, n);
         var e = Vector512.ShiftLeft(Vector512.ConvertToInt32Native(n) + Vector512.Create(127), 23).AsSingle();
         return p * e;
     }

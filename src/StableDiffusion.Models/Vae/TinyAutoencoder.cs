@@ -27,7 +27,11 @@ public sealed class TinyAutoencoder : Module
     public int LatentChannels => Config.LatentChannels;
 
     /// <summary>The precision the weights were loaded in, which the model computes in.</summary>
-    public DType DType => Decoder.ComputeDType ?? Encoder.ComputeDType ?? ComputeDType ?? throw new InvalidOperationException("tiny VAE used before its weights were loaded");
+    public DType DType => Decoder.ComputeDType ?? PartDType(Encoder, "");
+
+    // A part loaded on its own (a decoder-only .pth) has its dtype; loaded through this model, it is the model's.
+    private DType PartDType(Module part, string what) =>
+        part.ComputeDType ?? ComputeDType ?? throw new InvalidOperationException($"tiny VAE{what} used before its weights were loaded");
 
     /// <summary>image [N, H, W, in] in [-1, 1], H and W multiples of 8 → diffusion latents [N, H/8, W/8, latent].</summary>
     public Tensor EncodeToLatents(IOps ops, Tensor image)
@@ -35,7 +39,7 @@ public sealed class TinyAutoencoder : Module
         int f = Config.DownscaleFactor;
         if (image.Rank != 4 || image.Dim(3) != Config.InChannels || image.Dim(1) % f != 0 || image.Dim(2) % f != 0)
             throw new UsageException($"tiny VAE encode: image {image} must be [N, H, W, {Config.InChannels}] with H and W multiples of {f}");
-        var dt = Encoder.ComputeDType ?? ComputeDType ?? throw new InvalidOperationException("tiny VAE encoder used before its weights were loaded");
+        var dt = PartDType(Encoder, " encoder");
         using var cast = image.DType == dt ? null : ops.Cast(image, dt);
         var h = ops.Scale(cast ?? image, 0.5f, 0.5f); // [-1, 1] → [0, 1], TAESD's image range
         h = h.Then(t => Encoder.Forward(ops, t));
@@ -47,7 +51,7 @@ public sealed class TinyAutoencoder : Module
     {
         if (latents.Rank != 4 || latents.Dim(3) != LatentChannels)
             throw new UsageException($"tiny VAE decode: latents {latents} must be [N, h, w, {LatentChannels}]");
-        var dt = Decoder.ComputeDType ?? ComputeDType ?? throw new InvalidOperationException("tiny VAE decoder used before its weights were loaded");
+        var dt = PartDType(Decoder, " decoder");
         using var cast = latents.DType == dt ? null : ops.Cast(latents, dt);
         // 3·tanh(z/3): the decoder's soft clamp of out-of-range latents.
         var h = ops.Scale(cast ?? latents, 1f / (3f * Config.ScalingFactor));

@@ -80,8 +80,9 @@ public sealed class ComputeDevice : IDisposable
     public void ReleaseCachedMemory()
     {
         Pool.Trim();
-        if (Kind is DeviceKind.Cpu or DeviceKind.IlgpuCpu) StableDiffusion.Runtime.HostMemory.Trim();
+        if (Kind is DeviceKind.Cpu or DeviceKind.IlgpuCpu) Runtime.HostMemory.Trim(); // the type, not this device's HostMemory size
     }
+
     public string Name => Kind == DeviceKind.Cpu ? HostName : Accelerator.Name;
     public long MemoryBytes => Accelerator.MemorySize;
     public int MaxGroupSize => Accelerator.MaxNumThreadsPerGroup;
