@@ -37,12 +37,17 @@ public sealed class CpuCase(string name, bool conv, int m, int n, int k, int h =
     public static CpuCase Conv3x3(int batch, int hw, int c) =>
         new($"conv3x3 {batch}x{hw}x{hw}x{c}", true, batch * hw * hw, c, 9 * c, hw, hw, c, batch);
 
+    /// <summary>The up blocks' first convolutions, whose input is the skip connection concatenated (cin &gt; cout).</summary>
+    public static CpuCase Conv3x3(int batch, int hw, int cin, int cout) =>
+        new($"conv3x3 {batch}x{hw}x{hw}x{cin}>{cout}", true, batch * hw * hw, cout, 9 * cin, hw, hw, cin, batch);
+
     public static IEnumerable<CpuCase> All(bool quick) => quick
         ? [Gemm(1024, 320, 320), Gemm(77, 320, 768), Conv3x3(2, 16, 320)]
         :
         [
             Gemm(4096, 320, 320), Gemm(4096, 1280, 320), Gemm(4096, 320, 1280), Gemm(77, 320, 768), Gemm(8192, 320, 320),
             Conv3x3(2, 64, 320), Conv3x3(2, 32, 640), Conv3x3(2, 16, 1280), Conv3x3(2, 8, 1280),
+            Conv3x3(2, 64, 960, 320), Conv3x3(2, 16, 2560, 1280), Conv3x3(2, 8, 2560, 1280),
         ];
 }
 
@@ -165,7 +170,8 @@ public static class CpuBench
     /// <summary>
     /// <c>bench cpu [gemm|ops|unet|generate|lora|all] [--quick] [--threads N] [--out DIR] [--only TEXT]</c>: the C# CPU backend against
     /// libtorch, same thread count: GEMM/convolution (default), the other ops, one SD1.5 UNet step, whole generations, the load time a LoRA merge adds.
-    /// <c>--only</c> keeps the op cases whose name contains TEXT (their table goes to cpu-ops-TEXT.md).
+    /// <c>--only</c> keeps the op cases whose name contains TEXT (their table goes to cpu-ops-TEXT.md); with
+    /// <c>gemm --probe</c>, the GEMM and convolution cases.
     /// </summary>
     public static int Run(string[] args, string repoRoot)
     {
@@ -185,7 +191,16 @@ public static class CpuBench
         CaseList = CpuCase.All(quick).ToList();
         string cpu = CpuModel();
         Console.WriteLine($"cpu: {cpu}, {CpuParallel.Threads} threads, Vector512 {System.Runtime.Intrinsics.Vector512.IsHardwareAccelerated}");
-        if (probe) return Probe();
+        if (probe)
+        {
+            if (only is not null)
+            {
+                CaseList = CaseList.Where(c => c.Name.Contains(only, StringComparison.Ordinal)).ToList();
+                if (CaseList.Count == 0)
+                    throw new UsageException($"--only '{only}' matches no gemm case; cases: {string.Join(", ", CpuCase.All(quick).Select(c => c.Name))}");
+            }
+            return Probe();
+        }
 
         outDir ??= Path.Combine(repoRoot, "bench", "results", "cpu-" + Roofline.Slug(cpu), $"threads-{CpuParallel.Threads}");
         Directory.CreateDirectory(outDir);
@@ -264,26 +279,38 @@ public static class CpuBench
     /// <summary>
     /// Quick Stopwatch timing of every case, ours and libtorch interleaved, best of N (the box may be shared).
     /// SD_PROBE_ROTATE=K instead times ours over K copies of each case in turn (weights leave the caches between calls,
-    /// as each layer's do in a UNet step): mean and best, fp32 and fp16 panels.
+    /// as each layer's do in a UNet step): median and best of fp32 panels and fp16 panels under both widenings.
     /// </summary>
     private static int Probe()
     {
         int reps = int.TryParse(Environment.GetEnvironmentVariable("SD_PROBE_REPS"), out int r0) ? r0 : 10;
         if (int.TryParse(Environment.GetEnvironmentVariable("SD_PROBE_ROTATE"), out int rot))
         {
+            // fp16 panels widened with the general conversion ("exact") and, as models do, the finite-only one
+            (string, Action<CpuGemmBenchmarks>)[] modes =
+            [
+                ("fp32", b => b.OursPrepacked()),
+                ("fp16 exact", b => { CpuGemm.FiniteWidening = false; b.OursPrepackedFp16(); }),
+                ("fp16 finite", b => { CpuGemm.FiniteWidening = true; b.OursPrepackedFp16(); }),
+            ];
             foreach (var c in CaseList)
             {
                 var bs = Enumerable.Range(0, rot).Select(_ => { var b = new CpuGemmBenchmarks { Case = c }; b.Setup(); return b; }).ToArray();
-                foreach (var (name, f) in new (string, Action<CpuGemmBenchmarks>)[] { ("fp32", b => b.OursPrepacked()), ("fp16", b => b.OursPrepackedFp16()) })
+                var times = modes.Select(_ => new List<double>()).ToArray();
+                foreach (var (_, f) in modes) foreach (var b in bs) f(b);
+                for (int r = 0; r < reps; r++)
+                    for (int m = 0; m < modes.Length; m++) // modes interleaved, so a busy moment of the machine hits all of them
+                    {
+                        long t0 = Stopwatch.GetTimestamp();
+                        foreach (var b in bs) modes[m].Item2(b);
+                        times[m].Add(Stopwatch.GetElapsedTime(t0).TotalMilliseconds / rot);
+                    }
+                CpuGemm.FiniteWidening = true;
+                Console.WriteLine($"{c.Name,-28} rotate {rot}, GFLOP/s median (best): " + string.Join("  ", modes.Select((md, m) =>
                 {
-                    foreach (var b in bs) f(b);
-                    var sw = Stopwatch.StartNew();
-                    double best = double.MaxValue;
-                    for (int r = 0; r < reps; r++)
-                        foreach (var b in bs) { long t0 = Stopwatch.GetTimestamp(); f(b); best = Math.Min(best, Stopwatch.GetElapsedTime(t0).TotalMilliseconds); }
-                    double mean = sw.Elapsed.TotalMilliseconds / (reps * rot);
-                    Console.WriteLine($"{c.Name,-28} {name} rotate {rot}: mean {c.Flops / (mean * 1e6),7:F1}  best {c.Flops / (best * 1e6),7:F1} GFLOP/s");
-                }
+                    var t = times[m].Order().ToList();
+                    return $"{md.Item1} {c.Flops / (t[t.Count / 2] * 1e6),6:F1} ({c.Flops / (t[0] * 1e6),6:F1})";
+                })));
                 foreach (var b in bs) b.Cleanup();
             }
             return 0;

@@ -31,7 +31,7 @@ public sealed unsafe class CpuPackedB : IDisposable
     private void* data;
     private readonly bool ownsMemory;
 
-    internal CpuPackedB(void* data, DType dtype, int n, int k, int nr, bool ownsMemory)
+    internal CpuPackedB(void* data, DType dtype, int n, int k, int nr, bool ownsMemory, bool halfFinite = false)
     {
         this.data = data;
         this.ownsMemory = ownsMemory;
@@ -39,12 +39,16 @@ public sealed unsafe class CpuPackedB : IDisposable
         N = n;
         K = k;
         Nr = nr;
+        HalfFinite = halfFinite;
     }
 
     public DType DType { get; }
     public int N { get; }
     public int K { get; }
     internal int Nr { get; }
+
+    /// <summary>fp16 panels without infinities or NaNs, which the GEMM widens with the shorter finite-only conversion.</summary>
+    internal bool HalfFinite { get; }
     public long Bytes => BytesFor(DType, N, K);
 
     /// <summary>The size of op(B) [K, N] packed in <paramref name="dtype"/>: N rounded up to whole panels.</summary>
@@ -92,6 +96,12 @@ public static unsafe class CpuGemm
 
     /// <summary>fp16 panels: how many floats of widened panels a task may hold (whole K × its columns), per worker.</summary>
     internal static readonly long WidenedFloats = Env("SD_CPU_WIDEN_KB", 8192) * 256L;
+
+    /// <summary>
+    /// fp16 panels known to be finite are widened with the short conversion (<see cref="CpuLayout.HalfToFloatFiniteRange"/>);
+    /// false makes every widening take the general one. Both give the same bits; the switch is for benchmarks.
+    /// </summary>
+    public static bool FiniteWidening { get; set; } = true;
 
     public static void Run(in CpuGemmArgs p)
     {
@@ -141,6 +151,7 @@ public static unsafe class CpuGemm
         int k = cin * taps, nr = NR, panels = (n + nr - 1) / nr;
         int ses = srcType.SizeInBytes(), des = dstType.SizeInBytes();
         int workers = (int)Math.Clamp((long)n * k >> 18, 1, Math.Min(CpuParallel.Threads, panels));
+        int nonFinite = 0;
         CpuParallel.For(workers, w =>
         {
             var row = new float[k];
@@ -179,9 +190,10 @@ public static unsafe class CpuGemm
                             Half16.Write(d, dstType, (long)kk * nr + c, v);
                         }
                     }
+                    if (des == 2 && CpuLayout.AnyHalfNonFinite((ushort*)d, (long)k * nr)) Volatile.Write(ref nonFinite, 1);
                 }
         });
-        return new CpuPackedB(dst, dstType, n, k, nr, ownsMemory: false);
+        return new CpuPackedB(dst, dstType, n, k, nr, ownsMemory: false, halfFinite: des == 2 && nonFinite == 0);
     }
 
     /// <summary>Scalar reference: double accumulation, no blocking. For tests.</summary>
@@ -254,6 +266,7 @@ public static unsafe class CpuGemm
         if (packed is { DType: DType.F16 })
         {
             job.BHalf = packed.HalfData;
+            job.BHalfFinite = packed.HalfFinite && FiniteWidening;
             job.PlanHalf(p.Batch);
             job.RunTasks();
             GC.KeepAlive(packed);
@@ -306,6 +319,7 @@ public static unsafe class CpuGemm
         public float Alpha;
         public float* BPacked;
         public ushort* BHalf;       // fp16 panels, widened per task (PlanHalf)
+        public bool BHalfFinite;    // ... holding no infinities or NaNs
         public long BItemStride;
         public void* Bias, Residual, C;
         public DType BiasType, ResidualType, CType;
@@ -404,7 +418,8 @@ public static unsafe class CpuGemm
             int n0 = nb * nc, cols = Math.Min(nc, N - n0);
             long floats = (long)(cols + Nr - 1) / Nr * Nr * K;
             float* panels = ws.Widened(floats);
-            CpuLayout.HalfToFloatRange(BHalf + (long)(n0 / Nr) * K * Nr, panels, floats);
+            if (BHalfFinite) CpuLayout.HalfToFloatFiniteRange(BHalf + (long)(n0 / Nr) * K * Nr, panels, floats);
+            else CpuLayout.HalfToFloatRange(BHalf + (long)(n0 / Nr) * K * Nr, panels, floats);
             int mbEnd = Math.Min(mBlocks, (g + 1) * mPerGroup);
             for (int mb = g * mPerGroup; mb < mbEnd; mb++) RunTile(batch0 + bi, mb * mc, n0, panels, ws);
         }

@@ -154,6 +154,41 @@ public static unsafe class CpuLayout
         for (; i < n; i++) dst[i] = HalfToFloat(src[i]);
     }
 
+    /// <summary>
+    /// half → float for data known to hold no infinity or NaN (checked when weights are packed): the sign-extended bits
+    /// shifted so exponent and mantissa land in a float's, the sign's copies cleared, then rescaled by 2^112 (exact,
+    /// subnormals included). Four operations per 16 values against a dozen in <see cref="HalfToFloatRange"/>; an infinity
+    /// or NaN would come out as a number in [2^16, 2^17).
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    internal static void HalfToFloatFiniteRange(ushort* src, float* dst, long n)
+    {
+        var keep = Vector512.Create(unchecked((int)0x8FFFFFFF));
+        var scale = Vector512.Create(5.192296858534828e33f); // 2^112
+        long i = 0;
+        for (; i <= n - 32; i += 32)
+        {
+            var h = Vector512.Load((short*)(src + i));
+            Vector512.Store(((Vector512.WidenLower(h) << 13) & keep).AsSingle() * scale, dst + i);
+            Vector512.Store(((Vector512.WidenUpper(h) << 13) & keep).AsSingle() * scale, dst + i + 16);
+        }
+        for (; i < n; i++) dst[i] = HalfToFloat(src[i]);
+    }
+
+    /// <summary>Whether any of the n halves is an infinity or NaN (all exponent bits set).</summary>
+    internal static bool AnyHalfNonFinite(ushort* src, long n)
+    {
+        var exp = Vector512.Create((ushort)0x7C00);
+        var any = Vector512<ushort>.Zero;
+        long i = 0;
+        for (; i <= n - 32; i += 32)
+            any |= Vector512.Equals(Vector512.Load(src + i) & exp, exp);
+        if (any != Vector512<ushort>.Zero) return true;
+        for (; i < n; i++)
+            if ((src[i] & 0x7C00) == 0x7C00) return true;
+        return false;
+    }
+
     /// <summary>float → IEEE half, round to nearest even, overflow to infinity, NaN quieted with its payload.</summary>
     public static void FloatToHalf(float* src, ushort* dst, long n)
     {

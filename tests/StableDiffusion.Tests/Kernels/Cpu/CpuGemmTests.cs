@@ -172,6 +172,38 @@ public unsafe class CpuGemmTests(ITestOutputHelper output)
     }
 
     [Theory]
+    [InlineData(0x7C00)] // +inf
+    [InlineData(0xFC00)] // -inf
+    [InlineData(0x7E00)] // NaN
+    public void Packed_fp16_panels_with_a_non_finite_weight_propagate_it_like_libtorch(int special)
+    {
+        using var scope = torch.NewDisposeScope();
+        int m = 40, n = 70, k = 300, col = 37, at = 123;
+        var a = oracle.Random((long)m * k, DType.F32);
+        var w = oracle.Random((long)n * k, DType.F16);
+        using var na = new NativeBuf(a, DType.F32);
+        using var nw = new NativeBuf(w, DType.F16);
+        using var nc = new NativeBuf((long)m * n, DType.F32);
+        using var panels = new NativeBuf(CpuPackedB.BytesFor(DType.F16, n, k) / 2, DType.F16);
+        using (var finite = CpuGemm.PackWeightInto(nw.Ptr, DType.F16, n, k, 1, false, panels.Ptr, DType.F16))
+            Assert.True(finite.HalfFinite);
+        ((ushort*)nw.Ptr)[(long)col * k + at] = (ushort)special;
+        w[(long)col * k + at] = (float)BitConverter.UInt16BitsToHalf((ushort)special);
+        var wt = Oracle.T(w, n, k);
+        using var packed = CpuGemm.PackWeightInto(nw.Ptr, DType.F16, n, k, 1, false, panels.Ptr, DType.F16);
+        Assert.False(packed.HalfFinite);
+        CpuGemm.Run(new CpuGemmArgs { M = m, N = n, K = k, Batch = 1, TransB = true, Alpha = 1, A = na.Ptr, AType = DType.F32, C = nc.Ptr, CType = DType.F32 }, packed);
+        var got = nc.ToArray();
+        var want = Oracle.Host(torch.matmul(Oracle.T(a, m, k), wt.t()));
+        for (int i = 0; i < m; i++)
+        {
+            float g = got[i * n + col], r = want[i * n + col];
+            Assert.True(float.IsNaN(r) ? float.IsNaN(g) : g == r, $"row {i}: {g} vs libtorch {r}");
+        }
+        Assert.True(got.Where((_, i) => i % n != col).All(float.IsFinite));
+    }
+
+    [Theory]
     [InlineData(DType.F32)]
     [InlineData(DType.F16)]
     public void Residual_may_alias_C(DType dt)

@@ -145,6 +145,32 @@ public unsafe class CpuLayoutTests(ITestOutputHelper output)
     }
 
     [Fact]
+    public void HalfToFloatFinite_matches_system_half_on_every_finite_pattern_and_the_check_finds_every_other()
+    {
+        var finite = Enumerable.Range(0, 65536).Select(i => (ushort)i).Where(h => (h & 0x7C00) != 0x7C00).ToArray();
+        var f = new float[finite.Length + 5]; // odd length: the scalar tail runs too
+        var bits = finite.Concat(finite.Take(5)).ToArray();
+        fixed (ushort* pb = bits)
+        fixed (float* pf = f)
+            CpuLayout.HalfToFloatFiniteRange(pb, pf, bits.Length);
+        int mismatches = 0;
+        for (int i = 0; i < bits.Length; i++)
+            if (BitConverter.SingleToUInt32Bits((float)BitConverter.UInt16BitsToHalf(bits[i])) != BitConverter.SingleToUInt32Bits(f[i]))
+                mismatches++;
+        oracle.Record("cpu_half_finite", $"{finite.Length} finite patterns, mismatches", DType.F16, mismatches, 0);
+        Assert.Equal(0, mismatches);
+
+        fixed (ushort* pb = finite) Assert.False(CpuLayout.AnyHalfNonFinite(pb, finite.Length));
+        foreach (ushort special in new ushort[] { 0x7C00, 0xFC00, 0x7C01, 0xFE00, 0x7FFF })
+            foreach (int at in new[] { 0, 31, 32, 63, 70 })
+            {
+                var x = new ushort[71];
+                x[at] = special;
+                fixed (ushort* px = x) Assert.True(CpuLayout.AnyHalfNonFinite(px, x.Length), $"0x{special:X4} at {at}");
+            }
+    }
+
+    [Fact]
     public void FloatToHalf_rounds_like_system_half()
     {
         var rng = new Random(7);
