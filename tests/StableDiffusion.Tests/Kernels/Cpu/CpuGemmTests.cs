@@ -172,13 +172,16 @@ public unsafe class CpuGemmTests(ITestOutputHelper output)
     }
 
     [Theory]
-    [InlineData(0x7C00)] // +inf
-    [InlineData(0xFC00)] // -inf
-    [InlineData(0x7E00)] // NaN
-    public void Packed_fp16_panels_with_a_non_finite_weight_propagate_it_like_libtorch(int special)
+    // 40 rows: one row group per column block; 1000 rows: several groups, each widening the same columns
+    [InlineData(0x7C00, 40)] // +inf
+    [InlineData(0xFC00, 40)] // -inf
+    [InlineData(0x7E00, 40)] // NaN
+    [InlineData(0x7C00, 1000)]
+    [InlineData(0x7E00, 1000)]
+    public void Packed_fp16_panels_with_a_non_finite_weight_propagate_it_like_libtorch(int special, int m)
     {
         using var scope = torch.NewDisposeScope();
-        int m = 40, n = 70, k = 300, col = 37, at = 123;
+        int n = 70, k = 300, col = 37, at = 123;
         var a = oracle.Random((long)m * k, DType.F32);
         var w = oracle.Random((long)n * k, DType.F16);
         using var na = new NativeBuf(a, DType.F32);
