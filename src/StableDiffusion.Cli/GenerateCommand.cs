@@ -166,6 +166,7 @@ internal static class GenerateCommand
                          $"cfg {Num(o.Cfg)}, seed {o.Seed}, {dtype.Name()} on {device.Name}");
         // The per-op profile of the UNet steps leaves out the first step (kernel compilation, first weight packing).
         IReadOnlyList<(string Op, int Calls, TimeSpan Time)>? afterFirst = null, afterLast = null;
+        IReadOnlyList<(string Shape, int Calls, TimeSpan Time, double Flops)>? shapesAfterFirst = null, shapesAfterLast = null;
         int stepsRun = 0;
         var bar = new ProgressBar(stderr);
         var previews = new StageTimings();
@@ -182,8 +183,8 @@ internal static class GenerateCommand
                 });
             stepsRun = p.Step;
             if (profiler is null) return;
-            if (p.Step == 1) afterFirst = profiler.Entries;
-            if (p.Step == p.Steps) afterLast = profiler.Entries;
+            if (p.Step == 1) (afterFirst, shapesAfterFirst) = (profiler.Entries, profiler.ShapeEntries);
+            if (p.Step == p.Steps) (afterLast, shapesAfterLast) = (profiler.Entries, profiler.ShapeEntries);
         });
         var result = refiner is null
             ? pipeline.Generate(request, scheduler, progress, cancel)
@@ -224,7 +225,11 @@ internal static class GenerateCommand
         var stages = hash.Stages.Concat(previews.Stages.Where(st => st.Stage != "previews")).Concat(result.Timings.Stages)
             .Concat(previewTime > TimeSpan.Zero ? [("previews", previewTime)] : []).Append(("write png", write.Elapsed)).ToList();
         Summary(stages, clock.Elapsed, device.Pool.PeakBytesInUse, stderr);
-        if (profiler is not null) Profile(profiler.Entries, afterFirst, afterLast, stepsRun, stderr);
+        if (profiler is not null)
+        {
+            Profile(profiler.Entries, afterFirst, afterLast, stepsRun, stderr);
+            ProfileShapes(profiler.ShapeEntries, shapesAfterFirst, shapesAfterLast, stepsRun, stderr);
+        }
         return 0;
     }
 
@@ -258,6 +263,28 @@ internal static class GenerateCommand
             stderr.WriteLine(line);
         }
         stderr.WriteLine($"  {"all ops",-24} {all.Sum(e => e.Calls),7} {total,9:F3}");
+    }
+
+    /// <summary>The shapes that took the most time, with their rate: per UNet step after the first when there are several.</summary>
+    private static void ProfileShapes(IReadOnlyList<(string Shape, int Calls, TimeSpan Time, double Flops)> all,
+        IReadOnlyList<(string Shape, int Calls, TimeSpan Time, double Flops)>? afterFirst,
+        IReadOnlyList<(string Shape, int Calls, TimeSpan Time, double Flops)>? afterLast, int steps, TextWriter stderr)
+    {
+        bool perStep = afterFirst is not null && afterLast is not null && steps > 1;
+        var rows = perStep
+            ? afterLast!.Select(b =>
+            {
+                var a = afterFirst!.FirstOrDefault(e => e.Shape == b.Shape);
+                return (b.Shape, Calls: (double)(b.Calls - a.Calls) / (steps - 1), Time: (b.Time - a.Time) / (steps - 1), Flops: (b.Flops - a.Flops) / (steps - 1));
+            }).Where(r => r.Calls > 0).OrderByDescending(r => r.Time).ToList()
+            : all.Select(e => (e.Shape, Calls: (double)e.Calls, e.Time, e.Flops)).ToList();
+        const int top = 25;
+        stderr.WriteLine($"sd: per-shape profile of linear, convolution and attention{(perStep ? $", per UNet step (steps 2..{steps})" : "")}, the {Math.Min(top, rows.Count)} slowest of {rows.Count}:");
+        stderr.WriteLine($"  {"shape",-34} {"calls",7} {"ms",9} {"GFLOP/s",9}");
+        foreach (var r in rows.Take(top))
+            stderr.WriteLine($"  {r.Shape,-34} {r.Calls,7:0.#} {r.Time.TotalMilliseconds,9:F2} {r.Flops / Math.Max(r.Time.TotalSeconds, 1e-12) / 1e9,9:F1}");
+        double flops = rows.Sum(r => r.Flops), seconds = rows.Sum(r => r.Time.TotalSeconds);
+        stderr.WriteLine($"  {"all shapes",-34} {rows.Sum(r => r.Calls),7:0.#} {seconds * 1e3,9:F2} {flops / Math.Max(seconds, 1e-12) / 1e9,9:F1}");
     }
 
     // ---- options ----

@@ -46,6 +46,21 @@ public class GenerateCommandTests : IDisposable
     ];
 
     [SkippableFact]
+    public void Profile_prints_the_op_table_and_the_slowest_shapes_with_their_rates()
+    {
+        var args = Generate(Out("p.png"), "1", "--profile");
+        args[Array.IndexOf(args, "--steps") + 1] = "2";
+        var (code, _, stderr) = Sd(args);
+        Assert.Equal(0, code);
+        Assert.Contains("sd: per-op profile (each op synchronised); per UNet step: the mean of steps 2..2", stderr);
+        Assert.Contains("sd: per-shape profile of linear, convolution and attention, per UNet step (steps 2..2)", stderr);
+        // the tiny UNet at a 4x8 latent, CFG batch 2: its input convolution, and cross-attention over CLIP's 77 tokens
+        Assert.Matches(@"\n  conv3x3 2x4x8x4>\d+ +1 +[0-9.]+ +[0-9.]+\r?\n", stderr);
+        Assert.Matches(@"\n  attention 2x\d+x\d+x77x\d+ ", stderr);
+        Assert.Matches(@"\n  all shapes +\d+ +[0-9.]+ +[0-9.]+", stderr);
+    }
+
+    [SkippableFact]
     public void Generate_writes_a_png_of_the_asked_size_with_its_parameters_and_the_seed_reproduces_it()
     {
         var (code, stdout, stderr) = Sd(Generate(Out("a.png")));

@@ -10,6 +10,7 @@ namespace StableDiffusion.Runtime;
 public sealed class ProfilingOps(IOps inner) : IOps
 {
     private readonly Dictionary<string, (int Calls, TimeSpan Time)> tally = [];
+    private readonly Dictionary<string, (int Calls, TimeSpan Time, double Flops)> shapes = [];
 
     public IOps Inner { get; } = inner;
     public ComputeDevice Device => Inner.Device;
@@ -24,22 +25,44 @@ public sealed class ProfilingOps(IOps inner) : IOps
         }
     }
 
-    public void Reset()
+    /// <summary>
+    /// Per shape of the arithmetic-heavy ops (linear, convolution, attention): calls, total time and floating-point
+    /// operations (2 per multiply-add; attention counts QKᵀ and PV in full, causal or not), largest time first.
+    /// </summary>
+    public IReadOnlyList<(string Shape, int Calls, TimeSpan Time, double Flops)> ShapeEntries
     {
-        lock (tally) tally.Clear();
+        get
+        {
+            lock (tally) return shapes.Select(kv => (kv.Key, kv.Value.Calls, kv.Value.Time, kv.Value.Flops)).OrderByDescending(e => e.Time).ToList();
+        }
     }
 
-    private Tensor Time(string op, Func<Tensor> run)
+    public void Reset()
+    {
+        lock (tally)
+        {
+            tally.Clear();
+            shapes.Clear();
+        }
+    }
+
+    private Tensor Time(string op, Func<Tensor> run, Func<Tensor, (string Shape, double Flops)>? shape = null)
     {
         Device.Synchronize();
         long t0 = Stopwatch.GetTimestamp();
         var y = run();
         Device.Synchronize();
         var dt = Stopwatch.GetElapsedTime(t0);
+        var (name, flops) = shape?.Invoke(y) ?? default;
         lock (tally)
         {
             tally.TryGetValue(op, out var e);
             tally[op] = (e.Calls + 1, e.Time + dt);
+            if (name is not null)
+            {
+                shapes.TryGetValue(name, out var s);
+                shapes[name] = (s.Calls + 1, s.Time + dt, s.Flops + flops);
+            }
         }
         return y;
     }
@@ -48,15 +71,26 @@ public sealed class ProfilingOps(IOps inner) : IOps
         Time("matmul", () => Inner.MatMul(a, b, transA, transB, alpha, bias, residual));
 
     public Tensor Linear(Tensor x, Tensor weight, Tensor? bias = null, Tensor? residual = null) =>
-        Time("linear", () => Inner.Linear(x, weight, bias, residual));
+        Time("linear", () => Inner.Linear(x, weight, bias, residual), y =>
+        {
+            int n = weight.Dim(0), k = weight.Dim(1);
+            return ($"linear {y.Length / n}x{n}x{k}", 2.0 * y.Length * k);
+        });
 
     public Tensor Conv2d(Tensor x, Tensor weight, Tensor? bias = null, int stride = 1, int padding = 0, Tensor? residual = null) =>
-        Time(ConvName(weight), () => Inner.Conv2d(x, weight, bias, stride, padding, residual));
+        Time(ConvName(weight), () => Inner.Conv2d(x, weight, bias, stride, padding, residual), y => ConvShape(x, weight, stride, y));
 
     public Tensor Conv2d(Tensor x, Tensor weight, Tensor? bias, int stride, int padTop, int padLeft, int padBottom, int padRight, Tensor? residual = null) =>
-        Time(ConvName(weight), () => Inner.Conv2d(x, weight, bias, stride, padTop, padLeft, padBottom, padRight, residual));
+        Time(ConvName(weight), () => Inner.Conv2d(x, weight, bias, stride, padTop, padLeft, padBottom, padRight, residual), y => ConvShape(x, weight, stride, y));
 
     private static string ConvName(Tensor w) => w.Rank == 4 ? $"conv2d {w.Dim(1)}x{w.Dim(2)}" : "conv2d";
+
+    // x [N, H, W, Cin], weight [Cout, KH, KW, Cin]: "conv3x3 2x64x64x960>320", " s2" when strided
+    private static (string, double) ConvShape(Tensor x, Tensor w, int stride, Tensor y) =>
+        x.Rank == 4 && w.Rank == 4
+            ? ($"conv{w.Dim(1)}x{w.Dim(2)} {x.Dim(0)}x{x.Dim(1)}x{x.Dim(2)}x{x.Dim(3)}>{w.Dim(0)}{(stride > 1 ? $" s{stride}" : "")}",
+               2.0 * y.Length * w.Dim(1) * w.Dim(2) * w.Dim(3))
+            : default;
 
     public Tensor GroupNorm(Tensor x, int groups, Tensor? weight, Tensor? bias, float eps, bool silu = false) =>
         Time("group_norm", () => Inner.GroupNorm(x, groups, weight, bias, eps, silu));
@@ -68,7 +102,10 @@ public sealed class ProfilingOps(IOps inner) : IOps
 
     public Tensor Attention(Tensor q, Tensor k, Tensor v, int heads, float? scale = null, bool causal = false) =>
         Time(q.Rank == 3 && k.Rank == 3 && q.Dim(1) == k.Dim(1) ? "attention (self)" : "attention (cross)",
-            () => Inner.Attention(q, k, v, heads, scale, causal));
+            () => Inner.Attention(q, k, v, heads, scale, causal),
+            _ => q.Rank == 3 && k.Rank == 3
+                ? ($"attention {q.Dim(0)}x{heads}x{q.Dim(1)}x{k.Dim(1)}x{q.Dim(2) / heads}", 4.0 * q.Dim(0) * q.Dim(1) * k.Dim(1) * q.Dim(2))
+                : default);
 
     public Tensor Activate(Tensor x, Activation kind) => Time("activation", () => Inner.Activate(x, kind));
 
