@@ -10,7 +10,7 @@ namespace StableDiffusion.Kernels.Cpu;
 /// accumulator (Oᵀ [D][64]). Keys and values are read in place, one broadcast scalar at a time, so neither is packed
 /// or padded: head dimension 40 costs 40 rows, 77 keys cost 77 rows. The online softmax is elementwise across a
 /// key block's rows (running max, sum and rescale are vectors of 16 queries; no horizontal reductions), and the
-/// lq × lk score matrix never exists. Both micro-kernels keep a 4-row × 4-vector tile of accumulators in registers.
+/// lq × lk score matrix never exists. QKᵀ and PV share one micro-kernel, a 4-row × 4-vector tile of accumulators.
 /// </summary>
 public static unsafe class CpuAttention
 {
@@ -89,12 +89,12 @@ public static unsafe class CpuAttention
             int nk = Math.Min(Bk, kEnd - k0);
             float* kb = kh + (long)k0 * hd;
             int j = 0;
-            for (; j + 4 <= nk; j += 4) Scores<R4>(kb + (long)j * hd, hd, qt, d, st + j * Bq);
+            for (; j + 4 <= nk; j += 4) Tile<R4>(kb + (long)j * hd, hd, 1, qt, d, st + j * Bq, null);
             switch (nk - j)
             {
-                case 3: Scores<R3>(kb + (long)j * hd, hd, qt, d, st + j * Bq); break;
-                case 2: Scores<R2>(kb + (long)j * hd, hd, qt, d, st + j * Bq); break;
-                case 1: Scores<R1>(kb + (long)j * hd, hd, qt, d, st + j * Bq); break;
+                case 3: Tile<R3>(kb + (long)j * hd, hd, 1, qt, d, st + j * Bq, null); break;
+                case 2: Tile<R2>(kb + (long)j * hd, hd, 1, qt, d, st + j * Bq, null); break;
+                case 1: Tile<R1>(kb + (long)j * hd, hd, 1, qt, d, st + j * Bq, null); break;
             }
             if (causal && k0 + nk - 1 > q0)
                 for (int jj = Math.Max(0, q0 + 1 - k0); jj < nk; jj++) // key k0+jj is masked for queries q0+i < k0+jj
@@ -125,12 +125,12 @@ public static unsafe class CpuAttention
 
             float* vb = vh + (long)k0 * hd;
             int e = 0;
-            for (; e + 4 <= d; e += 4) Pv<R4>(vb + e, hd, st, nk, ot + e * Bq, alpha);
+            for (; e + 4 <= d; e += 4) Tile<R4>(vb + e, 1, hd, st, nk, ot + e * Bq, alpha);
             switch (d - e)
             {
-                case 3: Pv<R3>(vb + e, hd, st, nk, ot + e * Bq, alpha); break;
-                case 2: Pv<R2>(vb + e, hd, st, nk, ot + e * Bq, alpha); break;
-                case 1: Pv<R1>(vb + e, hd, st, nk, ot + e * Bq, alpha); break;
+                case 3: Tile<R3>(vb + e, 1, hd, st, nk, ot + e * Bq, alpha); break;
+                case 2: Tile<R2>(vb + e, 1, hd, st, nk, ot + e * Bq, alpha); break;
+                case 1: Tile<R1>(vb + e, 1, hd, st, nk, ot + e * Bq, alpha); break;
             }
         }
 
@@ -148,125 +148,82 @@ public static unsafe class CpuAttention
     private struct R3 : IRows { public static int N => 3; }
     private struct R4 : IRows { public static int N => 4; }
 
-    // sᵀ[TR.N keys][64 queries] = k[TR.N keys][d] · qt[d][64]; key rows are hd apart.
+    /// <summary>
+    /// acc[TR.N rows][64 queries] = (acc · alpha, or 0 when alpha is null) + Σₜ x[t][64] · b[r·rowStep + t·tStep]:
+    /// the QKᵀ tile (b = TR.N key rows, rowStep hd, tStep 1, x = Qᵀ) and the PV tile (b = TR.N value columns,
+    /// rowStep 1, tStep hd, x = Pᵀ, alpha the softmax's rescale). Sixteen accumulators stay in registers.
+    /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    private static void Scores<TR>(float* k, int hd, float* qt, int d, float* s) where TR : struct, IRows
+    private static void Tile<TR>(float* b, long rowStep, long tStep, float* x, int n, float* acc, float* alpha) where TR : struct, IRows
     {
+        float* o1 = acc + Bq, o2 = o1 + Bq, o3 = o2 + Bq;
         Vector512<float> a00 = default, a01 = default, a02 = default, a03 = default;
         Vector512<float> a10 = default, a11 = default, a12 = default, a13 = default;
         Vector512<float> a20 = default, a21 = default, a22 = default, a23 = default;
         Vector512<float> a30 = default, a31 = default, a32 = default, a33 = default;
-        float* k1 = k + hd, k2 = k1 + hd, k3 = k2 + hd;
-        for (int e = 0; e < d; e++)
+        if (alpha != null)
         {
-            float* qr = qt + e * Bq;
-            var q0 = Vector512.Load(qr);
-            var q1 = Vector512.Load(qr + W);
-            var q2 = Vector512.Load(qr + 2 * W);
-            var q3 = Vector512.Load(qr + 3 * W);
-            var b = Vector512.Create(k[e]);
-            a00 = Vector512.FusedMultiplyAdd(b, q0, a00);
-            a01 = Vector512.FusedMultiplyAdd(b, q1, a01);
-            a02 = Vector512.FusedMultiplyAdd(b, q2, a02);
-            a03 = Vector512.FusedMultiplyAdd(b, q3, a03);
+            var x0 = Vector512.Load(alpha);
+            var x1 = Vector512.Load(alpha + W);
+            var x2 = Vector512.Load(alpha + 2 * W);
+            var x3 = Vector512.Load(alpha + 3 * W);
+            a00 = Vector512.Load(acc) * x0; a01 = Vector512.Load(acc + W) * x1;
+            a02 = Vector512.Load(acc + 2 * W) * x2; a03 = Vector512.Load(acc + 3 * W) * x3;
             if (TR.N > 1)
             {
-                b = Vector512.Create(k1[e]);
-                a10 = Vector512.FusedMultiplyAdd(b, q0, a10);
-                a11 = Vector512.FusedMultiplyAdd(b, q1, a11);
-                a12 = Vector512.FusedMultiplyAdd(b, q2, a12);
-                a13 = Vector512.FusedMultiplyAdd(b, q3, a13);
+                a10 = Vector512.Load(o1) * x0; a11 = Vector512.Load(o1 + W) * x1;
+                a12 = Vector512.Load(o1 + 2 * W) * x2; a13 = Vector512.Load(o1 + 3 * W) * x3;
             }
             if (TR.N > 2)
             {
-                b = Vector512.Create(k2[e]);
-                a20 = Vector512.FusedMultiplyAdd(b, q0, a20);
-                a21 = Vector512.FusedMultiplyAdd(b, q1, a21);
-                a22 = Vector512.FusedMultiplyAdd(b, q2, a22);
-                a23 = Vector512.FusedMultiplyAdd(b, q3, a23);
+                a20 = Vector512.Load(o2) * x0; a21 = Vector512.Load(o2 + W) * x1;
+                a22 = Vector512.Load(o2 + 2 * W) * x2; a23 = Vector512.Load(o2 + 3 * W) * x3;
             }
             if (TR.N > 3)
             {
-                b = Vector512.Create(k3[e]);
-                a30 = Vector512.FusedMultiplyAdd(b, q0, a30);
-                a31 = Vector512.FusedMultiplyAdd(b, q1, a31);
-                a32 = Vector512.FusedMultiplyAdd(b, q2, a32);
-                a33 = Vector512.FusedMultiplyAdd(b, q3, a33);
+                a30 = Vector512.Load(o3) * x0; a31 = Vector512.Load(o3 + W) * x1;
+                a32 = Vector512.Load(o3 + 2 * W) * x2; a33 = Vector512.Load(o3 + 3 * W) * x3;
             }
         }
-        Vector512.Store(a00, s); Vector512.Store(a01, s + W); Vector512.Store(a02, s + 2 * W); Vector512.Store(a03, s + 3 * W);
-        if (TR.N > 1)
+        long r1 = rowStep, r2 = 2 * rowStep, r3 = 3 * rowStep;
+        for (int t = 0; t < n; t++, b += tStep)
         {
-            float* s1 = s + Bq;
-            Vector512.Store(a10, s1); Vector512.Store(a11, s1 + W); Vector512.Store(a12, s1 + 2 * W); Vector512.Store(a13, s1 + 3 * W);
-        }
-        if (TR.N > 2)
-        {
-            float* s2 = s + 2 * Bq;
-            Vector512.Store(a20, s2); Vector512.Store(a21, s2 + W); Vector512.Store(a22, s2 + 2 * W); Vector512.Store(a23, s2 + 3 * W);
-        }
-        if (TR.N > 3)
-        {
-            float* s3 = s + 3 * Bq;
-            Vector512.Store(a30, s3); Vector512.Store(a31, s3 + W); Vector512.Store(a32, s3 + 2 * W); Vector512.Store(a33, s3 + 3 * W);
-        }
-    }
-
-    // oᵀ[TR.N dims][64 queries] = oᵀ · alpha + v[nk keys][TR.N dims]ᵀ · pᵀ[nk][64]; value rows are hd apart.
-    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    private static void Pv<TR>(float* v, int hd, float* p, int nk, float* o, float* alpha) where TR : struct, IRows
-    {
-        var x0 = Vector512.Load(alpha);
-        var x1 = Vector512.Load(alpha + W);
-        var x2 = Vector512.Load(alpha + 2 * W);
-        var x3 = Vector512.Load(alpha + 3 * W);
-        float* o1 = o + Bq, o2 = o1 + Bq, o3 = o2 + Bq;
-        var a00 = Vector512.Load(o) * x0; var a01 = Vector512.Load(o + W) * x1;
-        var a02 = Vector512.Load(o + 2 * W) * x2; var a03 = Vector512.Load(o + 3 * W) * x3;
-        var a10 = TR.N > 1 ? Vector512.Load(o1) * x0 : default; var a11 = TR.N > 1 ? Vector512.Load(o1 + W) * x1 : default;
-        var a12 = TR.N > 1 ? Vector512.Load(o1 + 2 * W) * x2 : default; var a13 = TR.N > 1 ? Vector512.Load(o1 + 3 * W) * x3 : default;
-        var a20 = TR.N > 2 ? Vector512.Load(o2) * x0 : default; var a21 = TR.N > 2 ? Vector512.Load(o2 + W) * x1 : default;
-        var a22 = TR.N > 2 ? Vector512.Load(o2 + 2 * W) * x2 : default; var a23 = TR.N > 2 ? Vector512.Load(o2 + 3 * W) * x3 : default;
-        var a30 = TR.N > 3 ? Vector512.Load(o3) * x0 : default; var a31 = TR.N > 3 ? Vector512.Load(o3 + W) * x1 : default;
-        var a32 = TR.N > 3 ? Vector512.Load(o3 + 2 * W) * x2 : default; var a33 = TR.N > 3 ? Vector512.Load(o3 + 3 * W) * x3 : default;
-        for (int j = 0; j < nk; j++)
-        {
-            float* pr = p + j * Bq, vr = v + (long)j * hd;
-            var p0 = Vector512.Load(pr);
-            var p1 = Vector512.Load(pr + W);
-            var p2 = Vector512.Load(pr + 2 * W);
-            var p3 = Vector512.Load(pr + 3 * W);
-            var b = Vector512.Create(vr[0]);
-            a00 = Vector512.FusedMultiplyAdd(b, p0, a00);
-            a01 = Vector512.FusedMultiplyAdd(b, p1, a01);
-            a02 = Vector512.FusedMultiplyAdd(b, p2, a02);
-            a03 = Vector512.FusedMultiplyAdd(b, p3, a03);
+            float* xr = x + t * Bq;
+            var p0 = Vector512.Load(xr);
+            var p1 = Vector512.Load(xr + W);
+            var p2 = Vector512.Load(xr + 2 * W);
+            var p3 = Vector512.Load(xr + 3 * W);
+            var c = Vector512.Create(b[0]);
+            a00 = Vector512.FusedMultiplyAdd(c, p0, a00);
+            a01 = Vector512.FusedMultiplyAdd(c, p1, a01);
+            a02 = Vector512.FusedMultiplyAdd(c, p2, a02);
+            a03 = Vector512.FusedMultiplyAdd(c, p3, a03);
             if (TR.N > 1)
             {
-                b = Vector512.Create(vr[1]);
-                a10 = Vector512.FusedMultiplyAdd(b, p0, a10);
-                a11 = Vector512.FusedMultiplyAdd(b, p1, a11);
-                a12 = Vector512.FusedMultiplyAdd(b, p2, a12);
-                a13 = Vector512.FusedMultiplyAdd(b, p3, a13);
+                c = Vector512.Create(b[r1]);
+                a10 = Vector512.FusedMultiplyAdd(c, p0, a10);
+                a11 = Vector512.FusedMultiplyAdd(c, p1, a11);
+                a12 = Vector512.FusedMultiplyAdd(c, p2, a12);
+                a13 = Vector512.FusedMultiplyAdd(c, p3, a13);
             }
             if (TR.N > 2)
             {
-                b = Vector512.Create(vr[2]);
-                a20 = Vector512.FusedMultiplyAdd(b, p0, a20);
-                a21 = Vector512.FusedMultiplyAdd(b, p1, a21);
-                a22 = Vector512.FusedMultiplyAdd(b, p2, a22);
-                a23 = Vector512.FusedMultiplyAdd(b, p3, a23);
+                c = Vector512.Create(b[r2]);
+                a20 = Vector512.FusedMultiplyAdd(c, p0, a20);
+                a21 = Vector512.FusedMultiplyAdd(c, p1, a21);
+                a22 = Vector512.FusedMultiplyAdd(c, p2, a22);
+                a23 = Vector512.FusedMultiplyAdd(c, p3, a23);
             }
             if (TR.N > 3)
             {
-                b = Vector512.Create(vr[3]);
-                a30 = Vector512.FusedMultiplyAdd(b, p0, a30);
-                a31 = Vector512.FusedMultiplyAdd(b, p1, a31);
-                a32 = Vector512.FusedMultiplyAdd(b, p2, a32);
-                a33 = Vector512.FusedMultiplyAdd(b, p3, a33);
+                c = Vector512.Create(b[r3]);
+                a30 = Vector512.FusedMultiplyAdd(c, p0, a30);
+                a31 = Vector512.FusedMultiplyAdd(c, p1, a31);
+                a32 = Vector512.FusedMultiplyAdd(c, p2, a32);
+                a33 = Vector512.FusedMultiplyAdd(c, p3, a33);
             }
         }
-        Vector512.Store(a00, o); Vector512.Store(a01, o + W); Vector512.Store(a02, o + 2 * W); Vector512.Store(a03, o + 3 * W);
+        Vector512.Store(a00, acc); Vector512.Store(a01, acc + W); Vector512.Store(a02, acc + 2 * W); Vector512.Store(a03, acc + 3 * W);
         if (TR.N > 1) { Vector512.Store(a10, o1); Vector512.Store(a11, o1 + W); Vector512.Store(a12, o1 + 2 * W); Vector512.Store(a13, o1 + 3 * W); }
         if (TR.N > 2) { Vector512.Store(a20, o2); Vector512.Store(a21, o2 + W); Vector512.Store(a22, o2 + 2 * W); Vector512.Store(a23, o2 + 3 * W); }
         if (TR.N > 3) { Vector512.Store(a30, o3); Vector512.Store(a31, o3 + W); Vector512.Store(a32, o3 + 2 * W); Vector512.Store(a33, o3 + 3 * W); }
