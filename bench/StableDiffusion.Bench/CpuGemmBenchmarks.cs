@@ -279,7 +279,8 @@ public static class CpuBench
     /// <summary>
     /// Quick Stopwatch timing of every case, ours and libtorch interleaved, best of N (the box may be shared).
     /// SD_PROBE_ROTATE=K instead times ours over K copies of each case in turn (weights leave the caches between calls,
-    /// as each layer's do in a UNet step): median and best of fp32 panels and fp16 panels under both widenings.
+    /// as each layer's do in a UNet step): median and best of fp32 panels and fp16 panels under both widenings, with
+    /// direct convolutions, and for convolutions also fp16 panels through Winograd (F(4×4) or F(2×2), 3×3) where it applies.
     /// </summary>
     private static int Probe()
     {
@@ -287,14 +288,17 @@ public static class CpuBench
         if (int.TryParse(Environment.GetEnvironmentVariable("SD_PROBE_ROTATE"), out int rot))
         {
             // fp16 panels widened with the general conversion ("exact") and, as models do, the finite-only one
-            (string, Action<CpuGemmBenchmarks>)[] modes =
+            // (direct 3×3 convolution in these three; Winograd on fp16 panels in a fourth, where it applies)
+            (string, Action<CpuGemmBenchmarks>)[] all =
             [
-                ("fp32", b => b.OursPrepacked()),
-                ("fp16 exact", b => { CpuGemm.FiniteWidening = false; b.OursPrepackedFp16(); }),
-                ("fp16 finite", b => { CpuGemm.FiniteWidening = true; b.OursPrepackedFp16(); }),
+                ("fp32", b => { CpuConv.Winograd = false; b.OursPrepacked(); }),
+                ("fp16 exact", b => { CpuConv.Winograd = false; CpuGemm.FiniteWidening = false; b.OursPrepackedFp16(); }),
+                ("fp16 finite", b => { CpuConv.Winograd = false; CpuGemm.FiniteWidening = true; b.OursPrepackedFp16(); }),
+                ("winograd", b => { CpuConv.Winograd = true; CpuGemm.FiniteWidening = true; b.OursPrepackedFp16(); }),
             ];
             foreach (var c in CaseList)
             {
+                var modes = c.Conv ? all : all[..3];
                 var bs = Enumerable.Range(0, rot).Select(_ => { var b = new CpuGemmBenchmarks { Case = c }; b.Setup(); return b; }).ToArray();
                 var times = modes.Select(_ => new List<double>()).ToArray();
                 foreach (var (_, f) in modes) foreach (var b in bs) f(b);
@@ -306,6 +310,7 @@ public static class CpuBench
                         times[m].Add(Stopwatch.GetElapsedTime(t0).TotalMilliseconds / rot);
                     }
                 CpuGemm.FiniteWidening = true;
+                CpuConv.Winograd = true;
                 Console.WriteLine($"{c.Name,-28} rotate {rot}, GFLOP/s median (best): " + string.Join("  ", modes.Select((md, m) =>
                 {
                     var t = times[m].Order().ToList();

@@ -16,10 +16,17 @@ public unsafe struct CpuConvArgs
 /// <summary>
 /// Convolution as an implicit GEMM: rows (n, oh, ow), columns (kh, kw, ci), so the OHWI weight is op(B) with
 /// TransB and each packed A panel is gathered straight from the input (no im2col buffer). 1×1 stride-1 unpadded
-/// convs are plain GEMMs.
+/// convs are plain GEMMs. 3×3 stride-1 convolutions over many pixels take Winograd's F(4×4, 3×3) or F(2×2, 3×3) (<see cref="CpuWinograd"/>).
 /// </summary>
 public static unsafe class CpuConv
 {
+    /// <summary>
+    /// Whether eligible 3×3 convolutions use Winograd's algorithm: 4× (F(4×4, 3×3)) or 2.25× (F(2×2, 3×3)) fewer
+    /// multiply-adds, results equal to the direct sum up to fp32 rounding. The switch is for benchmarks and tests;
+    /// SD_CPU_WINOGRAD=0 sets it off.
+    /// </summary>
+    public static bool Winograd { get; set; } = Environment.GetEnvironmentVariable("SD_CPU_WINOGRAD") != "0";
+
     public static (int Hout, int Wout) OutputSize(in CpuConvArgs p) =>
         ((p.H + p.PadTop + p.PadBottom - p.KH) / p.Stride + 1, (p.W + p.PadLeft + p.PadRight - p.KW) / p.Stride + 1);
 
@@ -30,6 +37,12 @@ public static unsafe class CpuConv
         if (IsPointwise(p))
         {
             CpuGemm.Run(g);
+            return;
+        }
+        if (Winograd && CpuWinograd.Eligible(p))
+        {
+            using var packed = PackWeight(p.Weight, p.WeightType, p.Cout, p.KH, p.KW, p.Cin);
+            CpuWinograd.Run(p, packed);
             return;
         }
         var a = Source(p);
@@ -47,6 +60,11 @@ public static unsafe class CpuConv
         if (IsPointwise(p))
         {
             CpuGemm.Run(g, packedWeight);
+            return;
+        }
+        if (Winograd && CpuWinograd.Eligible(p))
+        {
+            CpuWinograd.Run(p, packedWeight);
             return;
         }
         var a = Source(p);

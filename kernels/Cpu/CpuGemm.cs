@@ -311,6 +311,22 @@ public static unsafe class CpuGemm
         }
     }
 
+    /// <summary>
+    /// C[b] = A[b]·B[b] for b &lt; batch: fp32 A [batch, m, k] row-major, B as fp32 whole-K panels (PackBInto's layout,
+    /// item after item), C [batch, m, n]. No checks: for kernels that lay out their own operands.
+    /// </summary>
+    internal static void RunPanels(float* a, float* bPanels, float* c, int batch, int m, int n, int k)
+    {
+        var job = new Job
+        {
+            A = new ASource { Kind = ASource.DenseKind, Ptr = a, Type = DType.F32, Stride = (long)m * k, M = m, K = k },
+            M = m, N = n, K = k, Nr = NR, Alpha = 1f, C = c, CType = DType.F32,
+            BPacked = bPanels, BItemStride = (long)(n + NR - 1) / NR * NR * k,
+        };
+        job.Plan(0, batch);
+        job.RunTasks();
+    }
+
     /// <summary>One call's work: tasks are (batch item, MC row block, NC column block) tiles pulled by the workers.</summary>
     private sealed class Job
     {

@@ -285,6 +285,8 @@ internal static class GenerateCommand
             stderr.WriteLine($"  {r.Shape,-34} {r.Calls,7:0.#} {r.Time.TotalMilliseconds,9:F2} {r.Flops / Math.Max(r.Time.TotalSeconds, 1e-12) / 1e9,9:F1}");
         double flops = rows.Sum(r => r.Flops), seconds = rows.Sum(r => r.Time.TotalSeconds);
         stderr.WriteLine($"  {"all shapes",-34} {rows.Sum(r => r.Calls),7:0.#} {seconds * 1e3,9:F2} {flops / Math.Max(seconds, 1e-12) / 1e9,9:F1}");
+        if (rows.Any(r => r.Shape.StartsWith("conv3x3", StringComparison.Ordinal)))
+            stderr.WriteLine("  (FLOPs of the direct convolution: 3x3 convolutions computed by Winograd's algorithm on the CPU do fewer)");
     }
 
     // ---- options ----
