@@ -203,6 +203,14 @@ internal static unsafe class CpuWinograd
         o[3 * outStride] = b + Vector256.Create(8f) * d + m[5 * stride];
     }
 
+    /// <summary>Tile index (row-major over images, tile rows, tile columns) → its image and first output pixel.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static (int N, int Y, int X) Origin(long index, int tile, int tilesW, int tilesH)
+    {
+        long r = index / tilesW;
+        return ((int)(r / tilesH), tile * (int)(r % tilesH), tile * (int)(index % tilesW));
+    }
+
     /// <summary>V_ξ = Bᵀ d B of tiles [t0, t0+count) as α² items [count, cin]; outside the image reads zeros.</summary>
     private static void TransformInput(CpuConvArgs p, int tile, float* zero, long t0, int count, float* v)
     {
@@ -217,14 +225,11 @@ internal static unsafe class CpuWinograd
             var c1 = stackalloc Vector256<float>[36];
             for (long t = a; t < e; t++)
             {
-                long tg = t0 + t;
-                int tx = (int)(tg % tilesW);
-                long r = tg / tilesW;
-                int ty = (int)(r % tilesH), n = (int)(r / tilesH);
+                var (n, oy, ox) = Origin(t0 + t, tile, tilesW, tilesH);
                 for (int i = 0; i < al; i++)
                     for (int j = 0; j < al; j++)
                     {
-                        int yy = tile * ty - 1 + i, xx = tile * tx - 1 + j;
+                        int yy = oy - 1 + i, xx = ox - 1 + j;
                         src[al * i + j] = (uint)yy < (uint)hh && (uint)xx < (uint)ww ? x + (((long)n * hh + yy) * ww + xx) * cin : zero;
                     }
                 float* dst = v + t * cin;
@@ -258,14 +263,11 @@ internal static unsafe class CpuWinograd
             var dst = stackalloc long[16];
             for (long t = a; t < e; t++)
             {
-                long tg = t0 + t;
-                int tx = (int)(tg % tilesW);
-                long r = tg / tilesW;
-                int ty = (int)(r % tilesH), nn = (int)(r / tilesH);
+                var (nn, oy, ox) = Origin(t0 + t, tile, tilesW, tilesH);
                 for (int i = 0; i < tile; i++)
                     for (int j = 0; j < tile; j++)
                     {
-                        int yy = tile * ty + i, xx = tile * tx + j;
+                        int yy = oy + i, xx = ox + j;
                         dst[tile * i + j] = yy < hh && xx < ww ? (((long)nn * hh + yy) * ww + xx) * cout + c0 : -1;
                     }
                 float* src = m + t * n;
