@@ -39,10 +39,10 @@ public static unsafe class CpuConv
             CpuGemm.Run(g);
             return;
         }
-        if (Winograd && CpuWinograd.Eligible(p))
+        if (WinogradTile(p) > 0)
         {
             using var packed = PackWeight(p.Weight, p.WeightType, p.Cout, p.KH, p.KW, p.Cin);
-            CpuWinograd.Run(p, packed);
+            Run(p, packed);
             return;
         }
         var a = Source(p);
@@ -62,9 +62,9 @@ public static unsafe class CpuConv
             CpuGemm.Run(g, packedWeight);
             return;
         }
-        if (Winograd && CpuWinograd.Eligible(p))
+        if (WinogradTile(p) is var tile and > 0)
         {
-            CpuWinograd.Run(p, packedWeight);
+            CpuWinograd.Run(p, packedWeight, tile);
             return;
         }
         var a = Source(p);
@@ -110,6 +110,8 @@ public static unsafe class CpuConv
                         Half16.Write(p.Y, p.YType, yi, (float)s);
                     }
     }
+
+    private static int WinogradTile(in CpuConvArgs p) => Winograd ? CpuWinograd.TileFor(p) : 0;
 
     private static bool IsPointwise(in CpuConvArgs p) =>
         p.KH == 1 && p.KW == 1 && p.Stride == 1 && (p.PadTop | p.PadLeft | p.PadBottom | p.PadRight) == 0;

@@ -42,11 +42,14 @@ internal static unsafe class CpuWinograd
         && p.XType == DType.F32 && p.YType == DType.F32 && (p.Residual == null || p.ResidualType == DType.F32)
         && p.Cin % 8 == 0 && p.Cout % 8 == 0 && (long)p.N * p.H * p.W >= MinPixels && Vector256.IsHardwareAccelerated;
 
-    public static void Run(in CpuConvArgs p, CpuPackedB w) => Run(p, w, TileFor(p), WeightBlockBytes, ChunkBytes);
-
-    /// <summary>With the tile and block sizes given (tests take both tiles and split small problems into blocks and chunks).</summary>
-    internal static void Run(in CpuConvArgs p, CpuPackedB w, int tile, long weightBlockBytes, long chunkBytes)
+    /// <summary>
+    /// The convolution with output tiles of <paramref name="tile"/> (<see cref="TileFor"/>); block sizes 0 take the
+    /// defaults (tests split small problems into several column blocks and tile chunks).
+    /// </summary>
+    public static void Run(in CpuConvArgs p, CpuPackedB w, int tile, long weightBlockBytes = 0, long chunkBytes = 0)
     {
+        if (weightBlockBytes <= 0) weightBlockBytes = WeightBlockBytes;
+        if (chunkBytes <= 0) chunkBytes = ChunkBytes;
         if (!Eligible(p)) throw new KernelArgumentException("cpu winograd: needs a 3x3 stride-1 pad-1 fp32 convolution with channels in multiples of 8");
         if (tile is not (2 or 4)) throw new KernelArgumentException($"cpu winograd: output tile {tile} is not 2 or 4");
         int nr = w.Nr, cin = p.Cin, cout = p.Cout, a2 = (tile + 2) * (tile + 2);
@@ -61,14 +64,14 @@ internal static unsafe class CpuWinograd
 
         long uFloats = (long)a2 * cols * cin, vFloats = (long)a2 * perChunk * cin, mFloats = (long)a2 * perChunk * cols;
         var bias = new float[cout];
-        for (int c = 0; c < cout && p.Bias != null; c++) bias[c] = Half16.Read(p.Bias, p.BiasType, c);
         var zeroRow = new float[cin];
         var buf = ScratchBuffer.Rent(uFloats + vFloats + mFloats);
         try
         {
             float* u = buf.Ptr, v = u + uFloats, m = v + vFloats;
-            var args = p;
             fixed (float* b = bias, zero = zeroRow)
+            {
+                if (p.Bias != null) Half16.Load(p.Bias, p.BiasType, b, cout);
                 for (int c0 = 0; c0 < cout; c0 += cols)
                 {
                     int n = Math.Min(cols, cout - c0);
@@ -77,11 +80,12 @@ internal static unsafe class CpuWinograd
                     {
                         long t0 = (long)ch * perChunk;
                         int count = (int)Math.Min(perChunk, tiles - t0);
-                        if (c0 == 0 || chunks > 1) TransformInput(args, tile, zero, t0, count, v);
+                        if (c0 == 0 || chunks > 1) TransformInput(p, tile, zero, t0, count, v);
                         CpuGemm.RunPanels(v, u, m, a2, count, n, cin);
-                        TransformOutput(args, tile, b, c0, n, t0, count, m);
+                        TransformOutput(p, tile, b, c0, n, t0, count, m);
                     }
                 }
+            }
             GC.KeepAlive(w);
         }
         finally

@@ -57,8 +57,7 @@ public unsafe class CpuWinogradTests(ITestOutputHelper output)
         if (tile > 0)
         {
             using var packed = CpuConv.PackWeight(nw.Ptr, wt, cout, 3, 3, cin);
-            CpuWinograd.Run(args, packed, tile, weightBlock > 0 ? weightBlock : CpuWinograd.WeightBlockBytes,
-                chunk > 0 ? chunk : CpuWinograd.ChunkBytes);
+            CpuWinograd.Run(args, packed, tile, weightBlock, chunk);
         }
         else if (prepacked)
         {
@@ -71,8 +70,9 @@ public unsafe class CpuWinogradTests(ITestOutputHelper output)
         var rw = Oracle.T(wgt, cout, 3, 3, cin).permute(0, 3, 1, 2);
         var want = torch.nn.functional.conv2d(rx, rw, bias is null ? null : Oracle.T(bias, cout), padding: [1, 1]).permute(0, 2, 3, 1);
         if (res is not null) want += Oracle.T(res, n, h, w, cout);
+        int used = tile > 0 ? tile : CpuWinograd.TileFor(args);
         string name = $"w{wmix} [{n},{h},{w},{cin}] → {cout}{(withBias ? " +bias" : "")}{(withResidual ? " +res" : "")}" +
-            $"{(prepacked ? " packedW" : "")} F({(tile > 0 ? tile : CpuWinograd.TileFor(args)) is var m}x{m},3x3)" +
+            $"{(prepacked ? " packedW" : "")} F({used}x{used},3x3)" +
             $"{(weightBlock > 0 ? $" blocks {weightBlock}B chunks {chunk}B" : "")}";
         new CpuGemmTests(output).Check("cpu_winograd", name, DType.F32, ny.ToArray(), Oracle.Host(want), 1e-5);
     }
